@@ -1,0 +1,11 @@
+"""Training tasks: what a swarm trains. Both the node and the coordinator load them by name.
+
+- base.py: the Task interface and FLOPs measurement.
+- registry.py: find tasks through the `hearth.tasks` entry point group.
+- spirals.py: the built-in `spirals` task (2-D spiral classification, generated data).
+"""
+
+from hearth.tasks.base import Batch, Task, TaskDefaults, measure_flops_per_sample
+from hearth.tasks.registry import available_tasks, load_task
+
+__all__ = ["Batch", "Task", "TaskDefaults", "available_tasks", "load_task", "measure_flops_per_sample"]

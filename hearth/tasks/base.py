@@ -1,0 +1,55 @@
+"""The task interface: a model, a deterministic per-peer data stream, a loss, and recommended settings."""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    """Recommended hyperparameters; an operator may override them per swarm."""
+
+    batch_size: int
+    target_batch_size: int
+    learning_rate: float
+    matchmaking_time: float = 3.0
+    averaging_timeout: float = 30.0
+
+
+class Task(ABC):
+    name: str
+    description: str
+    defaults: TaskDefaults
+
+    @abstractmethod
+    def build_model(self) -> torch.nn.Module:
+        """A freshly initialised model; identical on every peer (seeded), so peers start in sync."""
+
+    @abstractmethod
+    def data_stream(self, peer_seed: int, batch_size: int) -> Iterator[Batch]:
+        """Endless training batches, deterministic for a given peer seed and different between peers."""
+
+    @abstractmethod
+    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean loss over the batch."""
+
+    def make_optimizer(self, params, learning_rate: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=learning_rate)
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Metrics on held-out data; empty when the task has none."""
+        return {}
+
+
+def measure_flops_per_sample(task: Task, batch_size: int = 64) -> int:
+    """FLOPs of one forward + backward pass per sample, counted by torch rather than estimated."""
+    model = task.build_model()
+    batch = next(task.data_stream(peer_seed=0, batch_size=batch_size))
+    with FlopCounterMode(display=False) as counter:
+        task.loss(model, batch).backward()
+    return max(1, round(counter.get_total_flops() / batch_size))

@@ -1,0 +1,10 @@
+"""Wire formats shared by the node daemon and the coordinator. Pure: no I/O, no torch, no hivemind.
+
+- version.py: PROTOCOL_VERSION and the compatibility rule.
+- errors.py: the error hierarchy for rejected network input (each error names its rejection reason).
+- encoding.py: the canonical byte encoding; the only bytes that are ever signed.
+- signing.py: Ed25519 keys (generate, load, save with mode 0600, sign, verify); the only crypto import.
+- messages.py: strict pydantic models (registration, swarm manifest, presence, contribution report).
+- envelope.py: signed envelopes: seal a model with a key, open and verify received bytes.
+- topics.py: every MQTT topic, with builders and a parser.
+"""

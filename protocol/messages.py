@@ -1,0 +1,112 @@
+"""Strict network records. Unknown fields are ignored, so old readers survive new writers."""
+
+import re
+import unicodedata
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from protocol.version import PROTOCOL_VERSION
+
+NAME_MAX_CHARS = 40
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # swarm ids: safe in URLs and MQTT topics
+NODE_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
+def clean_display_name(value: str) -> str:
+    """Display names: 1-40 printable characters, no control or format characters, trimmed."""
+    value = unicodedata.normalize("NFC", value).strip()
+    if not 1 <= len(value) <= NAME_MAX_CHARS:
+        raise ValueError(f"must be 1 to {NAME_MAX_CHARS} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+class VolunteerRegistration(Message):
+    """Signed by the node key it registers: proves the sender holds that key."""
+
+    kind: Literal["registration"] = "registration"
+    protocol_version: int = PROTOCOL_VERSION
+    name: str
+    team: Optional[str] = None
+    public_key: str = Field(min_length=43, max_length=43)
+    peer_id: Optional[str] = Field(default=None, max_length=128)
+    time: float
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return clean_display_name(value)
+
+    @field_validator("team")
+    @classmethod
+    def _check_team(cls, value: Optional[str]) -> Optional[str]:
+        return None if value is None or not value.strip() else clean_display_name(value)
+
+
+class Hyperparameters(Message):
+    target_batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    matchmaking_time: float = Field(gt=0)
+    averaging_timeout: float = Field(gt=0)
+
+
+class SwarmManifest(Message):
+    """Everything a node needs to join a swarm."""
+
+    swarm_id: str = Field(pattern=ID_PATTERN)
+    title: str
+    run_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    task: str
+    hyperparameters: Hyperparameters
+    flops_per_sample: int = Field(ge=1)
+    initial_peers: list[str]
+    broker_url: str
+    protocol_version: int = PROTOCOL_VERSION
+    access: Literal["open", "token"] = "open"
+
+
+NodeState = Literal["online", "paused", "offline"]
+
+
+class NodeStatus(Message):
+    """Presence: retained on the broker, replaced by a pre-signed 'offline' last will."""
+
+    kind: Literal["status"] = "status"
+    protocol_version: int = PROTOCOL_VERSION
+    node_id: str = Field(pattern=NODE_ID_PATTERN)
+    swarm_id: str = Field(pattern=ID_PATTERN)
+    state: NodeState
+    time: float
+    epoch: Optional[int] = Field(default=None, ge=0)
+    samples_per_second: float = Field(default=0.0, ge=0)
+    device: str = Field(default="", max_length=64)
+    reason: Optional[str] = Field(default=None, max_length=200)
+
+
+class ContributionReport(Message):
+    """What a node says it did in one epoch. Credit is computed by the coordinator, never claimed here."""
+
+    kind: Literal["report"] = "report"
+    protocol_version: int = PROTOCOL_VERSION
+    node_id: str = Field(pattern=NODE_ID_PATTERN)
+    swarm_id: str = Field(pattern=ID_PATTERN)
+    seq: int = Field(ge=1)
+    epoch: int = Field(ge=0)
+    samples: int = Field(ge=0)
+    compute_seconds: float = Field(ge=0)
+    device: str = Field(max_length=64)
+    loss: Optional[float] = None
+    group_size: int = Field(default=1, ge=0)
+    peer_id: Optional[str] = Field(default=None, max_length=128)
+    time: float
+
+
+def is_valid_swarm_id(value: str) -> bool:
+    return re.fullmatch(ID_PATTERN, value) is not None

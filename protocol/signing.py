@@ -1,0 +1,87 @@
+"""Ed25519 identities: the only module that touches cryptography primitives."""
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from protocol.errors import BadSignature, MalformedMessage
+
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+
+def b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as e:
+        raise MalformedMessage(f"invalid base64: {e}") from e
+
+
+def node_id_for(public_key: str) -> str:
+    """A short, stable, topic-safe pseudonym for a public key: 32 hex digits of its SHA-256."""
+    return hashlib.sha256(b64decode(public_key)).hexdigest()[:32]
+
+
+class SigningKey:
+    """An Ed25519 private key with its public half in the wire form (URL-safe base64, unpadded)."""
+
+    def __init__(self, private_key: Ed25519PrivateKey):
+        self._key = private_key
+        raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.public_key = b64encode(raw)
+        self.node_id = node_id_for(self.public_key)
+
+    @classmethod
+    def generate(cls) -> "SigningKey":
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load(cls, path: Path) -> "SigningKey":
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} does not hold an Ed25519 private key")
+        return cls(key)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> "SigningKey":
+        path = Path(path)
+        if path.exists():
+            return cls.load(path)
+        key = cls.generate()
+        key.save(path)
+        return key
+
+    def save(self, path: Path) -> None:
+        """Write the key readable by its owner only (0600), never briefly world-readable."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pem = self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        os.chmod(path, 0o600)
+
+    def sign(self, data: bytes) -> str:
+        return b64encode(self._key.sign(data))
+
+
+def verify(public_key: str, signature: str, data: bytes) -> None:
+    """Raise BadSignature unless `signature` is `public_key`'s signature of exactly `data`."""
+    raw_key, raw_sig = b64decode(public_key), b64decode(signature)
+    if len(raw_key) != PUBLIC_KEY_BYTES or len(raw_sig) != SIGNATURE_BYTES:
+        raise BadSignature("public key or signature has the wrong length")
+    try:
+        Ed25519PublicKey.from_public_bytes(raw_key).verify(raw_sig, data)
+    except InvalidSignature as e:
+        raise BadSignature("signature does not match the message") from e
