@@ -1,0 +1,102 @@
+"""Process-group supervision. hivemind starts helper processes (DHT, p2pd, averagers) that outlive a killed
+parent (FACTS.md); running each program in its own process group lets us find and end all of them."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+
+def spawn_group(argv: Sequence[str], **popen_kwargs) -> subprocess.Popen:
+    """Start `argv` as the leader of a new session and process group."""
+    return subprocess.Popen(list(argv), start_new_session=True, **popen_kwargs)
+
+
+def python_argv(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    members = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(process.pid) == pgid:
+                members.append(process)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
+def kill_group(pgid: int) -> int:
+    """SIGKILL whatever is left in the group; returns how many processes were left."""
+    left = [process for process in group_members(pgid) if process.pid != os.getpid()]
+    if left:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        psutil.wait_procs(left, timeout=5)
+    return len(left)
+
+
+def stop_group(process: subprocess.Popen, grace: float = 30.0) -> tuple[int, int]:
+    """Ask the leader to stop (SIGINT), wait up to `grace` seconds, then kill the group.
+    Returns (the leader's exit code, how many processes had to be killed)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            logger.warning("pid %s did not stop within %.0f s; killing it", process.pid, grace)
+    leftovers = kill_group(process.pid)
+    if process.poll() is None:
+        process.wait(5)
+    return process.returncode, leftovers
+
+
+def run_supervised(argv: Sequence[str], grace: float = 30.0) -> int:
+    """Run a child program in its own group, pass on Ctrl+C / SIGTERM, and leave nothing of it behind."""
+    child = spawn_group(argv)
+    interrupts = 0
+
+    def forward(signum, frame):
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            child.send_signal(signal.SIGINT)
+        else:
+            kill_group(child.pid)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while child.poll() is None:
+            try:
+                child.wait(0.5)
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        leftovers = kill_group(child.pid)
+        if leftovers:
+            logger.warning("Ended %d leftover helper process(es) of pid %s", leftovers, child.pid)
+    return child.returncode
+
+
+def wait_until(condition, timeout: float, interval: float = 0.2, what: str = "condition"):
+    """Poll `condition()` until it returns something truthy; raise TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)

@@ -1,0 +1,15 @@
+"""The volunteer's node daemon.
+
+- cli.py: `hearth join URL` (supervised) and `hearth node …`.
+- worker.py: the supervised process's entry point.
+- config.py: NodeConfig, the one config object.
+- identity.py: Ed25519 node key (0600), libp2p identity path, display name.
+- coordinator_client.py: HTTP to the coordinator (register, manifests) with retry and backoff.
+- daemon.py: one run wired top to bottom; signals; reporter thread.
+- swarm.py: the only hivemind import: DHT, Optimizer, round outcomes.
+- trainer.py: the training loop and epoch transitions.
+- accounting.py: samples and compute time per epoch.
+- outbox.py: durable SQLite outbox and the report sequence counter.
+- reporter.py: aiomqtt reports (QoS 1) and retained presence with an "offline" last will.
+- view.py: the live terminal view.
+"""

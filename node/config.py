@@ -1,0 +1,79 @@
+"""NodeConfig: the one configuration object of the node daemon, built once and passed down."""
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from platformdirs import user_data_dir
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("HEARTH_NODE_DIR") or user_data_dir("hearth", appauthor=False)) / "node"
+
+
+def default_threads() -> int:
+    """At most half the CPU cores, so the PC stays usable."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+@dataclass
+class NodeConfig:
+    coordinator_url: str
+    """Base URL of the coordinator, e.g. http://127.0.0.1:8000."""
+    name: Optional[str] = None
+    """Display name on the leaderboard; a friendly random name when unset."""
+    team: Optional[str] = None
+    swarm_id: Optional[str] = None
+    """Swarm to join; the coordinator's first swarm when unset."""
+    data_dir: Path = field(default_factory=default_data_dir)
+    """Keys, libp2p identity, report outbox, checkpoints."""
+    threads: int = field(default_factory=default_threads)
+    device: DeviceChoice = "auto"
+    host: str = "127.0.0.1"
+    """Address the hivemind peer listens on (0.0.0.0 to accept peers from other machines)."""
+    port: int = 0
+    """TCP port of the hivemind peer; 0 picks a free one."""
+    announce_host: Optional[str] = None
+    """Public address to announce to peers when it differs from `host`."""
+    client_mode: bool = False
+    """Set when the PC is not reachable from outside (behind NAT): the node then only dials out."""
+    min_peers: int = 1
+    """Before training past the first batch, wait (up to connect_timeout) until this many peers train.
+    Small swarms use it so that nobody finishes an epoch alone while the others are still starting."""
+    max_epochs: Optional[int] = None
+    """Stop after the swarm reaches this epoch (None: run until stopped)."""
+    duration: Optional[float] = None
+    """Stop after this many seconds (None: run until stopped)."""
+    view: Literal["live", "log", "quiet"] = "live"
+    connect_timeout: float = 120.0
+    """How long to keep retrying an unreachable coordinator before giving up."""
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser()
+        if not self.coordinator_url.startswith(("http://", "https://")):
+            raise ValueError(f"coordinator URL must start with http:// or https://, got {self.coordinator_url!r}")
+        self.coordinator_url = self.coordinator_url.rstrip("/")
+        if self.threads < 1:
+            raise ValueError("threads must be at least 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if self.min_peers < 1:
+            raise ValueError("min_peers must be at least 1")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ValueError("max_epochs must be at least 1")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError("duration must be positive")
+
+    def to_json_dict(self) -> dict:
+        values = asdict(self)
+        values["data_dir"] = str(self.data_dir)
+        return values
+
+    @classmethod
+    def from_json_dict(cls, values: dict) -> "NodeConfig":
+        return cls(**values)

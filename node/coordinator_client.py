@@ -1,0 +1,75 @@
+"""HTTP calls from the node to its coordinator: register the volunteer, fetch swarm manifests.
+An unreachable coordinator is retried with exponential backoff, then reported in one clear sentence."""
+
+import logging
+import time
+from typing import Callable, Optional
+
+import httpx
+
+from protocol.envelope import seal
+from protocol.messages import SwarmManifest, VolunteerRegistration
+
+logger = logging.getLogger(__name__)
+
+
+class CoordinatorError(RuntimeError):
+    """A failure to show the volunteer as it is: one sentence, no traceback."""
+
+
+class CoordinatorClient:
+    def __init__(self, base_url: str, connect_timeout: float = 120.0, on_retry: Optional[Callable[[str], None]] = None):
+        self.base_url = base_url.rstrip("/")
+        self.connect_timeout = connect_timeout
+        self.on_retry = on_retry or (lambda message: logger.warning("%s", message))
+        self._http = httpx.Client(base_url=self.base_url, timeout=10.0)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        deadline, delay = time.monotonic() + self.connect_timeout, 0.5
+        while True:
+            try:
+                return self._http.request(method, path, **kwargs)
+            except httpx.TransportError as e:
+                if time.monotonic() + delay > deadline:
+                    raise CoordinatorError(
+                        f"cannot reach the coordinator at {self.base_url} ({type(e).__name__}); "
+                        "check the URL and that the coordinator is running"
+                    ) from None
+                self.on_retry(f"coordinator at {self.base_url} does not answer; retrying in {delay:.1f} s")
+                time.sleep(delay)
+                delay = min(delay * 2, 15.0)
+
+    def register(self, registration: VolunteerRegistration, key) -> dict:
+        response = self._request(
+            "POST", "/api/v1/volunteers", content=seal(registration, key), headers={"content-type": "application/json"}
+        )
+        if response.status_code not in (200, 201):
+            raise CoordinatorError(f"registration refused: {_error_message(response)}")
+        return response.json()
+
+    def swarm_ids(self) -> list[str]:
+        response = self._request("GET", "/api/v1/swarms")
+        if response.status_code != 200:
+            raise CoordinatorError(f"cannot list swarms: {_error_message(response)}")
+        return [swarm["swarm_id"] for swarm in response.json()["swarms"]]
+
+    def manifest(self, swarm_id: Optional[str]) -> SwarmManifest:
+        if swarm_id is None:
+            ids = self.swarm_ids()
+            if not ids:
+                raise CoordinatorError("the coordinator has no swarms to join yet")
+            swarm_id = ids[0]
+        response = self._request("GET", f"/api/v1/swarms/{swarm_id}")
+        if response.status_code != 200:
+            raise CoordinatorError(f"cannot fetch swarm {swarm_id!r}: {_error_message(response)}")
+        return SwarmManifest.model_validate_json(response.content)
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"

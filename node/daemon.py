@@ -1,0 +1,149 @@
+"""One run of the node daemon, wired top to bottom: identity → manifest → swarm → registration → training,
+with the reporter on its own event-loop thread. Returns an exit code; raises NodeError for the volunteer."""
+
+import asyncio
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from hearth.tasks import load_task
+from node.accounting import EpochContribution
+from node.config import NodeConfig
+from node.coordinator_client import CoordinatorClient, CoordinatorError
+from node.identity import NodeIdentity, friendly_name
+from node.outbox import Outbox
+from node.reporter import Reporter
+from node.swarm import SwarmMember, SwarmSettings
+from node.trainer import Trainer
+from node.view import LiveView, render
+from protocol.messages import VolunteerRegistration
+
+logger = logging.getLogger(__name__)
+REPORTER_DRAIN_SECONDS = 10.0
+
+
+class NodeError(RuntimeError):
+    """A problem to tell the volunteer in one sentence."""
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise NodeError("--device cuda was asked for, but CUDA is not available on this machine")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+class ReporterThread:
+    """Runs the MQTT reporter on a private asyncio loop so training never waits for the network."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._main, name="hearth-reporter", daemon=True)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.reporter.run())
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def call(self, function, *args) -> None:
+        self.loop.call_soon_threadsafe(function, *args)
+
+    def stop(self, timeout: float) -> None:
+        self.call(self.reporter.stop)
+        self.thread.join(timeout)
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    def handle(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt  # second Ctrl+C: give up on a graceful stop
+        logger.warning("Stopping after the current batch (Ctrl+C again to force)")
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def run_node(config: NodeConfig, stop: threading.Event) -> dict:
+    torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    identity = NodeIdentity.load_or_create(config.data_dir)
+    client = CoordinatorClient(config.coordinator_url, config.connect_timeout)
+    try:
+        manifest = client.manifest(config.swarm_id)
+    except CoordinatorError as e:
+        raise NodeError(str(e)) from None
+    task = load_task(manifest.task)
+    settings = SwarmSettings(
+        host=config.host, port=config.port, announce_host=config.announce_host, client_mode=config.client_mode,
+        identity_path=config.data_dir / "p2p.key",
+    )  # fmt: skip
+    swarm = SwarmMember(manifest, settings)
+    try:
+        name = register(client, identity, config, swarm.peer_id)
+        return train(config, identity, manifest, task, swarm, device, name, stop)
+    finally:
+        swarm.shutdown()
+        client.close()
+
+
+def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConfig, peer_id: str) -> str:
+    name = config.name or identity.registered_name() or friendly_name()
+    registration = VolunteerRegistration(
+        name=name, team=config.team, public_key=identity.key.public_key, peer_id=peer_id, time=time.time()
+    )
+    try:
+        client.register(registration, identity.key)
+    except CoordinatorError as e:
+        raise NodeError(f"{e} (name {name!r}; choose another with --name)") from None
+    identity.remember(name, config.team)
+    logger.info("Registered as %s (node %s)", name, identity.node_id)
+    return name
+
+
+def train(config, identity, manifest, task, swarm, device, name, stop) -> dict:
+    outbox = Outbox(config.data_dir / "outbox.sqlite")
+    reporter = Reporter(manifest.broker_url, identity.key, manifest.swarm_id, device.type, outbox, swarm.peer_id)
+    reporter_thread = ReporterThread(reporter)
+    trainer = None
+
+    def contributed(contribution: EpochContribution) -> None:
+        reporter_thread.call(reporter.submit, contribution)
+        reporter_thread.call(reporter.update_presence, contribution.epoch + 1, trainer.stats.samples_per_second)
+        view.epoch_done(contribution.epoch, contribution.group_size, contribution.samples, contribution.loss)
+
+    trainer = Trainer(task, swarm, device, identity.node_id, contributed)
+    view = LiveView(config.view, lambda: render(manifest.swarm_id, device.type, trainer.stats, reporter.stats))
+    reporter_thread.start()
+    deadline = time.monotonic() + config.duration if config.duration else None
+    try:
+        with view:
+            trainer.run(stop, config.max_epochs, deadline, config.min_peers, config.connect_timeout)
+    finally:
+        reporter_thread.stop(REPORTER_DRAIN_SECONDS)
+        outbox.close()
+    trainer.save_checkpoint(config.data_dir / "swarms" / manifest.swarm_id / "model.pt")
+    summary = {
+        "name": name, "node_id": identity.node_id, "swarm_id": manifest.swarm_id, "epoch": trainer.stats.epoch,
+        "group_sizes": trainer.stats.group_sizes, "samples": trainer.accountant.total_samples,
+        "reports_acknowledged": reporter.stats.reports_acknowledged, "reports_waiting": len(outbox_pending(config)),
+    }  # fmt: skip
+    (config.data_dir / "last-run.json").write_text(json.dumps(summary))
+    return summary
+
+
+def outbox_pending(config: NodeConfig) -> list:
+    outbox = Outbox(config.data_dir / "outbox.sqlite")
+    try:
+        return outbox.pending()
+    finally:
+        outbox.close()

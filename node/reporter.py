@@ -1,0 +1,129 @@
+"""Reporting over MQTT (aiomqtt): signed contribution reports at QoS 1 through the durable outbox, and a
+retained presence message whose last will, registered at connect time, says "offline"."""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import urlparse
+
+import aiomqtt
+
+from node.accounting import EpochContribution
+from node.outbox import Outbox
+from protocol.envelope import seal
+from protocol.messages import ContributionReport, NodeState, NodeStatus
+from protocol.signing import SigningKey
+from protocol.topics import report_topic, status_topic
+
+logger = logging.getLogger(__name__)
+
+PRESENCE_INTERVAL = 15.0
+
+
+@dataclass
+class ReporterStats:
+    connected: bool = False
+    reports_queued: int = 0
+    reports_sent: int = 0
+    reports_acknowledged: int = 0
+    last_error: Optional[str] = None
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
+        raise ValueError(f"unsupported broker URL {url!r}: expected mqtt://host:port")
+    return parsed.hostname, parsed.port or 1883
+
+
+class Reporter:
+    def __init__(self, broker_url: str, key: SigningKey, swarm_id: str, device: str, outbox: Outbox,
+                 peer_id: Optional[str] = None):  # fmt: skip
+        self.host, self.port = parse_broker_url(broker_url)
+        self.key, self.swarm_id, self.device, self.peer_id, self.outbox = key, swarm_id, device, peer_id, outbox
+        self.stats = ReporterStats()
+        self.presence = {"epoch": None, "samples_per_second": 0.0}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    # --- called on the reporter's event loop -------------------------------------------------------------
+    def submit(self, contribution: EpochContribution) -> None:
+        """Sign the contribution as the next report and keep it durably until the broker acknowledges it."""
+        report = ContributionReport(
+            node_id=self.key.node_id, swarm_id=self.swarm_id, seq=self.outbox.next_seq(), epoch=contribution.epoch,
+            samples=contribution.samples, compute_seconds=contribution.compute_seconds, device=self.device,
+            loss=contribution.loss, group_size=contribution.group_size, peer_id=self.peer_id, time=time.time(),
+        )  # fmt: skip
+        self.outbox.add(report.seq, report_topic(self.swarm_id, self.key.node_id), seal(report, self.key))
+        self.stats.reports_queued += 1
+        self.presence["epoch"] = contribution.epoch + 1
+        self._wake.set()
+
+    def update_presence(self, epoch: Optional[int], samples_per_second: float) -> None:
+        self.presence = {"epoch": epoch, "samples_per_second": round(samples_per_second, 3)}
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Stay connected (reconnecting with backoff), flush the outbox, and say goodbye when stopped."""
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                async with self._client() as client:
+                    self.stats.connected, self.stats.last_error, delay = True, None, 0.5
+                    await self._serve(client)
+                    return
+            except aiomqtt.MqttError as e:
+                self.stats.connected, self.stats.last_error = False, str(e)
+                logger.warning("MQTT broker %s:%s unreachable (%s); retrying in %.1f s", self.host, self.port, e, delay)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, 30.0)
+        self.stats.connected = False
+
+    # --- internals -------------------------------------------------------------------------------------------
+    def _status(self, state: NodeState) -> bytes:
+        status = NodeStatus(
+            node_id=self.key.node_id, swarm_id=self.swarm_id, state=state, time=time.time(), device=self.device,
+            epoch=self.presence["epoch"] if state != "offline" else None,
+            samples_per_second=self.presence["samples_per_second"] if state != "offline" else 0.0,
+        )  # fmt: skip
+        return seal(status, self.key)
+
+    def _client(self) -> aiomqtt.Client:
+        will = aiomqtt.Will(status_topic(self.swarm_id, self.key.node_id), self._status("offline"), qos=1, retain=True)
+        return aiomqtt.Client(self.host, self.port, identifier=f"hearth-{self.key.node_id}", will=will, keepalive=15)
+
+    async def _publish_presence(self, client: aiomqtt.Client, state: NodeState) -> None:
+        topic = status_topic(self.swarm_id, self.key.node_id)
+        await client.publish(topic, self._status(state), qos=1, retain=True)
+
+    async def _flush_outbox(self, client: aiomqtt.Client) -> None:
+        for seq, topic, payload in self.outbox.pending():
+            self.stats.reports_sent += 1
+            await client.publish(topic, payload, qos=1)  # returns once the broker's PUBACK arrived
+            self.outbox.acknowledge(seq)
+            self.stats.reports_acknowledged += 1
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        await self._publish_presence(client, "online")
+        last_presence = time.monotonic()
+        while True:
+            await self._flush_outbox(client)
+            if self._stopping.is_set():
+                await self._publish_presence(client, "offline")
+                return
+            if time.monotonic() - last_presence >= PRESENCE_INTERVAL or self._wake.is_set():
+                await self._publish_presence(client, "online")
+                last_presence = time.monotonic()
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=PRESENCE_INTERVAL)
+            except asyncio.TimeoutError:
+                pass

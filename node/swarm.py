@@ -1,0 +1,146 @@
+"""Swarm membership: the node's only hivemind import. Starts the DHT, builds hivemind.Optimizer, and records
+which peers took part in each gradient-averaging round."""
+
+import logging
+import time
+from functools import partial
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from hivemind.dht import DHT
+from hivemind.optim import Optimizer
+from hivemind.optim.grad_averager import GradientAverager
+
+from protocol.messages import SwarmManifest
+
+logger = logging.getLogger(__name__)
+
+
+def request_timeout_for(matchmaking_time: float) -> float:
+    # hivemind warns (and can deadlock) unless request_timeout < matchmaking_time; its default is 3 s.
+    return min(3.0, matchmaking_time / 2)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """How the last epoch's gradients were combined: `group_size` peers averaged (1: local gradients only)."""
+
+    group_size: int
+    averaged: bool
+
+
+class RecordingGradientAverager(GradientAverager):
+    """A GradientAverager that remembers the last all-reduce it started; its result names the group."""
+
+    rounds_started = 0
+    last_control = None
+
+    def step(self, *args, **kwargs):
+        control = super().step(*args, **kwargs)
+        if kwargs.get("wait", True) is False:
+            self.last_control, self.rounds_started = control, self.rounds_started + 1
+        return control
+
+    def outcome_since(self, rounds_before: int) -> RoundOutcome:
+        control = self.last_control
+        if self.rounds_started == rounds_before or control is None or not control.done():
+            return RoundOutcome(group_size=1, averaged=False)
+        try:
+            return RoundOutcome(group_size=len(control.result(timeout=0)), averaged=True)
+        except BaseException:  # the round failed: hivemind fell back to local gradients
+            return RoundOutcome(group_size=1, averaged=False)
+
+
+class TrackingOptimizer(Optimizer):
+    """hivemind.Optimizer that counts state downloads: work accumulated before one was discarded."""
+
+    state_loads = 0
+
+    def load_state_from_peers(self, **kwargs):
+        self.state_loads += 1
+        return super().load_state_from_peers(**kwargs)
+
+
+@dataclass
+class SwarmSettings:
+    host: str = "127.0.0.1"
+    port: int = 0
+    announce_host: Optional[str] = None
+    client_mode: bool = False
+    identity_path: Optional[Path] = None
+
+
+class SwarmMember:
+    """A hivemind DHT peer plus the collaborative optimizer for one swarm."""
+
+    def __init__(self, manifest: SwarmManifest, settings: SwarmSettings):
+        self.manifest = manifest
+        announce = [f"/ip4/{settings.announce_host}/tcp/{settings.port}"] if settings.announce_host else None
+        self.dht = DHT(
+            initial_peers=list(manifest.initial_peers),
+            host_maddrs=[f"/ip4/{settings.host}/tcp/{settings.port}"],
+            announce_maddrs=announce,
+            client_mode=settings.client_mode,
+            identity_path=str(settings.identity_path) if settings.identity_path else None,
+            start=True,
+        )
+        self.client_mode = settings.client_mode
+        self.optimizer: Optional[TrackingOptimizer] = None
+        self.optimizer_statistics: tuple[str, ...] = ("exp_avg", "exp_avg_sq")  # Adam's moments
+
+    @property
+    def peer_id(self) -> str:
+        return self.dht.peer_id.to_base58()
+
+    def build_optimizer(self, params, make_optimizer: Callable[..., torch.optim.Optimizer]) -> TrackingOptimizer:
+        hp = self.manifest.hyperparameters
+        request_timeout = request_timeout_for(hp.matchmaking_time)
+        self.optimizer = TrackingOptimizer(
+            dht=self.dht,
+            run_id=self.manifest.run_id,
+            params=params,
+            optimizer=make_optimizer,
+            target_batch_size=hp.target_batch_size,
+            batch_size_per_step=hp.batch_size,
+            matchmaking_time=hp.matchmaking_time,
+            averaging_timeout=hp.averaging_timeout,
+            averager_opts={"request_timeout": request_timeout},
+            grad_averager_factory=partial(RecordingGradientAverager, request_timeout=request_timeout),
+            # Average parameters synchronously at every epoch so that peers end each epoch identical,
+            # even after one of them had to proceed with local gradients.
+            delay_state_averaging=False,
+            average_opt_statistics=self.optimizer_statistics,
+            client_mode=self.client_mode,  # explicit: hivemind 1.1.12 resolves the default backwards
+            verbose=False,
+        )
+        return self.optimizer
+
+    @property
+    def grad_averager(self) -> RecordingGradientAverager:
+        return self.optimizer.grad_averager
+
+    def catch_up(self) -> bool:
+        """Download the swarm's latest state when other peers are training; True if it did."""
+        progress = self.optimizer.tracker.global_progress
+        if progress.num_peers == 0:
+            return False
+        logger.info("Loading the swarm's state from %d peer(s)", progress.num_peers)
+        self.optimizer.load_state_from_peers()
+        return True
+
+    def wait_for_peers(self, count: int, timeout: float, stop) -> bool:
+        """Wait until `count` peers (this one included) report training progress; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not stop.is_set():
+            if self.optimizer.tracker.global_progress.num_peers >= count:
+                return True
+            stop.wait(0.2)
+        logger.info("Fewer than %d peers after %.0f s; training with those present", count, timeout)
+        return False
+
+    def shutdown(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.shutdown()
+        self.dht.shutdown()

@@ -1,0 +1,115 @@
+"""The training loop, top to bottom: compute a batch, hand it to hivemind.Optimizer, and close an epoch's
+contribution whenever the swarm moves to the next epoch."""
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from hearth.tasks import Task
+from node.accounting import Accountant, EpochContribution
+from node.swarm import SwarmMember
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingStats:
+    """What the live view and presence messages show; written by the training thread only."""
+
+    state: str = "starting"
+    epoch: int = 0
+    samples_per_second: float = 0.0
+    last_group_size: int = 0
+    last_loss: Optional[float] = None
+    epochs_contributed: int = 0
+    state_downloads: int = 0
+    samples_total: int = 0
+    group_sizes: dict[int, int] = field(default_factory=dict)  # epoch → peers that averaged it
+
+
+def peer_seed(node_id: str, epoch: int) -> int:
+    """Each peer, and each restart of it at a new epoch, reads a different stream of the task's data."""
+    return int.from_bytes(hashlib.sha256(f"{node_id}:{epoch}".encode()).digest()[:8], "little")
+
+
+class Trainer:
+    def __init__(self, task: Task, swarm: SwarmMember, device: torch.device, node_id: str,
+                 on_contribution: Callable[[EpochContribution], None]):  # fmt: skip
+        self.task, self.swarm, self.device, self.node_id = task, swarm, device, node_id
+        self.on_contribution = on_contribution
+        self.model = task.build_model().to(device)
+        self.batch_size = swarm.manifest.hyperparameters.batch_size
+        learning_rate = swarm.manifest.hyperparameters.learning_rate
+        self.optimizer = swarm.build_optimizer(
+            self.model.parameters(), lambda params: task.make_optimizer(params, learning_rate)
+        )
+        self.accountant = Accountant()
+        self.stats = TrainingStats()
+        self._throughput = (time.monotonic(), 0)
+
+    def run(self, stop: threading.Event, max_epochs: Optional[int] = None, deadline: Optional[float] = None,
+            min_peers: int = 1, wait_timeout: float = 60.0) -> None:  # fmt: skip
+        self.stats.state = "syncing"
+        if self.swarm.catch_up():
+            self.stats.state_downloads += 1
+        optimizer = self.optimizer
+        data = self.task.data_stream(peer_seed(self.node_id, optimizer.local_epoch), self.batch_size)
+        if min_peers > 1:  # one batch first: a peer becomes visible in the DHT only once it has progress
+            self._train_one_batch(next(data))
+            self.stats.state = f"waiting for {min_peers} peers"
+            self.swarm.wait_for_peers(min_peers, timeout=wait_timeout, stop=stop)
+        self.stats.state = "training"
+        while not stop.is_set():
+            if max_epochs is not None and optimizer.local_epoch >= max_epochs:
+                logger.info("Reached epoch %d; stopping", optimizer.local_epoch)
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            self._train_one_batch(next(data))
+        self.stats.state = "stopping"
+
+    def _train_one_batch(self, batch) -> None:
+        optimizer, averager = self.optimizer, self.swarm.grad_averager
+        inputs, targets = (tensor.to(self.device, non_blocking=True) for tensor in batch)
+        started = time.perf_counter()
+        loss = self.task.loss(self.model, (inputs, targets))
+        loss.backward()
+        compute_seconds = time.perf_counter() - started
+        epoch, rounds, loads = optimizer.local_epoch, averager.rounds_started, optimizer.state_loads
+        optimizer.step()
+        optimizer.zero_grad()
+        self.accountant.add_batch(len(targets), compute_seconds, loss.item())
+        self._update_throughput(len(targets))
+
+        if optimizer.state_loads != loads:  # fell behind: the swarm's newer state replaced this work
+            self.accountant.discard()
+            self.stats.state_downloads += 1
+        elif optimizer.local_epoch != epoch:
+            outcome = averager.outcome_since(rounds)
+            contribution = self.accountant.close_epoch(epoch=epoch, group_size=outcome.group_size)
+            self.stats.epochs_contributed += 1
+            self.stats.last_group_size = outcome.group_size
+            self.stats.group_sizes[epoch] = outcome.group_size
+            self.stats.last_loss = contribution.loss
+            self.on_contribution(contribution)
+        self.stats.epoch = optimizer.local_epoch
+        self.stats.samples_total = self.accountant.total_samples
+
+    def _update_throughput(self, samples: int) -> None:
+        since, counted = self._throughput
+        counted += samples
+        elapsed = time.monotonic() - since
+        if elapsed >= 2.0:
+            self.stats.samples_per_second = counted / elapsed
+            self._throughput = (time.monotonic(), 0)
+        else:
+            self._throughput = (since, counted)
+
+    def save_checkpoint(self, path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"epoch": self.optimizer.local_epoch, "model": self.model.state_dict()}, path)

@@ -1,0 +1,39 @@
+"""Entry point of the supervised node process: `python -m node.worker CONFIG_JSON`.
+`hearth join` runs it in its own process group so that nothing hivemind starts can outlive the node."""
+
+import json
+import logging
+import sys
+import threading
+
+from node.config import NodeConfig
+from node.daemon import NodeError, install_stop_handlers, run_node
+
+logger = logging.getLogger("node")
+
+
+def main(argv: list[str]) -> int:
+    config = NodeConfig.from_json_dict(json.loads(argv[0]))
+    verbosity = int(argv[1]) if len(argv) > 1 else 0
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    try:
+        summary = run_node(config, stop)
+    except NodeError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Forced stop.", file=sys.stderr)
+        return 130
+    print(
+        f"Stopped at epoch {summary['epoch']}: contributed {summary['samples']:,} samples, "
+        f"{summary['reports_acknowledged']} report(s) acknowledged, {summary['reports_waiting']} waiting in the outbox.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

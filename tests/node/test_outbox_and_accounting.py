@@ -1,0 +1,40 @@
+import stat
+
+from node.accounting import Accountant
+from node.identity import NodeIdentity, friendly_name
+from node.outbox import Outbox
+
+
+def test_sequence_numbers_survive_restarts_and_never_repeat(tmp_path):
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    assert [outbox.next_seq() for _ in range(3)] == [1, 2, 3]
+    outbox.add(3, "t", b"payload")
+    outbox.close()
+    reopened = Outbox(tmp_path / "outbox.sqlite")
+    assert reopened.next_seq() == 4
+    assert reopened.pending() == [(3, "t", b"payload")]
+    reopened.acknowledge(3)
+    assert len(reopened) == 0
+
+
+def test_accountant_closes_epochs_and_discards_stale_work():
+    accountant = Accountant()
+    accountant.add_batch(256, 0.1, 2.0)
+    accountant.add_batch(256, 0.2, 1.0)
+    closed = accountant.close_epoch(epoch=4, group_size=3)
+    assert (closed.epoch, closed.samples, closed.loss, closed.group_size) == (4, 512, 1.5, 3)
+    assert abs(closed.compute_seconds - 0.3) < 1e-9
+    accountant.add_batch(128, 0.1, 1.0)
+    accountant.discard()
+    assert accountant.close_epoch(epoch=5, group_size=1).samples == 0
+    assert (accountant.total_samples, accountant.discarded_samples) == (512, 128)
+
+
+def test_identity_is_created_once_with_private_files(tmp_path):
+    first = NodeIdentity.load_or_create(tmp_path)
+    assert stat.S_IMODE((tmp_path / "node.key").stat().st_mode) == 0o600
+    assert NodeIdentity.load_or_create(tmp_path).node_id == first.node_id
+    assert first.registered_name() is None
+    first.remember("ada", None)
+    assert NodeIdentity.load_or_create(tmp_path).registered_name() == "ada"
+    assert friendly_name().count("-") == 2
