@@ -1,0 +1,16 @@
+"""The Hearth coordinator: swarm registry, volunteer registry, report ingestion, credit ledger, DHT monitor,
+JSON API and website, all in one asyncio process. Never imports `node`.
+
+- config.py: CoordinatorConfig, every setting of `hearth coordinator serve` (validated once).
+- db.py: the schema (SQLAlchemy Core) and engine; the only module that knows SQL dialects.
+- ledger.py: the credit rule, registrations, swarm creation, batched idempotent writes with running totals.
+- swarms.py: defining a swarm from a task (FLOPs measured once) and building its manifest.
+- broker.py: the embedded amqtt MQTT broker, or a reachability check of an external one.
+- ingest.py: MQTT reports and presence → verification → the ledger; bad input counted and recorded.
+- monitor.py: the coordinator's hivemind DHT peer: bootstrap for nodes, reader of swarm progress.
+- queries.py: read queries shared by the API and the website (leaderboard, volunteer audit trail, stats).
+- api.py: the JSON API (/api/v1) and its single error shape.
+- web.py + templates/: the server-rendered leaderboard page.
+- app.py: wiring: the FastAPI app and the start/stop sequence of every part.
+- cli.py: `hearth coordinator serve`, `hearth swarm create|list`, `hearth leaderboard`.
+"""

@@ -1,0 +1,178 @@
+"""Wiring only: build the FastAPI app, and start/stop every part of the coordinator in one event loop
+(ledger → default swarm → broker → ingest → DHT monitor → HTTP), then write the ready file."""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import Optional
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from coordinator import api, db, web
+from coordinator.api import Services
+from coordinator.broker import EmbeddedBroker, check_reachable
+from coordinator.config import CoordinatorConfig, parse_mqtt_url
+from coordinator.ingest import Ingestor
+from coordinator.ledger import Ledger
+from coordinator.monitor import DHTMonitor
+from coordinator.swarms import ensure_default_swarm
+
+logger = logging.getLogger(__name__)
+
+SUBSCRIBE_TIMEOUT = 15.0
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(title="Hearth coordinator", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    app.state.services = services
+    api.install_error_handlers(app)
+    app.include_router(api.router)
+    app.include_router(web.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return app
+
+
+def load_or_create_token(path: Path) -> str:
+    """The operator token that authorises `hearth swarm create`: random, written once, readable by its owner only."""
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def write_ready_file(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(content, indent=2))
+    os.replace(tmp, path)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the coordinator handles SIGINT/SIGTERM for every part."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig):
+        self.config = config
+        self.engine = None
+        self.broker: Optional[EmbeddedBroker] = None
+        self.ingestor: Optional[Ingestor] = None
+        self.monitor: Optional[DHTMonitor] = None
+        self.server: Optional[_Server] = None
+        self._server_task: Optional[asyncio.Task] = None
+        self.url = self.broker_url = ""
+
+    async def start(self) -> None:
+        """Start every part; raises BrokerUnavailable / OSError with an operator-readable message."""
+        config = self.config
+        config.ensure_data_dir()
+        token = load_or_create_token(config.token_file)
+        self.engine = db.create_engine(config.database_url)
+        await db.create_schema(self.engine)
+        ledger = Ledger(self.engine)
+        await ledger.load()
+        await ensure_default_swarm(ledger, config.default_task)
+
+        if config.broker_url:
+            host, port = parse_mqtt_url(config.broker_url)
+            await check_reachable(host, port)
+            self.broker_url = config.broker_url
+        else:
+            self.broker = EmbeddedBroker(config.broker_host, config.broker_port)
+            await self.broker.start()
+            host = "127.0.0.1" if config.broker_host in ("0.0.0.0", "::") else config.broker_host
+            port = self.broker.port
+            self.broker_url = f"mqtt://{config.advertised_host}:{port}"
+        self.ingestor = Ingestor(ledger, host, port)
+        await self.ingestor.start()
+        await asyncio.wait_for(self.ingestor.subscribed.wait(), SUBSCRIBE_TIMEOUT)
+
+        if config.enable_monitor:
+            self.monitor = DHTMonitor(config.dht_host, config.dht_port, config.monitor_interval, config.public_host)
+            await self.monitor.start(lambda: [(sid, info.run_id) for sid, info in ledger.swarms.items()])
+
+        services = Services(ledger, self.broker_url, token, counters=self.ingestor.counters, monitor=self.monitor)
+        await self._serve_http(create_app(services))
+        if config.ready_file is not None:
+            write_ready_file(config.ready_file, self.ready_info())
+        logger.info("Hearth coordinator ready: %s", self.url)
+
+    async def _serve_http(self, app: FastAPI) -> None:
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.config.host, self.config.port))
+        except OSError as e:
+            sock.close()
+            raise OSError(f"cannot listen on {self.config.host}:{self.config.port}: {e.strerror or e}") from e
+        port = sock.getsockname()[1]
+        uv_config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+        self.server = _Server(uv_config)
+        self._server_task = asyncio.create_task(self.server.serve(sockets=[sock]), name="http")
+        while not self.server.started:
+            if self._server_task.done():
+                self._server_task.result()
+                raise OSError("the HTTP server stopped during start-up")
+            await asyncio.sleep(0.02)
+        self.url = f"http://{self.config.advertised_host}:{port}"
+
+    def ready_info(self) -> dict:
+        return {
+            "url": self.url,
+            "broker_url": self.broker_url,
+            "initial_peers": self.monitor.initial_peers if self.monitor else [],
+            "data_dir": str(self.config.data_dir),
+            "pid": os.getpid(),
+        }
+
+    async def stop(self) -> None:
+        """Stop in reverse order; each part gets the shutdown timeout, then is abandoned."""
+        timeout = self.config.shutdown_timeout
+        if self.server is not None:
+            self.server.should_exit = True
+            await _bounded(self._server_task, timeout, "HTTP server")
+        if self.ingestor is not None:
+            await _bounded(self.ingestor.stop(), timeout, "ingest")
+        if self.monitor is not None:
+            await _bounded(self.monitor.stop(), timeout, "DHT monitor")
+        if self.broker is not None:
+            await _bounded(self.broker.stop(), timeout, "MQTT broker")
+        if self.engine is not None:
+            await _bounded(self.engine.dispose(), timeout, "database")
+        if self.config.ready_file is not None:
+            with contextlib.suppress(OSError):
+                self.config.ready_file.unlink()
+        logger.info("Hearth coordinator stopped")
+
+    def force_stop(self) -> None:
+        """Last resort after a second Ctrl+C: make sure no DHT process outlives us."""
+        if self.monitor is not None and self.monitor.dht is not None:
+            self.monitor.dht.terminate()
+
+
+async def _bounded(awaitable, timeout: float, name: str) -> None:
+    try:
+        await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        logger.warning("%s did not stop within %.0f s; abandoned", name, timeout)
+    except Exception:
+        logger.exception("Error while stopping the %s", name)

@@ -1,0 +1,69 @@
+"""The MQTT transport: an embedded amqtt broker for zero set-up, or a check that an external one answers."""
+
+import asyncio
+import logging
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker could not be started or reached; the message is meant for the operator."""
+
+
+class EmbeddedBroker:
+    """amqtt running in this event loop on host:port (port 0 picks a free one). Anonymous clients allowed."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883):
+        self.host = host
+        self.requested_port = port
+        self.port: Optional[int] = None
+        self._broker = None
+
+    async def start(self) -> None:
+        from amqtt.broker import Broker
+        from amqtt.errors import BrokerError
+
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.requested_port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        self._broker = Broker(config)
+        try:
+            await self._broker.start()
+        except BrokerError as e:
+            self._broker = None
+            cause = e.__cause__ or e
+            raise BrokerUnavailable(f"cannot start the MQTT broker on {self.host}:{self.requested_port}: {cause}") from e
+        self.port = self._bound_port()
+        logger.info("Embedded MQTT broker listening on %s:%s", self.host, self.port)
+
+    def _bound_port(self) -> int:
+        server = self._broker._servers["default"].instance  # amqtt keeps the asyncio.Server here
+        return server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        if self._broker is None:
+            return
+        broker, self._broker = self._broker, None
+        try:
+            await broker.shutdown()
+        except Exception:  # a half-stopped broker must not block the rest of the shutdown
+            logger.exception("Error while stopping the embedded MQTT broker")
+
+
+async def check_reachable(host: str, port: int, timeout: float = 5.0) -> None:
+    """Raise BrokerUnavailable unless a TCP connection to the broker opens within `timeout` seconds."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError) as e:
+        raise BrokerUnavailable(f"cannot reach the MQTT broker at mqtt://{host}:{port}: {e or 'timed out'}") from e
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass

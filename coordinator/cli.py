@@ -1,0 +1,181 @@
+"""`hearth coordinator serve`, `hearth swarm create|list` and `hearth leaderboard`."""
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from coordinator.config import DEFAULT_BROKER_PORT, DEFAULT_HTTP_PORT, CoordinatorConfig, default_data_dir, default_token_file
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COORDINATOR = "http://127.0.0.1:8000"
+
+
+@click.group()
+def coordinator() -> None:
+    """Run a Hearth coordinator: ledger, MQTT broker, DHT bootstrap peer, JSON API and website."""
+
+
+@coordinator.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=default_data_dir,
+              show_default="platformdirs user data dir/coordinator", help="Ledger, operator token.")
+@click.option("--db", "db_url", metavar="URL", help="SQLAlchemy async database URL (default: SQLite in the data dir).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface for the website and API.")
+@click.option("--port", type=int, default=DEFAULT_HTTP_PORT, show_default=True, help="HTTP port (0: any free port).")
+@click.option("--public-host", help="Host name advertised in URLs given to nodes (default: --host).")
+@click.option("--broker", "broker_url", metavar="mqtt://HOST:PORT", help="Use this MQTT broker instead of the embedded one.")
+@click.option("--broker-port", type=int, default=DEFAULT_BROKER_PORT, show_default=True,
+              help="Port of the embedded MQTT broker (0: any free port).")
+@click.option("--dht-host", default="127.0.0.1", show_default=True, help="Interface of the bootstrap DHT peer.")
+@click.option("--dht-port", type=int, default=0, show_default=True, help="Port of the bootstrap DHT peer (0: any free port).")
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a JSON file (url, broker_url, initial_peers, data_dir) once everything listens.")
+def serve(data_dir, db_url, host, port, public_host, broker_url, broker_port, dht_host, dht_port, ready_file) -> None:
+    """Start the coordinator in this process; Ctrl+C stops it (twice: at once)."""
+    try:
+        config = CoordinatorConfig(
+            data_dir=data_dir, db_url=db_url, host=host, port=port, public_host=public_host, broker_url=broker_url,
+            broker_port=broker_port, dht_host=dht_host, dht_port=dht_port, ready_file=ready_file,
+        )  # fmt: skip
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    try:
+        asyncio.run(_serve(config))
+    except asyncio.CancelledError:
+        raise SystemExit(130)
+
+
+async def _serve(config: CoordinatorConfig) -> None:
+    from coordinator.app import Coordinator
+    from coordinator.broker import BrokerUnavailable
+    from hearth.tasks.registry import UnknownTask
+
+    node = Coordinator(config)
+    stop = asyncio.Event()
+    main_task = asyncio.current_task()
+    received = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            logger.warning("Shutting down (press Ctrl+C again to stop at once)")
+            stop.set()
+        else:
+            main_task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        try:
+            await node.start()
+        except (BrokerUnavailable, OSError, UnknownTask, ValueError) as e:
+            raise click.ClickException(str(e)) from None
+        except asyncio.TimeoutError:
+            raise click.ClickException("the MQTT broker accepted the connection but never confirmed the subscription") from None
+        click.echo(f"Hearth coordinator ready: {node.url}", err=True)
+        await stop.wait()
+    finally:
+        try:
+            await node.stop()
+        except asyncio.CancelledError:
+            node.force_stop()
+            raise
+
+
+@click.group()
+def swarm() -> None:
+    """Define and list swarms on a coordinator."""
+
+
+def _coordinator_option(function):
+    return click.option("--coordinator", "url", default=DEFAULT_COORDINATOR, show_default=True,
+                        help="Base URL of the coordinator.")(function)  # fmt: skip
+
+
+def _request(method: str, url: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        response = httpx.request(method, url, timeout=120, **kwargs)
+    except httpx.HTTPError as e:
+        raise click.ClickException(f"cannot reach the coordinator at {url}: {e}") from None
+    try:
+        body = response.json()
+    except ValueError:
+        raise click.ClickException(f"{url} answered {response.status_code} without JSON; is it a Hearth coordinator?") from None
+    if response.status_code >= 400:
+        message = body.get("error", {}).get("message", response.text) if isinstance(body, dict) else response.text
+        raise click.ClickException(f"the coordinator refused ({response.status_code}): {message}")
+    return body
+
+
+@swarm.command("create")
+@click.argument("swarm_id")
+@click.option("--task", default="spirals", show_default=True, help="Training task (see `hearth tasks`).")
+@click.option("--title", help="Human-readable title (default: the task's description).")
+@click.option("--target-batch-size", type=click.IntRange(min=1), help="Samples per swarm-wide epoch.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per local step.")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True))
+@click.option("--matchmaking-time", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
+@click.option("--averaging-timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
+@_coordinator_option
+@click.option("--token", help="Operator token (default: read from --token-file).")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=default_token_file,
+              show_default="<default data dir>/operator-token")  # fmt: skip
+def create(swarm_id, task, title, target_batch_size, batch_size, learning_rate, matchmaking_time, averaging_timeout,
+           url, token, token_file) -> None:  # fmt: skip
+    """Create swarm SWARM_ID on the coordinator (needs the operator token)."""
+    if token is None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError:
+            raise click.UsageError(
+                f"no operator token: pass --token, or --token-file (the coordinator writes {token_file} at first start)"
+            ) from None
+    body = {"swarm_id": swarm_id, "task": task, "title": title, "target_batch_size": target_batch_size,
+            "batch_size": batch_size, "learning_rate": learning_rate, "matchmaking_time": matchmaking_time,
+            "averaging_timeout": averaging_timeout}  # fmt: skip
+    manifest = _request("POST", f"{url.rstrip('/')}/api/v1/swarms", json={k: v for k, v in body.items() if v is not None},
+                        headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    click.echo(f"Created swarm {manifest['swarm_id']} (run_id {manifest['run_id']}).")
+    click.echo(f"Volunteers join with: hearth join {url.rstrip('/')}/api/v1/swarms/{manifest['swarm_id']}")
+
+
+@swarm.command("list")
+@_coordinator_option
+def list_swarms(url) -> None:
+    """List the coordinator's swarms with their live progress."""
+    from rich.console import Console
+    from rich.table import Table
+
+    swarms = _request("GET", f"{url.rstrip('/')}/api/v1/swarms")["swarms"]
+    table = Table("swarm", "task", "title", "epoch", "peers", "samples/s", "run_id")
+    for s in swarms:
+        p = s.get("progress", {})
+        epoch = "-" if p.get("epoch") is None else str(p["epoch"])
+        table.add_row(s["swarm_id"], s["task"], s["title"], epoch, str(p.get("peers_online", 0)),
+                      f"{p.get('samples_per_second', 0):.0f}", s["run_id"])  # fmt: skip
+    Console().print(table)
+
+
+@click.command()
+@_coordinator_option
+@click.option("--limit", type=click.IntRange(1, 1000), default=25, show_default=True)
+def leaderboard(url, limit) -> None:
+    """Show the volunteers' leaderboard."""
+    from rich.console import Console
+    from rich.table import Table
+
+    board = _request("GET", f"{url.rstrip('/')}/api/v1/leaderboard", params={"limit": limit})
+    table = Table("#", "volunteer", "team", "credit", "samples", "last seen", "online", title="Hearth leaderboard")
+    for e in board["volunteers"]:
+        last_seen = (e["last_seen"] or "never")[:19].replace("T", " ")
+        table.add_row(str(e["rank"]), e["name"], e["team"] or "", f"{e['credit']:,.2f}", f"{e['samples']:,}",
+                      last_seen, str(e["nodes_online"]))  # fmt: skip
+    Console().print(table)
+    Console(stderr=True).print(f"{len(board['volunteers'])} of {board['total']} volunteers")

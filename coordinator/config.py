@@ -1,0 +1,119 @@
+"""CoordinatorConfig: every setting of `hearth coordinator serve`, built once from the CLI flags and passed down."""
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlsplit
+
+import platformdirs
+
+DEFAULT_BROKER_PORT = 1883
+DEFAULT_HTTP_PORT = 8000
+OPERATOR_TOKEN_FILE = "operator-token"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("hearth")) / "coordinator"
+
+
+def default_token_file() -> Path:
+    return default_data_dir() / OPERATOR_TOKEN_FILE
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int]:
+    """`mqtt://host[:port]` → (host, port); raises ValueError with a readable message otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme != "mqtt" or not parts.hostname:
+        raise ValueError(f"broker URL must look like mqtt://host:port, got {url!r}")
+    try:
+        port = parts.port or DEFAULT_BROKER_PORT
+    except ValueError as e:
+        raise ValueError(f"broker URL {url!r} has an invalid port") from e
+    return parts.hostname, port
+
+
+def _check_port(name: str, port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{name} must be between 0 and 65535 (0 picks a free port), got {port}")
+
+
+@dataclass
+class CoordinatorConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    """Where the SQLite ledger and the operator token live; created if missing."""
+    db_url: Optional[str] = None
+    """SQLAlchemy async URL of the ledger; default: a SQLite file (WAL) in data_dir."""
+    host: str = "127.0.0.1"
+    """Interface the website and JSON API listen on."""
+    port: int = DEFAULT_HTTP_PORT
+    """HTTP port; 0 picks a free one."""
+    public_host: Optional[str] = None
+    """Host name put into advertised URLs (broker, DHT peers); default: host (or 127.0.0.1 for 0.0.0.0)."""
+    broker_url: Optional[str] = None
+    """An external MQTT broker, mqtt://host:port; when unset the coordinator embeds its own broker."""
+    broker_port: int = DEFAULT_BROKER_PORT
+    """Port of the embedded broker on 127.0.0.1; 0 picks a free one."""
+    broker_host: str = "127.0.0.1"
+    """Interface the embedded broker listens on."""
+    dht_host: str = "127.0.0.1"
+    """Interface the monitor's bootstrap DHT peer listens on."""
+    dht_port: int = 0
+    """TCP port of the bootstrap DHT peer; 0 picks a free one."""
+    monitor_interval: float = 2.0
+    """Seconds between reads of each swarm's progress records in the DHT."""
+    enable_monitor: bool = True
+    """Run the DHT monitor (tests of the ledger alone may turn it off)."""
+    ready_file: Optional[Path] = None
+    """Written atomically as JSON once everything listens."""
+    shutdown_timeout: float = 10.0
+    """Seconds graceful shutdown may take before the remaining parts are cancelled."""
+    default_task: str = "spirals"
+    """Task of the swarm created at first start when no swarm exists."""
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser()
+        if self.ready_file is not None:
+            self.ready_file = Path(self.ready_file).expanduser()
+        _check_port("--port", self.port)
+        _check_port("--broker-port", self.broker_port)
+        _check_port("--dht-port", self.dht_port)
+        if self.broker_url is not None:
+            parse_mqtt_url(self.broker_url)
+        if self.db_url is not None and "://" not in self.db_url:
+            raise ValueError(f"--db must be a SQLAlchemy URL such as sqlite+aiosqlite:///path.db, got {self.db_url!r}")
+        if self.monitor_interval <= 0:
+            raise ValueError("monitor interval must be positive")
+        if self.shutdown_timeout <= 0:
+            raise ValueError("shutdown timeout must be positive")
+        for name, value in (("--host", self.host), ("--dht-host", self.dht_host)):
+            if not value.strip():
+                raise ValueError(f"{name} must not be empty")
+        try:
+            ipaddress.ip_address(self.dht_host)
+        except ValueError as e:
+            raise ValueError(f"--dht-host must be an IP address, got {self.dht_host!r}") from e
+
+    @property
+    def advertised_host(self) -> str:
+        if self.public_host:
+            return self.public_host
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    @property
+    def database_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'ledger.sqlite3'}"
+
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / OPERATOR_TOKEN_FILE
+
+    def ensure_data_dir(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chmod(self.data_dir, 0o700)
+        except OSError:
+            pass

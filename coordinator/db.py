@@ -1,0 +1,146 @@
+"""The ledger's schema and engine: the only module that knows SQL dialects.
+
+Tables are SQLAlchemy Core; `metadata.create_all` builds them (Alembic migrations come later). Upserts
+are the one dialect-specific statement, so `upsert()` picks the right `insert` construct here.
+"""
+
+import logging
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+logger = logging.getLogger(__name__)
+metadata = MetaData()
+
+swarms = Table(
+    "swarms",
+    metadata,
+    Column("swarm_id", String(63), primary_key=True),
+    Column("title", String(200), nullable=False),
+    Column("run_id", String(64), nullable=False, unique=True),
+    Column("task", String(100), nullable=False),
+    Column("hyperparameters", JSON, nullable=False),
+    Column("flops_per_sample", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+volunteers = Table(
+    "volunteers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("team", String(100)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("node_id", String(32), primary_key=True),
+    Column("public_key", String(64), nullable=False, unique=True),
+    Column("volunteer_id", Integer, ForeignKey("volunteers.id"), nullable=False, index=True),
+    Column("peer_id", String(128)),
+    Column("device", String(64), nullable=False, default=""),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("swarm_id", String(63)),
+    Column("last_seen", DateTime(timezone=True)),
+    Column("status_time", Float),
+    Column("last_seq", BigInteger, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+reports = Table(
+    "reports",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node_id", String(32), nullable=False),
+    Column("volunteer_id", Integer, nullable=False),
+    Column("swarm_id", String(63), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("samples", BigInteger, nullable=False),
+    Column("compute_seconds", Float, nullable=False),
+    Column("device", String(64), nullable=False),
+    Column("loss", Float),
+    Column("group_size", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # 'granted' | 'rejected'
+    Column("reason", String(64)),
+    Column("credit", Float, nullable=False, default=0.0),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("node_id", "seq", name="uq_reports_node_seq"),
+    Index("ix_reports_volunteer", "volunteer_id", "id"),
+)
+
+rejected_messages = Table(
+    "rejected_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("reason", String(64), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("topic", String(300), nullable=False),
+    Column("node_id", String(32), index=True),  # claimed by the topic or body; unverified unless noted in detail
+    Column("seq", BigInteger),
+    Column("payload_sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+volunteer_totals = Table(
+    "volunteer_totals",
+    metadata,
+    Column("volunteer_id", Integer, ForeignKey("volunteers.id"), primary_key=True),
+    Column("credit", Float, nullable=False, default=0.0),
+    Column("samples", BigInteger, nullable=False, default=0),
+    Column("reports", BigInteger, nullable=False, default=0),
+    Column("last_report_at", DateTime(timezone=True)),
+    Index("ix_totals_credit", "credit"),
+)
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine; SQLite files get WAL, a busy timeout and enforced foreign keys."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+
+
+def upsert(engine_or_dialect_name: str, table: Table):
+    """The dialect's INSERT construct that supports ON CONFLICT (SQLite and PostgreSQL share the syntax)."""
+    if engine_or_dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif engine_or_dialect_name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise ValueError(f"database dialect {engine_or_dialect_name!r} is not supported (use SQLite or PostgreSQL)")
+    return insert(table)

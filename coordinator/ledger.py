@@ -1,0 +1,201 @@
+"""The credit ledger: the credit rule, registrations, swarms, and idempotent batched writes of ingest results.
+
+Credit is computed here, never taken from a node: accepted samples × the swarm's measured FLOPs per sample,
+in BOINC cobblestones (1 credit = 4.32e11 FLOPs). Grants and the volunteer's running totals are written in
+the same transaction, so the leaderboard reads a totals table and never scans reports.
+"""
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator import db
+from protocol.messages import VolunteerRegistration
+from protocol.signing import node_id_for
+
+logger = logging.getLogger(__name__)
+
+FLOPS_PER_CREDIT = 4.32e11  # one BOINC cobblestone: 200 credits/day for a sustained 1 GFLOPS
+
+
+def credit_for(samples: int, flops_per_sample: int) -> float:
+    return samples * flops_per_sample / FLOPS_PER_CREDIT
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class NameTaken(Exception):
+    """The display name belongs to another key."""
+
+
+class SwarmExists(Exception):
+    """A swarm with that id already exists."""
+
+
+@dataclass
+class NodeInfo:
+    public_key: str
+    volunteer_id: int
+    last_seq: int
+    status_time: float = 0.0
+
+
+@dataclass
+class SwarmInfo:
+    run_id: str
+    flops_per_sample: int
+
+
+@dataclass
+class Batch:
+    """Ingest results to write in one transaction."""
+
+    grants: list[dict] = field(default_factory=list)
+    rejections: list[dict] = field(default_factory=list)
+    statuses: dict[str, dict] = field(default_factory=dict)  # node_id → latest status values
+
+    def __bool__(self) -> bool:
+        return bool(self.grants or self.rejections or self.statuses)
+
+
+class Ledger:
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+        self.nodes: dict[str, NodeInfo] = {}
+        self.swarms: dict[str, SwarmInfo] = {}
+
+    async def load(self) -> None:
+        """Fill the caches the ingest loop reads synchronously (node keys, sequence numbers, swarms)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(db.nodes.c.node_id, db.nodes.c.public_key, db.nodes.c.volunteer_id, db.nodes.c.last_seq,
+                       db.nodes.c.status_time)
+            )  # fmt: skip
+            self.nodes = {r.node_id: NodeInfo(r.public_key, r.volunteer_id, r.last_seq, r.status_time or 0.0) for r in rows}
+            rows = await conn.execute(select(db.swarms.c.swarm_id, db.swarms.c.run_id, db.swarms.c.flops_per_sample))
+            self.swarms = {r.swarm_id: SwarmInfo(r.run_id, r.flops_per_sample) for r in rows}
+
+    async def refresh_node(self, node_id: str) -> Optional[NodeInfo]:
+        """Cache miss path: a node registered through another replica of the coordinator."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(db.nodes).where(db.nodes.c.node_id == node_id))).first()
+        if row is None:
+            return None
+        info = NodeInfo(row.public_key, row.volunteer_id, row.last_seq, row.status_time or 0.0)
+        self.nodes[node_id] = info
+        return info
+
+    async def refresh_swarm(self, swarm_id: str) -> Optional[SwarmInfo]:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(db.swarms).where(db.swarms.c.swarm_id == swarm_id))).first()
+        if row is None:
+            return None
+        self.swarms[swarm_id] = info = SwarmInfo(row.run_id, row.flops_per_sample)
+        return info
+
+    async def register(self, reg: VolunteerRegistration) -> tuple[dict, bool]:
+        """Create the volunteer and node for a verified registration. Idempotent per key: (record, created)."""
+        node_id = node_id_for(reg.public_key)
+        async with self.engine.begin() as conn:
+            existing = await _registered(conn, node_id)
+            if existing is not None:
+                return existing, False
+            taken = (await conn.execute(select(db.volunteers.c.id).where(db.volunteers.c.name == reg.name))).first()
+            if taken is not None:
+                raise NameTaken(f"the name {reg.name!r} is already taken")
+            now = utcnow()
+            try:
+                result = await conn.execute(insert(db.volunteers).values(name=reg.name, team=reg.team, created_at=now))
+                volunteer_id = result.inserted_primary_key[0]
+                await conn.execute(insert(db.volunteer_totals).values(volunteer_id=volunteer_id))
+                await conn.execute(
+                    insert(db.nodes).values(
+                        node_id=node_id, public_key=reg.public_key, volunteer_id=volunteer_id, peer_id=reg.peer_id,
+                        device="", online=False, last_seq=0, created_at=now,
+                    )
+                )  # fmt: skip
+            except IntegrityError as e:  # a concurrent registration won the race
+                raise NameTaken(f"the name {reg.name!r} is already taken") from e
+        self.nodes[node_id] = NodeInfo(reg.public_key, volunteer_id, 0)
+        logger.info("Registered volunteer %s (node %s)", reg.name, node_id)
+        return {"name": reg.name, "team": reg.team, "node_id": node_id}, True
+
+    async def create_swarm(self, values: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            exists = await conn.execute(select(db.swarms.c.swarm_id).where(db.swarms.c.swarm_id == values["swarm_id"]))
+            if exists.first() is not None:
+                raise SwarmExists(f"swarm {values['swarm_id']!r} already exists")
+            await conn.execute(insert(db.swarms).values(**values, created_at=utcnow()))
+        self.swarms[values["swarm_id"]] = SwarmInfo(values["run_id"], values["flops_per_sample"])
+        logger.info("Created swarm %s (run_id %s)", values["swarm_id"], values["run_id"])
+
+    async def count_swarms(self) -> int:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(func.count()).select_from(db.swarms))).scalar_one()
+
+    async def write(self, batch: Batch) -> None:
+        """Write grants (with their totals), rejections and presence updates in one transaction."""
+        if not batch:
+            return
+        dialect = self.engine.dialect.name
+        async with self.engine.begin() as conn:
+            if batch.grants:
+                await conn.execute(insert(db.reports), batch.grants)
+                await _bump_sequences(conn, batch.grants)
+                await _add_totals(conn, dialect, batch.grants)
+            if batch.rejections:
+                await conn.execute(insert(db.rejected_messages), batch.rejections)
+            for node_id, values in batch.statuses.items():
+                await conn.execute(update(db.nodes).where(db.nodes.c.node_id == node_id).values(**values))
+
+
+async def _registered(conn, node_id: str) -> Optional[dict]:
+    row = (
+        await conn.execute(
+            select(db.volunteers.c.name, db.volunteers.c.team)
+            .join(db.nodes, db.nodes.c.volunteer_id == db.volunteers.c.id)
+            .where(db.nodes.c.node_id == node_id)
+        )
+    ).first()
+    return None if row is None else {"name": row.name, "team": row.team, "node_id": node_id}
+
+
+async def _bump_sequences(conn, grants: list[dict]) -> None:
+    latest: dict[str, int] = {}
+    for grant in grants:
+        latest[grant["node_id"]] = max(latest.get(grant["node_id"], 0), grant["seq"])
+    for node_id, seq in latest.items():
+        await conn.execute(
+            update(db.nodes).where(db.nodes.c.node_id == node_id, db.nodes.c.last_seq < seq).values(last_seq=seq)
+        )
+
+
+async def _add_totals(conn, dialect: str, grants: list[dict]) -> None:
+    sums: dict[int, dict] = defaultdict(lambda: {"credit": 0.0, "samples": 0, "reports": 0, "last_report_at": None})
+    for grant in grants:
+        total = sums[grant["volunteer_id"]]
+        total["credit"] += grant["credit"]
+        total["samples"] += grant["samples"]
+        total["reports"] += 1
+        total["last_report_at"] = grant["received_at"]
+    table = db.volunteer_totals
+    for volunteer_id, total in sums.items():
+        statement = db.upsert(dialect, table).values(volunteer_id=volunteer_id, **total)
+        statement = statement.on_conflict_do_update(
+            index_elements=[table.c.volunteer_id],
+            set_={
+                "credit": table.c.credit + statement.excluded.credit,
+                "samples": table.c.samples + statement.excluded.samples,
+                "reports": table.c.reports + statement.excluded.reports,
+                "last_report_at": statement.excluded.last_report_at,
+            },
+        )
+        await conn.execute(statement)

@@ -1,0 +1,130 @@
+"""Read queries shared by the JSON API and the website. The leaderboard reads the maintained totals table."""
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import Integer, cast, desc, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator import db
+
+AUDIT_LIMIT = 100
+
+
+def iso(value: Optional[datetime]) -> Optional[str]:
+    """Timestamps as ISO 8601 in UTC (SQLite hands back naive datetimes that were written as UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat()
+
+
+def _latest(*values: Optional[datetime]) -> Optional[datetime]:
+    present = [v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v for v in values if v is not None]
+    return max(present, default=None)
+
+
+async def list_swarms(engine: AsyncEngine) -> list[Any]:
+    async with engine.connect() as conn:
+        return list(await conn.execute(select(db.swarms).order_by(db.swarms.c.created_at, db.swarms.c.swarm_id)))
+
+
+async def get_swarm(engine: AsyncEngine, swarm_id: str) -> Optional[Any]:
+    async with engine.connect() as conn:
+        return (await conn.execute(select(db.swarms).where(db.swarms.c.swarm_id == swarm_id))).first()
+
+
+def _node_activity():
+    n = db.nodes
+    return (
+        select(
+            n.c.volunteer_id,
+            func.sum(cast(n.c.online, Integer)).label("nodes_online"),
+            func.max(n.c.last_seen).label("node_last_seen"),
+        )
+        .group_by(n.c.volunteer_id)
+        .subquery()
+    )
+
+
+async def leaderboard(engine: AsyncEngine, limit: int = 100, offset: int = 0) -> tuple[list[dict], int]:
+    """Volunteers by credit, highest first: (page of entries, total number of volunteers)."""
+    t, v, activity = db.volunteer_totals, db.volunteers, _node_activity()
+    query = (
+        select(v.c.name, v.c.team, t.c.credit, t.c.samples, t.c.reports, t.c.last_report_at,
+               activity.c.nodes_online, activity.c.node_last_seen)  # fmt: skip
+        .select_from(t.join(v, v.c.id == t.c.volunteer_id).outerjoin(activity, activity.c.volunteer_id == v.c.id))
+        .order_by(desc(t.c.credit), v.c.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    async with engine.connect() as conn:
+        rows = list(await conn.execute(query))
+        total = (await conn.execute(select(func.count()).select_from(t))).scalar_one()
+    entries = [
+        {
+            "rank": offset + i + 1, "name": r.name, "team": r.team, "credit": r.credit, "samples": r.samples,
+            "reports": r.reports, "last_seen": iso(_latest(r.last_report_at, r.node_last_seen)),
+            "nodes_online": int(r.nodes_online or 0),
+        }  # fmt: skip
+        for i, r in enumerate(rows)
+    ]
+    return entries, total
+
+
+async def volunteer_detail(engine: AsyncEngine, name: str, limit: int = AUDIT_LIMIT) -> Optional[dict]:
+    """A volunteer's totals, nodes and audit trail (latest granted and rejected reports with reasons)."""
+    v, t, n, r, x = db.volunteers, db.volunteer_totals, db.nodes, db.reports, db.rejected_messages
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(select(v, t.c.credit, t.c.samples, t.c.reports, t.c.last_report_at)
+                               .join(t, t.c.volunteer_id == v.c.id).where(v.c.name == name))  # fmt: skip
+        ).first()
+        if row is None:
+            return None
+        nodes = list(await conn.execute(select(n).where(n.c.volunteer_id == row.id).order_by(n.c.created_at)))
+        node_ids = [node.node_id for node in nodes]
+        reports = list(await conn.execute(select(r).where(r.c.volunteer_id == row.id).order_by(desc(r.c.id)).limit(limit)))
+        rejected = list(
+            await conn.execute(select(x).where(x.c.node_id.in_(node_ids)).order_by(desc(x.c.id)).limit(limit))
+        )
+    return {
+        "name": row.name, "team": row.team, "created_at": iso(row.created_at), "credit": row.credit,
+        "samples": row.samples, "reports": row.reports, "last_report_at": iso(row.last_report_at),
+        "nodes": [
+            {"node_id": node.node_id, "device": node.device, "online": node.online, "swarm_id": node.swarm_id,
+             "last_seen": iso(node.last_seen), "last_seq": node.last_seq}  # fmt: skip
+            for node in nodes
+        ],
+        "audit": [
+            {"node_id": rep.node_id, "swarm_id": rep.swarm_id, "seq": rep.seq, "epoch": rep.epoch,
+             "samples": rep.samples, "compute_seconds": rep.compute_seconds, "device": rep.device, "loss": rep.loss,
+             "status": rep.status, "reason": rep.reason, "credit": rep.credit, "received_at": iso(rep.received_at)}  # fmt: skip
+            for rep in reports
+        ],
+        "rejected_messages": [
+            {"node_id": m.node_id, "seq": m.seq, "reason": m.reason, "detail": m.detail, "topic": m.topic,
+             "received_at": iso(m.received_at)}  # fmt: skip
+            for m in rejected
+        ],
+    }
+
+
+async def ledger_stats(engine: AsyncEngine) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        async def count(table, *where) -> int:
+            return (await conn.execute(select(func.count()).select_from(table).where(*where))).scalar_one()
+
+        credit = (await conn.execute(select(func.coalesce(func.sum(db.volunteer_totals.c.credit), 0.0)))).scalar_one()
+        samples = (await conn.execute(select(func.coalesce(func.sum(db.volunteer_totals.c.samples), 0)))).scalar_one()
+        return {
+            "swarms": await count(db.swarms),
+            "volunteers": await count(db.volunteers),
+            "nodes": await count(db.nodes),
+            "nodes_online": await count(db.nodes, db.nodes.c.online.is_(True)),
+            "reports_granted": await count(db.reports, db.reports.c.status == "granted"),
+            "rejected_messages": await count(db.rejected_messages),
+            "credit": float(credit),
+            "samples": int(samples),
+        }
