@@ -1,0 +1,89 @@
+"""Shared fixtures: real coordinator processes, real node processes, and clean-up of everything they start."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hearth.processes import kill_group, spawn_group, stop_group, wait_until
+
+COORDINATOR_START_TIMEOUT = 120
+
+
+def hearth_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hearth", *args]
+
+
+class CoordinatorProcess:
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.ready_file = data_dir / "ready.json"
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        argv = hearth_argv("coordinator", "serve", "--data-dir", str(data_dir), "--port", "0", "--broker-port", "0",
+                           "--dht-port", "0", "--ready-file", str(self.ready_file))  # fmt: skip
+        self.process = spawn_group(argv, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
+        self.info = wait_until(self._ready, COORDINATOR_START_TIMEOUT, what="the coordinator to start")
+        self.url = self.info["url"]
+        self.api = httpx.Client(base_url=self.url, timeout=10)
+
+    def _ready(self):
+        if self.process.poll() is not None:
+            raise RuntimeError(f"coordinator exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+        return self.ready_file.exists() and json.loads(self.ready_file.read_text())
+
+    def get(self, path: str, **params) -> dict:
+        response = self.api.get(path, params=params)
+        response.raise_for_status()
+        return response.json()
+
+    def stop(self) -> int:
+        self.api.close()
+        return stop_group(self.process)[1]
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory):
+    """A real `hearth coordinator serve` process: SQLite ledger, embedded broker, DHT bootstrap peer, API."""
+    process = CoordinatorProcess(tmp_path_factory.mktemp("coordinator") / "data")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+class NodeProcesses:
+    """Starts `hearth join` processes and guarantees their whole process groups end with the test."""
+
+    def __init__(self, base: Path):
+        self.base, self.processes = base, {}
+
+    def start(self, url: str, name: str, *args: str) -> subprocess.Popen:
+        data_dir = self.base / name
+        log = (self.base / f"{name}.log").open("w")
+        argv = hearth_argv("-v", "join", url, "--name", name, "--data-dir", str(data_dir), "--threads", "1",
+                           "--view", "log", *args)  # fmt: skip
+        self.processes[name] = spawn_group(argv, stdout=log, stderr=subprocess.STDOUT)
+        return self.processes[name]
+
+    def data_dir(self, name: str) -> Path:
+        return self.base / name
+
+    def log(self, name: str) -> str:
+        return (self.base / f"{name}.log").read_text()
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            stop_group(process, grace=20)
+            kill_group(process.pid)
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    processes = NodeProcesses(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop_all()

@@ -1,0 +1,117 @@
+"""The spine, end to end with real parts: a coordinator process (SQLite, embedded MQTT broker, DHT), two
+node processes training in a real hivemind swarm over loopback, and hostile reports sent to the broker."""
+
+import asyncio
+import json
+import time
+
+import aiomqtt
+import pytest
+import torch
+
+from hearth.processes import group_members, wait_until
+from protocol.envelope import seal
+from protocol.messages import ContributionReport, VolunteerRegistration
+from protocol.signing import SigningKey
+from protocol.topics import report_topic
+
+pytestmark = pytest.mark.swarm
+
+SWARM = "itest"
+EPOCHS = 4
+COBBLESTONE_FLOPS = 4.32e11
+
+
+@pytest.fixture(scope="module")
+def swarm(coordinator):
+    """A small swarm so the test takes well under a minute of training on 2 cores."""
+    from subprocess import run
+
+    from tests.conftest import hearth_argv
+
+    result = run(hearth_argv("swarm", "create", SWARM, "--task", "spirals", "--target-batch-size", "16384",
+                             "--coordinator", coordinator.url, "--token-file",
+                             str(coordinator.data_dir / "operator-token")),  # fmt: skip
+                 capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return coordinator.get(f"/api/v1/swarms/{SWARM}")
+
+
+def test_two_nodes_train_together_and_are_credited(coordinator, swarm, nodes):
+    for name in ("alice", "bob"):
+        nodes.start(coordinator.url, name, "--swarm", SWARM, "--min-peers", "2", "--max-epochs", str(EPOCHS))
+    for name, process in nodes.processes.items():
+        assert process.wait(timeout=240) == 0, nodes.log(name)
+        assert group_members(process.pid) == [], f"{name} left hivemind processes behind"
+
+    summaries = {name: json.loads((nodes.data_dir(name) / "last-run.json").read_text()) for name in ("alice", "bob")}
+    for summary in summaries.values():
+        assert summary["epoch"] == EPOCHS
+        assert summary["reports_waiting"] == 0
+        averaged = {int(epoch): size for epoch, size in summary["group_sizes"].items()}
+        assert all(size == 2 for epoch, size in averaged.items() if epoch >= 1), averaged
+
+    final = [torch.load(nodes.data_dir(name) / "swarms" / SWARM / "model.pt") for name in ("alice", "bob")]
+    assert final[0]["epoch"] == final[1]["epoch"] == EPOCHS
+    for key, tensor in final[0]["model"].items():
+        assert torch.allclose(tensor, final[1]["model"][key], atol=1e-5, rtol=0), key
+
+    flops = swarm["flops_per_sample"]
+    for name, summary in summaries.items():
+        volunteer = wait_until(lambda: _volunteer_with_reports(coordinator, name, summary["reports_acknowledged"]),
+                               30, what=f"{name}'s reports")  # fmt: skip
+        granted = [report for report in volunteer["audit"] if report["status"] == "granted"]
+        samples = sum(report["samples"] for report in granted)
+        assert samples == summary["samples"] > 0
+        assert volunteer["credit"] == pytest.approx(samples * flops / COBBLESTONE_FLOPS, rel=1e-9)
+
+    board = coordinator.get("/api/v1/leaderboard")["volunteers"]
+    assert {row["name"] for row in board} >= {"alice", "bob"}
+    assert [row["credit"] for row in board] == sorted((row["credit"] for row in board), reverse=True)
+
+
+def test_forged_replayed_and_malformed_reports_are_rejected_with_reasons(coordinator, swarm):
+    key = SigningKey.generate()
+    registration = VolunteerRegistration(name="carol", public_key=key.public_key, time=time.time())
+    response = coordinator.api.post("/api/v1/volunteers", content=seal(registration, key))
+    assert response.status_code == 201, response.text
+    topic = report_topic(SWARM, key.node_id)
+
+    def report(seq: int, samples: int) -> ContributionReport:
+        return ContributionReport(node_id=key.node_id, swarm_id=SWARM, seq=seq, epoch=99, samples=samples,
+                                  compute_seconds=1.0, device="cpu", time=time.time())  # fmt: skip
+
+    genuine = seal(report(1, 1000), key)
+    messages = [
+        seal(report(2, 10**9), SigningKey.generate()),  # forged: not carol's key
+        genuine,
+        genuine,  # replayed: the same signed bytes again
+        b"{this is not json",  # malformed
+        seal(report(3, 500), key),  # ingestion goes on after all of the above
+    ]
+    asyncio.run(_publish(coordinator.info["broker_url"], topic, messages))
+
+    def carol():
+        volunteer = coordinator.get("/api/v1/volunteers/carol")
+        return volunteer if len(volunteer["rejected_messages"]) >= 3 and volunteer["reports"] >= 2 else None
+
+    volunteer = wait_until(carol, 30, what="carol's reports and rejections")
+    assert sorted(message["reason"] for message in volunteer["rejected_messages"]) == [
+        "bad_signature", "malformed", "replayed",
+    ]  # fmt: skip
+    assert sorted(report["seq"] for report in volunteer["audit"] if report["status"] == "granted") == [1, 3]
+    assert volunteer["credit"] == pytest.approx(1500 * swarm["flops_per_sample"] / COBBLESTONE_FLOPS)
+    stats = coordinator.get("/api/v1/stats")
+    assert all(stats["ingest"].get(reason, 0) >= 1 for reason in ("bad_signature", "replayed", "malformed"))
+
+
+async def _publish(broker_url: str, topic: str, payloads: list[bytes]) -> None:
+    host, port = broker_url.removeprefix("mqtt://").split(":")
+    async with aiomqtt.Client(host, int(port)) as client:
+        for payload in payloads:
+            await client.publish(topic, payload, qos=1)
+
+
+def _volunteer_with_reports(coordinator, name: str, count: int):
+    volunteer = coordinator.get(f"/api/v1/volunteers/{name}")
+    return volunteer if volunteer["reports"] >= count else None
