@@ -1,5 +1,5 @@
 """Wiring only: build the FastAPI app, and start/stop every part of the coordinator in one event loop
-(ledger → default swarm → broker → ingest → DHT monitor → HTTP), then write the ready file."""
+(ledger → broker → default swarm → ingest → DHT monitor → HTTP), then write the ready file."""
 
 import asyncio
 import contextlib
@@ -89,7 +89,6 @@ class Coordinator:
         await db.create_schema(self.engine)
         ledger = Ledger(self.engine)
         await ledger.load()
-        await ensure_default_swarm(ledger, config.default_task)
 
         if config.broker_url:
             host, port = parse_mqtt_url(config.broker_url)
@@ -101,6 +100,7 @@ class Coordinator:
             host = "127.0.0.1" if config.broker_host in ("0.0.0.0", "::") else config.broker_host
             port = self.broker.port
             self.broker_url = f"mqtt://{config.advertised_host}:{port}"
+        await ensure_default_swarm(ledger, config.default_task)
         self.ingestor = Ingestor(ledger, host, port)
         await self.ingestor.start()
         await asyncio.wait_for(self.ingestor.subscribed.wait(), SUBSCRIBE_TIMEOUT)
