@@ -15,7 +15,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from hearth.processes import python_argv, spawn_group, stop_group, wait_until
+from hearth.processes import leftovers_reported, python_argv, spawn_group, stop_group, wait_until
 
 VOLUNTEERS = ["ada", "grace", "alan", "katherine", "edsger", "barbara"]
 READY_TIMEOUT = 180.0
@@ -129,6 +129,7 @@ def demo(node_count: int, duration: float | None, as_json: bool, keep: bool) -> 
         console.print("Stopping the nodes…")
         for node in nodes:
             orphans += stop_group(node.process)[1]
+            orphans += leftovers_reported(node.log_path.read_text())
         wait_for_final_reports(url, nodes, work_dir)
         result = summarize(url, nodes, work_dir, orphans)
         print_leaderboard(console, _safe_leaderboard(url))

@@ -3,6 +3,7 @@ parent (FACTS.md); running each program in its own process group lets us find an
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +47,25 @@ def kill_group(pgid: int) -> int:
     return len(left)
 
 
+def groups_of_tree(pid: int) -> set[int]:
+    """The process group of `pid` and of each of its descendants (a supervised child leads its own group)."""
+    groups = {pid}
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            try:
+                groups.add(os.getpgid(child.pid))
+            except ProcessLookupError:
+                continue
+    except psutil.NoSuchProcess:
+        pass
+    return groups
+
+
+def kill_tree(pid: int) -> int:
+    """SIGKILL `pid`'s group and every group below it; returns how many processes were left."""
+    return sum(kill_group(pgid) for pgid in groups_of_tree(pid))
+
+
 def stop_group(process: subprocess.Popen, grace: float = 30.0) -> tuple[int, int]:
     """Ask the leader to stop (SIGINT), wait up to `grace` seconds, then kill the group.
     Returns (the leader's exit code, how many processes had to be killed)."""
@@ -55,7 +75,7 @@ def stop_group(process: subprocess.Popen, grace: float = 30.0) -> tuple[int, int
             process.wait(grace)
         except subprocess.TimeoutExpired:
             logger.warning("pid %s did not stop within %.0f s; killing it", process.pid, grace)
-    leftovers = kill_group(process.pid)
+    leftovers = kill_tree(process.pid)
     if process.poll() is None:
         process.wait(5)
     return process.returncode, leftovers
@@ -72,7 +92,7 @@ def run_supervised(argv: Sequence[str], grace: float = 30.0) -> int:
         if interrupts == 1:
             child.send_signal(signal.SIGINT)
         else:
-            kill_group(child.pid)
+            kill_tree(child.pid)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -84,10 +104,18 @@ def run_supervised(argv: Sequence[str], grace: float = 30.0) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        leftovers = kill_group(child.pid)
+        leftovers = kill_tree(child.pid)
         if leftovers:
-            logger.warning("Ended %d leftover helper process(es) of pid %s", leftovers, child.pid)
+            print(f"hearth: ended {leftovers} leftover helper process(es) of pid {child.pid}", file=sys.stderr)
     return child.returncode
+
+
+LEFTOVER_PATTERN = re.compile(r"^hearth: ended (\d+) leftover helper process", re.MULTILINE)
+
+
+def leftovers_reported(log_text: str) -> int:
+    """How many leftover processes a supervisor had to end, as it reported them in its output."""
+    return sum(int(count) for count in LEFTOVER_PATTERN.findall(log_text))
 
 
 def wait_until(condition, timeout: float, interval: float = 0.2, what: str = "condition"):

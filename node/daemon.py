@@ -4,6 +4,7 @@ with the reporter on its own event-loop thread. Returns an exit code; raises Nod
 import asyncio
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -63,7 +64,13 @@ class ReporterThread:
 
 
 def install_stop_handlers(stop: threading.Event) -> None:
+    owner = os.getpid()
+
     def handle(signum, frame):
+        if os.getpid() != owner:  # a process hivemind forked inherited this handler: die as it expects
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if stop.is_set():
             raise KeyboardInterrupt  # second Ctrl+C: give up on a graceful stop
         logger.warning("Stopping after the current batch (Ctrl+C again to force)")

@@ -2,12 +2,14 @@
 which peers took part in each gradient-averaging round."""
 
 import logging
+import signal
 import time
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import psutil
 import torch
 from hivemind.dht import DHT
 from hivemind.optim import Optimizer
@@ -97,6 +99,8 @@ class SwarmMember:
     def build_optimizer(self, params, make_optimizer: Callable[..., torch.optim.Optimizer]) -> TrackingOptimizer:
         hp = self.manifest.hyperparameters
         request_timeout = request_timeout_for(hp.matchmaking_time)
+        # hivemind's averagers set SIGINT to "ignore" in the *calling* process when they start; keep ours.
+        sigint_handler = signal.getsignal(signal.SIGINT)
         self.optimizer = TrackingOptimizer(
             dht=self.dht,
             run_id=self.manifest.run_id,
@@ -115,6 +119,7 @@ class SwarmMember:
             client_mode=self.client_mode,  # explicit: hivemind 1.1.12 resolves the default backwards
             verbose=False,
         )
+        signal.signal(signal.SIGINT, sigint_handler)
         return self.optimizer
 
     @property
@@ -141,6 +146,26 @@ class SwarmMember:
         return False
 
     def shutdown(self) -> None:
+        # hivemind sometimes gives up on a graceful DHT stop and terminates the DHT process, orphaning its
+        # p2pd; so note every helper process first and end whichever is still running afterwards.
+        helpers = psutil.Process().children(recursive=True)
         if self.optimizer is not None:
             self.optimizer.shutdown()
         self.dht.shutdown()
+        end_processes(helpers)
+
+
+def end_processes(processes: list[psutil.Process], grace: float = 3.0) -> None:
+    alive = [process for process in processes if process.is_running()]
+    for process in alive:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    _, still_alive = psutil.wait_procs(alive, timeout=grace)
+    for process in still_alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(still_alive, timeout=grace)

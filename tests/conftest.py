@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hearth.processes import kill_group, spawn_group, stop_group, wait_until
+from hearth.processes import spawn_group, stop_group, wait_until
 
 COORDINATOR_START_TIMEOUT = 120
 
@@ -77,7 +77,6 @@ class NodeProcesses:
     def stop_all(self) -> None:
         for process in self.processes.values():
             stop_group(process, grace=20)
-            kill_group(process.pid)
 
 
 @pytest.fixture

@@ -3,13 +3,14 @@ node processes training in a real hivemind swarm over loopback, and hostile repo
 
 import asyncio
 import json
+import signal
 import time
 
 import aiomqtt
 import pytest
 import torch
 
-from hearth.processes import group_members, wait_until
+from hearth.processes import group_members, leftovers_reported, wait_until
 from protocol.envelope import seal
 from protocol.messages import ContributionReport, VolunteerRegistration
 from protocol.signing import SigningKey
@@ -43,6 +44,7 @@ def test_two_nodes_train_together_and_are_credited(coordinator, swarm, nodes):
     for name, process in nodes.processes.items():
         assert process.wait(timeout=240) == 0, nodes.log(name)
         assert group_members(process.pid) == [], f"{name} left hivemind processes behind"
+        assert leftovers_reported(nodes.log(name)) == 0, nodes.log(name)
 
     summaries = {name: json.loads((nodes.data_dir(name) / "last-run.json").read_text()) for name in ("alice", "bob")}
     for summary in summaries.values():
@@ -115,3 +117,20 @@ async def _publish(broker_url: str, topic: str, payloads: list[bytes]) -> None:
 def _volunteer_with_reports(coordinator, name: str, count: int):
     volunteer = coordinator.get(f"/api/v1/volunteers/{name}")
     return volunteer if volunteer["reports"] >= count else None
+
+
+def test_ctrl_c_stops_a_training_node_gracefully_and_leaves_nothing_behind(coordinator, swarm, nodes):
+    process = nodes.start(coordinator.url, "dave", "--swarm", SWARM)
+    wait_until(lambda: "epoch 0 done" in nodes.log("dave"), 120, what="dave's first epoch")
+    process.send_signal(signal.SIGINT)  # what Ctrl+C in a terminal delivers
+    assert process.wait(timeout=60) == 0, nodes.log("dave")
+    assert group_members(process.pid) == []
+    assert leftovers_reported(nodes.log("dave")) == 0, nodes.log("dave")
+    assert "Stopped at epoch" in nodes.log("dave")
+    dave = wait_until(lambda: _offline(coordinator, "dave"), 30, what="dave's presence to turn offline")
+    assert dave["reports"] >= 1 and dave["credit"] > 0
+
+
+def _offline(coordinator, name: str):
+    volunteer = coordinator.get(f"/api/v1/volunteers/{name}")
+    return volunteer if volunteer["nodes"] and not any(node["online"] for node in volunteer["nodes"]) else None
