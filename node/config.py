@@ -1,4 +1,5 @@
-"""NodeConfig: the one configuration object of the node daemon, built once and passed down."""
+"""NodeConfig: the one configuration object of the node daemon, built once and passed down.
+node/settings.py builds it from defaults < config.toml < HEARTH_* environment < command-line flags."""
 
 import os
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,48 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+BATTERY_HYSTERESIS = 10
+"""Percentage points above `battery_pause_below` at which work resumes when `battery_resume_above` is unset."""
+
+
+@dataclass
+class PolicyConfig:
+    """When this PC computes. Every rule is optional (None/False: off) and they combine: all must allow."""
+
+    idle_minutes: Optional[float] = None
+    """Pause while the keyboard and mouse were used less than this many minutes ago."""
+    max_other_cpu_percent: Optional[float] = None
+    """Pause while other programs use more than this share (%) of all CPU cores."""
+    pause_on_gpu_busy: bool = False
+    """Stop using the GPU while another program runs compute work on it."""
+    battery_pause_below: Optional[int] = None
+    """On battery, pause below this charge (%); plugging in resumes."""
+    battery_resume_above: Optional[int] = None
+    """After a battery pause, resume at this charge (%); default: battery_pause_below + 10."""
+    schedule: Optional[str] = None
+    """Weekly windows when computing is allowed, e.g. "mon-fri 22:00-07:00, sat-sun *"."""
+
+    def __post_init__(self) -> None:
+        from node.schedule import Schedule
+
+        if self.idle_minutes is not None and self.idle_minutes <= 0:
+            raise ValueError(f"idle_minutes must be positive, got {self.idle_minutes}")
+        if self.max_other_cpu_percent is not None and not 0 < self.max_other_cpu_percent <= 100:
+            raise ValueError(f"max_other_cpu_percent must be between 0 and 100, got {self.max_other_cpu_percent}")
+        if self.battery_pause_below is not None and not 1 <= self.battery_pause_below <= 99:
+            raise ValueError(f"battery_pause_below must be between 1 and 99, got {self.battery_pause_below}")
+        if self.battery_resume_above is not None:
+            if self.battery_pause_below is None:
+                raise ValueError("battery_resume_above needs battery_pause_below")
+            if not self.battery_pause_below < self.battery_resume_above <= 100:
+                raise ValueError(f"battery_resume_above must be above battery_pause_below "
+                                 f"({self.battery_pause_below}) and at most 100, got {self.battery_resume_above}")
+        elif self.battery_pause_below is not None:
+            self.battery_resume_above = min(100, self.battery_pause_below + BATTERY_HYSTERESIS)
+        if self.schedule is not None:
+            self.schedule = Schedule.parse(self.schedule).text  # raises ValueError with the reason
+
+
 @dataclass
 class NodeConfig:
     coordinator_url: str
@@ -26,12 +69,15 @@ class NodeConfig:
     name: Optional[str] = None
     """Display name on the leaderboard; a friendly random name when unset."""
     team: Optional[str] = None
+    """Team to credit your work to."""
     swarm_id: Optional[str] = None
     """Swarm to join; the coordinator's first swarm when unset."""
     data_dir: Path = field(default_factory=default_data_dir)
     """Keys, libp2p identity, report outbox, checkpoints."""
     threads: int = field(default_factory=default_threads)
+    """CPU threads for training; default: half the cores, so the PC stays usable."""
     device: DeviceChoice = "auto"
+    """auto: the GPU when CUDA sees one, else the CPU; cpu; or cuda (fail when there is none)."""
     host: str = "127.0.0.1"
     """Address the hivemind peer listens on (0.0.0.0 to accept peers from other machines)."""
     port: int = 0
@@ -48,10 +94,15 @@ class NodeConfig:
     duration: Optional[float] = None
     """Stop after this many seconds (None: run until stopped)."""
     view: Literal["live", "log", "quiet"] = "live"
+    """Terminal output: a live table, a log line per epoch, or nothing."""
     connect_timeout: float = 120.0
     """How long to keep retrying an unreachable coordinator before giving up."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """When to compute: idle time, other load, busy GPU, battery, schedule."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.policy, dict):
+            self.policy = PolicyConfig(**self.policy)
         self.data_dir = Path(self.data_dir).expanduser()
         if not self.coordinator_url.startswith(("http://", "https://")):
             raise ValueError(f"coordinator URL must start with http:// or https://, got {self.coordinator_url!r}")
