@@ -2,7 +2,11 @@
 
 - cli.py: `hearth join URL` (supervised) and `hearth node …`.
 - worker.py: the supervised process's entry point.
-- config.py: NodeConfig, the one config object.
+- config.py: NodeConfig, the one config object, with its PolicyConfig (when to compute).
+- settings.py: builds NodeConfig from defaults < config.toml < HEARTH_* env < flags; remembers each source.
+- policy.py: Policy.evaluate() -> Decision (run? GPU allowed? why not?), pause / snooze / resume.
+- sensors.py: input idle time, other programs' CPU, other GPU processes, battery; None when unknown.
+- schedule.py: weekly windows such as "mon-fri 22:00-07:00, sat-sun *".
 - identity.py: Ed25519 node key (0600), libp2p identity path, display name.
 - coordinator_client.py: HTTP to the coordinator (register, manifests) with retry and backoff.
 - daemon.py: one run wired top to bottom; signals; reporter thread.

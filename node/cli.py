@@ -1,5 +1,5 @@
 """`hearth join URL` and `hearth node …`: the volunteer's commands. Imports no web stack and no torch
-until a node actually starts."""
+until a node actually starts. Settings come from defaults < config.toml < HEARTH_* env < flags (node/settings.py)."""
 
 import json
 import logging
@@ -12,15 +12,27 @@ from node.config import NodeConfig, default_data_dir
 logger = logging.getLogger(__name__)
 
 
-def _build_config(**options) -> NodeConfig:
+def _load_settings(**flags):
+    """Settings from file, env and the given flags (None: not given); bad input becomes a one-line error."""
+    from node.settings import load_settings
+
     try:
-        return NodeConfig(**{key: value for key, value in options.items() if value is not None})
+        return load_settings({key.replace("__", "."): value for key, value in flags.items()})
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _build_config(**options) -> NodeConfig:
+    """NodeConfig from flags over HEARTH_* env over config.toml over defaults. Policy flags are named policy__*."""
+    settings = _load_settings(**options)
+    try:
+        return settings.config()
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 
 
 @click.command()
-@click.argument("coordinator_url")
+@click.argument("coordinator_url", required=False)
 @click.option("--name", help="Display name on the leaderboard (default: a friendly random name).")
 @click.option("--team", help="Team to credit your work to.")
 @click.option("--swarm", "swarm_id", help="Swarm to join (default: the coordinator's first swarm).")
@@ -36,9 +48,23 @@ def _build_config(**options) -> NodeConfig:
 @click.option("--duration", type=float, help="Stop after this many seconds.")
 @click.option("--view", type=click.Choice(["live", "log", "quiet"]), help="Live table, a log line per epoch, or nothing.")
 @click.option("--connect-timeout", type=float, help="Seconds to keep retrying an unreachable coordinator.")
+@click.option("--idle-minutes", "policy__idle_minutes", type=float,
+              help="Compute only after this many minutes without keyboard/mouse input.")
+@click.option("--max-other-cpu-percent", "policy__max_other_cpu_percent", type=float,
+              help="Pause while other programs use more than this % of the CPU.")
+@click.option("--pause-on-gpu-busy/--no-pause-on-gpu-busy", "policy__pause_on_gpu_busy", default=None,
+              help="Leave the GPU alone while another program computes on it.")
+@click.option("--battery-pause-below", "policy__battery_pause_below", type=int,
+              help="On battery, pause below this charge (%).")
+@click.option("--battery-resume-above", "policy__battery_resume_above", type=int,
+              help="After a battery pause, resume at this charge (%) (default: pause level + 10).")
+@click.option("--schedule", "policy__schedule", help='When to compute, e.g. "mon-fri 22:00-07:00, sat-sun *".')
 @click.pass_context
-def join(ctx: click.Context, coordinator_url: str, **options) -> None:
-    """Join a training swarm: create your identity, register, and train until Ctrl+C."""
+def join(ctx: click.Context, coordinator_url: str | None, **options) -> None:
+    """Join a training swarm: create your identity, register, and train until Ctrl+C.
+
+    COORDINATOR_URL may be left out once saved with `hearth node config set coordinator_url URL`.
+    Every option can also be set in the config file (`hearth node config`) or as HEARTH_<OPTION>."""
     from hearth.processes import python_argv, run_supervised
 
     config = _build_config(coordinator_url=coordinator_url, **options)
@@ -61,8 +87,88 @@ def info(data_dir: str | None) -> None:
 
     from node.identity import NodeIdentity
 
-    identity = NodeIdentity.load_or_create(Path(data_dir) if data_dir else default_data_dir())
+    settings = _load_settings(data_dir=data_dir)
+    identity = NodeIdentity.load_or_create(Path(settings.values.get("data_dir") or default_data_dir()))
     click.echo(f"node id:    {identity.node_id}")
     click.echo(f"public key: {identity.key.public_key}")
     click.echo(f"name:       {identity.registered_name() or '(not registered yet)'}")
     click.echo(f"data dir:   {identity.profile_path.parent}")
+
+
+@node.group()
+def config() -> None:
+    """Show or change saved settings (config.toml; HEARTH_* env and flags override it)."""
+
+
+@config.command("show")
+def config_show() -> None:
+    """Print every setting, its effective value and where it comes from."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from node.settings import field_docs
+
+    settings = _load_settings()
+    try:
+        rows = settings.rows()
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    docs = field_docs()
+    table = Table(title=f"Hearth node settings ({settings.path})", title_justify="left")
+    console = Console()
+    explain = console.width >= 110  # the explanations only fit a wide terminal
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_column("source", no_wrap=True)
+    if explain:
+        table.add_column("what it does", ratio=1)
+    for key, value, source in rows:
+        shown = "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        shown = "(not set)" if value is None and key == "coordinator_url" else shown
+        cells = [key, shown, str(source)] + ([docs.get(key, "")] if explain else [])
+        table.add_row(*cells, style="dim" if source.kind == "default" else None)
+    console.print(table)
+    click.echo("Change with `hearth node config set KEY VALUE`, or per run with HEARTH_KEY "
+               "(HEARTH_POLICY__KEY for policy.*) or a flag of `hearth join`.")
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+def config_set(key: str, value: str) -> None:
+    """Save KEY = VALUE in the config file (VALUE "none" clears an optional setting)."""
+    _change(key, value)
+
+
+@config.command("unset")
+@click.argument("key")
+def config_unset(key: str) -> None:
+    """Remove KEY from the config file, back to its default."""
+    _change(key, None)
+
+
+@config.command("path")
+def config_path_command() -> None:
+    """Print where the config file lives (HEARTH_CONFIG overrides it)."""
+    from node.settings import config_path
+
+    click.echo(str(config_path()))
+
+
+def _change(name: str, value: str | None) -> None:
+    import os
+
+    from node.settings import config_path, resolve_key, set_in_file
+
+    path = config_path()
+    try:
+        key = resolve_key(name)
+        typed = set_in_file(path, key, value)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if typed is None:
+        click.echo(f"Removed {key.name} from {path}.")
+    else:
+        click.echo(f"Saved {key.name} = {typed} in {path}.")
+    if os.environ.get(key.env, "").strip():
+        click.echo(f"Note: {key.env}={os.environ[key.env]} in this environment overrides the file.", err=True)

@@ -46,8 +46,15 @@ def _number(value: float) -> str:
 
 
 class Policy:
-    def __init__(self, config: PolicyConfig, sensors: Sensors, now: Callable[[], datetime] = local_now,
-                 monotonic: Callable[[], float] = time.monotonic, poll_seconds: float = DEFAULT_POLL_SECONDS):  # fmt: skip
+    def __init__(
+        self,
+        config: PolicyConfig,
+        sensors: Sensors,
+        now: Callable[[], datetime] = local_now,
+        monotonic: Callable[[], float] = time.monotonic,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
+    ):
+        """`now` gives aware local time (schedule, snooze); `monotonic` paces sensor reads."""
         self.config, self.sensors, self.now, self.monotonic = config, sensors, now, monotonic
         self.poll_seconds = poll_seconds
         self.schedule = Schedule.parse(config.schedule) if config.schedule else None
@@ -122,7 +129,9 @@ class Policy:
             self._on_battery_pause = True
         elif state.percent >= above:
             self._on_battery_pause = False
-        return f"paused: on battery at {state.percent:.0f}% (resumes above {above}%)" if self._on_battery_pause else None
+        if not self._on_battery_pause:
+            return None
+        return f"paused: on battery at {state.percent:.0f}% (resumes above {above}%)"
 
     def _idle(self, notes: list) -> Optional[str]:
         if self.config.idle_minutes is None:
