@@ -25,10 +25,11 @@ def python_argv(module: str, *args: str) -> list[str]:
 
 
 def group_members(pgid: int) -> list[psutil.Process]:
+    """Live processes of a group (zombies, already dead and waiting to be reaped, do not count)."""
     members = []
-    for process in psutil.process_iter(["pid"]):
+    for process in psutil.process_iter(["pid", "status"]):
         try:
-            if os.getpgid(process.pid) == pgid:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
                 members.append(process)
         except (ProcessLookupError, psutil.Error):
             continue
@@ -95,8 +96,12 @@ def run_supervised(argv: Sequence[str], grace: float = 30.0) -> int:
             kill_tree(child.pid)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Remember every process group the child's tree ever used: once a parent dies, its children (p2pd
+    # runs in a session of its own) can no longer be found by walking the tree.
+    groups = {child.pid}
     try:
         while child.poll() is None:
+            groups |= groups_of_tree(child.pid)
             try:
                 child.wait(0.5)
             except subprocess.TimeoutExpired:
@@ -104,7 +109,7 @@ def run_supervised(argv: Sequence[str], grace: float = 30.0) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        leftovers = kill_tree(child.pid)
+        leftovers = sum(kill_group(group) for group in groups | groups_of_tree(child.pid))
         if leftovers:
             print(f"hearth: ended {leftovers} leftover helper process(es) of pid {child.pid}", file=sys.stderr)
     return child.returncode

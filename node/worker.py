@@ -8,6 +8,7 @@ import threading
 
 from node.config import NodeConfig
 from node.daemon import NodeError, install_stop_handlers, run_node
+from node.instance import AlreadyRunning, InstanceLock, die_with_parent
 
 logger = logging.getLogger("node")
 
@@ -17,11 +18,14 @@ def main(argv: list[str]) -> int:
     verbosity = int(argv[1]) if len(argv) > 1 else 0
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    die_with_parent()  # if the supervisor is killed, even by SIGKILL, shut down gracefully too
     stop = threading.Event()
     install_stop_handlers(stop)
+    lock = InstanceLock(config.data_dir)
     try:
+        lock.acquire()
         summary = run_node(config, stop)
-    except NodeError as e:
+    except (NodeError, AlreadyRunning) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

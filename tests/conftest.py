@@ -44,7 +44,7 @@ class CoordinatorProcess:
         return stop_group(self.process)[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def coordinator(tmp_path_factory):
     """A real `hearth coordinator serve` process: SQLite ledger, embedded broker, DHT bootstrap peer, API."""
     process = CoordinatorProcess(tmp_path_factory.mktemp("coordinator") / "data")
@@ -86,3 +86,16 @@ def nodes(tmp_path):
         yield processes
     finally:
         processes.stop_all()
+
+
+TEST_SWARM = "itest"
+
+
+@pytest.fixture(scope="session")
+def swarm(coordinator):
+    """A small swarm (short epochs) defined through the operator CLI, so multi-peer tests stay quick."""
+    argv = hearth_argv("swarm", "create", TEST_SWARM, "--task", "spirals", "--target-batch-size", "16384",
+                       "--coordinator", coordinator.url, "--token-file", str(coordinator.data_dir / "operator-token"))
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return coordinator.get(f"/api/v1/swarms/{TEST_SWARM}")

@@ -15,27 +15,12 @@ from protocol.envelope import seal
 from protocol.messages import ContributionReport, VolunteerRegistration
 from protocol.signing import SigningKey
 from protocol.topics import report_topic
+from tests.conftest import TEST_SWARM as SWARM
 
 pytestmark = pytest.mark.swarm
 
-SWARM = "itest"
 EPOCHS = 4
 COBBLESTONE_FLOPS = 4.32e11
-
-
-@pytest.fixture(scope="module")
-def swarm(coordinator):
-    """A small swarm so the test takes well under a minute of training on 2 cores."""
-    from subprocess import run
-
-    from tests.conftest import hearth_argv
-
-    result = run(hearth_argv("swarm", "create", SWARM, "--task", "spirals", "--target-batch-size", "16384",
-                             "--coordinator", coordinator.url, "--token-file",
-                             str(coordinator.data_dir / "operator-token")),  # fmt: skip
-                 capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return coordinator.get(f"/api/v1/swarms/{SWARM}")
 
 
 def test_two_nodes_train_together_and_are_credited(coordinator, swarm, nodes):
