@@ -15,6 +15,7 @@ from node.accounting import Accountant, EpochContribution
 from node.swarm import SwarmMember
 
 logger = logging.getLogger(__name__)
+PAUSE_POLL_SECONDS = 0.5  # a pause or resume takes effect within this (plus one batch)
 
 
 @dataclass
@@ -39,9 +40,11 @@ def peer_seed(node_id: str, epoch: int) -> int:
 
 class Trainer:
     def __init__(self, task: Task, swarm: SwarmMember, device: torch.device, node_id: str,
-                 on_contribution: Callable[[EpochContribution], None]):  # fmt: skip
+                 on_contribution: Callable[[EpochContribution], None],
+                 gate: Callable[[], Optional[str]] = lambda: None):  # fmt: skip
         self.task, self.swarm, self.device, self.node_id = task, swarm, device, node_id
         self.on_contribution = on_contribution
+        self.gate = gate  # returns why to pause now, or None to train
         self.model = task.build_model().to(device)
         self.batch_size = swarm.manifest.hyperparameters.batch_size
         learning_rate = swarm.manifest.hyperparameters.learning_rate
@@ -70,6 +73,12 @@ class Trainer:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
+            pause_reason = self.gate()
+            if pause_reason is not None:
+                self.stats.state, self.stats.samples_per_second = pause_reason, 0.0
+                stop.wait(PAUSE_POLL_SECONDS)
+                continue
+            self.stats.state = "training"
             self._train_one_batch(next(data))
         self.stats.state = "stopping"
 
