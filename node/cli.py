@@ -172,3 +172,12 @@ def _change(name: str, value: str | None) -> None:
         click.echo(f"Saved {key.name} = {typed} in {path}.")
     if os.environ.get(key.env, "").strip():
         click.echo(f"Note: {key.env}={os.environ[key.env]} in this environment overrides the file.", err=True)
+
+
+def _register_control_commands() -> None:
+    from node.control_cli import register
+
+    register(node)
+
+
+_register_control_commands()

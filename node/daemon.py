@@ -9,15 +9,19 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from hearth.tasks import load_task
 from node.accounting import EpochContribution
 from node.config import NodeConfig
+from node.control import ControlServer, socket_path
+from node.controller import NodeController
 from node.coordinator_client import CoordinatorClient, CoordinatorError
 from node.identity import NodeIdentity, friendly_name
 from node.outbox import Outbox
+from node.policy import Policy
 from node.reporter import Reporter
 from node.swarm import SwarmMember, SwarmSettings
 from node.trainer import Trainer
@@ -26,6 +30,7 @@ from protocol.messages import VolunteerRegistration
 
 logger = logging.getLogger(__name__)
 REPORTER_DRAIN_SECONDS = 10.0
+POLICY_POLL_SECONDS = 1.0  # sensors are read at most this often: a pause takes effect within ~1 s
 
 
 class NodeError(RuntimeError):
@@ -121,21 +126,35 @@ def train(config, identity, manifest, task, swarm, device, name, stop) -> dict:
     outbox = Outbox(config.data_dir / "outbox.sqlite")
     reporter = Reporter(manifest.broker_url, identity.key, manifest.swarm_id, device.type, outbox, swarm.peer_id)
     reporter_thread = ReporterThread(reporter)
-    trainer = None
+    policy = Policy.from_config(config.policy, root_pid=os.getpid(), poll_seconds=POLICY_POLL_SECONDS)
+    controller = NodeController(config, policy, device.type, stop, manifest.swarm_id)
 
     def contributed(contribution: EpochContribution) -> None:
         reporter_thread.call(reporter.submit, contribution)
         reporter_thread.call(reporter.update_presence, contribution.epoch + 1, trainer.stats.samples_per_second)
         view.epoch_done(contribution.epoch, contribution.group_size, contribution.samples, contribution.loss)
 
-    trainer = Trainer(task, swarm, device, identity.node_id, contributed)
+    last_reason: list[Optional[str]] = [None]
+
+    def gate() -> Optional[str]:
+        reason = controller.gate()
+        if reason != last_reason[0]:
+            last_reason[0] = reason
+            reporter_thread.call(reporter.set_pause_reason, reason)
+        return reason
+
+    trainer = Trainer(task, swarm, device, identity.node_id, contributed, gate=gate)
+    controller.attach(trainer, reporter)
     view = LiveView(config.view, lambda: render(manifest.swarm_id, device.type, trainer.stats, reporter.stats))
+    control = ControlServer(socket_path(config.data_dir), controller.handlers())
     reporter_thread.start()
+    control.start()
     deadline = time.monotonic() + config.duration if config.duration else None
     try:
         with view:
             trainer.run(stop, config.max_epochs, deadline, config.min_peers, config.connect_timeout)
     finally:
+        control.stop()
         reporter_thread.stop(REPORTER_DRAIN_SECONDS)
         outbox.close()
     trainer.save_checkpoint(config.data_dir / "swarms" / manifest.swarm_id / "model.pt")

@@ -44,7 +44,7 @@ class Reporter:
         self.host, self.port = parse_broker_url(broker_url)
         self.key, self.swarm_id, self.device, self.peer_id, self.outbox = key, swarm_id, device, peer_id, outbox
         self.stats = ReporterStats()
-        self.presence = {"epoch": None, "samples_per_second": 0.0}
+        self.presence = {"epoch": None, "samples_per_second": 0.0, "pause_reason": None}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -62,7 +62,12 @@ class Reporter:
         self._wake.set()
 
     def update_presence(self, epoch: Optional[int], samples_per_second: float) -> None:
-        self.presence = {"epoch": epoch, "samples_per_second": round(samples_per_second, 3)}
+        self.presence.update(epoch=epoch, samples_per_second=round(samples_per_second, 3))
+
+    def set_pause_reason(self, reason: Optional[str]) -> None:
+        """Presence says "paused" with the volunteer's reason, or "online" again when None."""
+        self.presence["pause_reason"] = reason
+        self._wake.set()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -89,8 +94,11 @@ class Reporter:
 
     # --- internals -------------------------------------------------------------------------------------------
     def _status(self, state: NodeState) -> bytes:
+        reason = self.presence["pause_reason"] if state != "offline" else None
+        state = "paused" if reason else state
         status = NodeStatus(
             node_id=self.key.node_id, swarm_id=self.swarm_id, state=state, time=time.time(), device=self.device,
+            reason=reason[:200] if reason else None,
             epoch=self.presence["epoch"] if state != "offline" else None,
             samples_per_second=self.presence["samples_per_second"] if state != "offline" else 0.0,
         )  # fmt: skip

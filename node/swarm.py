@@ -20,6 +20,9 @@ from protocol.messages import SwarmManifest
 logger = logging.getLogger(__name__)
 
 
+TORCH_SHM_MANAGER = "torch_shm_manager"  # torch's own helper for shared tensors: the process still needs it
+
+
 def request_timeout_for(matchmaking_time: float) -> float:
     # hivemind warns (and can deadlock) unless request_timeout < matchmaking_time; its default is 3 s.
     return min(3.0, matchmaking_time / 2)
@@ -78,25 +81,52 @@ class SwarmMember:
     """A hivemind DHT peer plus the collaborative optimizer for one swarm."""
 
     def __init__(self, manifest: SwarmManifest, settings: SwarmSettings):
-        self.manifest = manifest
+        self.manifest, self.settings = manifest, settings
+        self.client_mode = settings.client_mode
+        self.dht: Optional[DHT] = self._start_dht()
+        self.optimizer: Optional[TrackingOptimizer] = None
+        self.optimizer_statistics: tuple[str, ...] = ("exp_avg", "exp_avg_sq")  # Adam's moments
+        self._optimizer_inputs: Optional[tuple] = None
+        self._saved_state: Optional[dict] = None
+
+    def _start_dht(self) -> DHT:
+        settings = self.settings
         announce = [f"/ip4/{settings.announce_host}/tcp/{settings.port}"] if settings.announce_host else None
-        self.dht = DHT(
-            initial_peers=list(manifest.initial_peers),
+        return DHT(
+            initial_peers=list(self.manifest.initial_peers),
             host_maddrs=[f"/ip4/{settings.host}/tcp/{settings.port}"],
             announce_maddrs=announce,
             client_mode=settings.client_mode,
             identity_path=str(settings.identity_path) if settings.identity_path else None,
             start=True,
         )
-        self.client_mode = settings.client_mode
-        self.optimizer: Optional[TrackingOptimizer] = None
-        self.optimizer_statistics: tuple[str, ...] = ("exp_avg", "exp_avg_sq")  # Adam's moments
+
+    @property
+    def joined(self) -> bool:
+        return self.dht is not None
+
+    def leave(self) -> None:
+        """Leave the swarm while paused: peers stop waiting for us and this PC does no swarm work at all.
+        The model and the optimizer's state stay in memory for rejoin()."""
+        if self.dht is None:
+            return
+        self._saved_state = self.optimizer.state_dict()
+        self._stop_hivemind(keep_process_alive=True)
+
+    def rejoin(self) -> bool:
+        """Join again with the same identity and catch up; True if the swarm's newer state was downloaded."""
+        self.dht = self._start_dht()
+        self.build_optimizer(*self._optimizer_inputs)
+        self.optimizer.load_state_dict(self._saved_state)
+        return self.catch_up()
 
     @property
     def peer_id(self) -> str:
         return self.dht.peer_id.to_base58()
 
     def build_optimizer(self, params, make_optimizer: Callable[..., torch.optim.Optimizer]) -> TrackingOptimizer:
+        params = list(params)
+        self._optimizer_inputs = (params, make_optimizer)
         hp = self.manifest.hyperparameters
         request_timeout = request_timeout_for(hp.matchmaking_time)
         # hivemind's averagers set SIGINT to "ignore" in the *calling* process when they start; keep ours.
@@ -146,13 +176,20 @@ class SwarmMember:
         return False
 
     def shutdown(self) -> None:
+        if self.dht is not None:
+            self._stop_hivemind()
+
+    def _stop_hivemind(self, keep_process_alive: bool = False) -> None:
         # hivemind sometimes gives up on a graceful DHT stop and terminates the DHT process, orphaning its
         # p2pd; so note every helper process first and end whichever is still running afterwards.
         helpers = psutil.Process().children(recursive=True)
+        if keep_process_alive:  # this process goes on using torch's shared-memory manager
+            helpers = [helper for helper in helpers if helper.name() != TORCH_SHM_MANAGER]
         if self.optimizer is not None:
             self.optimizer.shutdown()
         self.dht.shutdown()
         end_processes(helpers)
+        self.dht, self.optimizer = None, None
 
 
 def end_processes(processes: list[psutil.Process], grace: float = 3.0) -> None:

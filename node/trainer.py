@@ -48,39 +48,56 @@ class Trainer:
         self.model = task.build_model().to(device)
         self.batch_size = swarm.manifest.hyperparameters.batch_size
         learning_rate = swarm.manifest.hyperparameters.learning_rate
-        self.optimizer = swarm.build_optimizer(
-            self.model.parameters(), lambda params: task.make_optimizer(params, learning_rate)
-        )
+        swarm.build_optimizer(self.model.parameters(), lambda params: task.make_optimizer(params, learning_rate))
         self.accountant = Accountant()
         self.stats = TrainingStats()
         self._throughput = (time.monotonic(), 0)
+
+    @property
+    def optimizer(self):
+        return self.swarm.optimizer  # replaced when the node leaves the swarm during a pause and rejoins
 
     def run(self, stop: threading.Event, max_epochs: Optional[int] = None, deadline: Optional[float] = None,
             min_peers: int = 1, wait_timeout: float = 60.0) -> None:  # fmt: skip
         self.stats.state = "syncing"
         if self.swarm.catch_up():
             self.stats.state_downloads += 1
-        optimizer = self.optimizer
-        data = self.task.data_stream(peer_seed(self.node_id, optimizer.local_epoch), self.batch_size)
+        data = self.task.data_stream(peer_seed(self.node_id, self.optimizer.local_epoch), self.batch_size)
         if min_peers > 1:  # one batch first: a peer becomes visible in the DHT only once it has progress
             self._train_one_batch(next(data))
             self.stats.state = f"waiting for {min_peers} peers"
             self.swarm.wait_for_peers(min_peers, timeout=wait_timeout, stop=stop)
         self.stats.state = "training"
         while not stop.is_set():
-            if max_epochs is not None and optimizer.local_epoch >= max_epochs:
-                logger.info("Reached epoch %d; stopping", optimizer.local_epoch)
+            if max_epochs is not None and self.stats.epoch >= max_epochs:
+                logger.info("Reached epoch %d; stopping", self.stats.epoch)
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
             pause_reason = self.gate()
             if pause_reason is not None:
-                self.stats.state, self.stats.samples_per_second = pause_reason, 0.0
+                self._pause(pause_reason)
                 stop.wait(PAUSE_POLL_SECONDS)
                 continue
+            if not self.swarm.joined:
+                self._resume()
             self.stats.state = "training"
             self._train_one_batch(next(data))
         self.stats.state = "stopping"
+
+    def _pause(self, reason: str) -> None:
+        self.stats.state, self.stats.samples_per_second = reason, 0.0
+        if self.swarm.joined:
+            logger.info("Pausing (%s): leaving the swarm until resumed", reason)
+            self.accountant.discard()  # gradients accumulated for the current epoch leave with us
+            self.swarm.leave()
+
+    def _resume(self) -> None:
+        self.stats.state = "rejoining the swarm"
+        logger.info("Resuming: rejoining the swarm")
+        if self.swarm.rejoin():
+            self.stats.state_downloads += 1
+        self.stats.epoch = self.optimizer.local_epoch
 
     def _train_one_batch(self, batch) -> None:
         optimizer, averager = self.optimizer, self.swarm.grad_averager
@@ -121,4 +138,4 @@ class Trainer:
 
     def save_checkpoint(self, path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"epoch": self.optimizer.local_epoch, "model": self.model.state_dict()}, path)
+        torch.save({"epoch": self.stats.epoch, "model": self.model.state_dict()}, path)

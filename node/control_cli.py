@@ -1,0 +1,118 @@
+"""`hearth node start|status|pause|resume|snooze|stop`: control of the node running on this PC through its
+local control socket. Imports neither torch nor hivemind."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from node.control import ControlError, request, socket_path
+
+DURATION = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*(?:(\d+)\s*s)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """'2h', '90m', '1h30m', '45s', '1d' → seconds."""
+    match = DURATION.match(text.lower())
+    if not match or not any(match.groups()):
+        raise click.BadParameter(f"{text!r} is not a duration like 2h, 30m, 1h30m or 45s")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+def _data_dir() -> Path:
+    from node.cli import _load_settings
+
+    return _load_settings().config(require_url=False).data_dir
+
+
+def _ask(command: str, **fields) -> dict:
+    try:
+        return request(socket_path(_data_dir()), command, **fields)
+    except ControlError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def register(group: click.Group) -> None:
+    for command in (start, status, pause, resume, snooze, stop):
+        group.add_command(command)
+
+
+@click.command()
+@click.option("--detach", is_flag=True, help="Run in the background; its log goes to node.log in the data dir.")
+def start(detach: bool) -> None:
+    """Start the node with your saved settings (`hearth node config`); live view unless --detach."""
+    from node.cli import _build_config
+
+    config = _build_config()
+    argv = [sys.executable, "-m", "hearth", "join"]
+    if not detach:
+        os.execv(sys.executable, argv)  # become `hearth join`: Ctrl+C and exit codes behave as with join
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = config.data_dir / "node.log"
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(argv + ["--view", "log"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 start_new_session=True, env=os.environ.copy())  # fmt: skip
+    click.echo(f"Hearth node started in the background (pid {child.pid}); log: {log_path}")
+    click.echo("See it with `hearth node status`; stop it with `hearth node stop`.")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(as_json: bool) -> None:
+    """Show what the running node is doing, and why it is paused if it is."""
+    import json
+
+    answer = _ask("status")
+    if as_json:
+        click.echo(json.dumps(answer))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    training, reporting = answer["training"], answer["reporting"]
+    rules = ", ".join(f"{key}={value}" for key, value in answer["policy"].items() if value not in (None, False)) or "none"
+    waiting = reporting.get("reports_queued", 0) - reporting.get("reports_acknowledged", 0)
+    table = Table(title="Hearth node", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in [
+        ("state", training.get("state", "starting")), ("swarm", answer["swarm"]), ("epoch", training.get("epoch", 0)),
+        ("samples/s", f"{training.get('samples_per_second', 0):,.0f}"),
+        ("peers in last round", training.get("last_group_size") or "-"),
+        ("samples contributed", f"{training.get('samples_total', 0):,}"),
+        ("device / threads", f"{answer['device']} / {answer['threads']}"), ("pause rules", rules),
+        ("broker", "connected" if reporting.get("connected") else "offline"),
+        ("reports sent / acknowledged", f"{reporting.get('reports_sent', 0)} / {reporting.get('reports_acknowledged', 0)}"),
+        ("reports in outbox", waiting), ("coordinator", answer["coordinator"]),
+    ]:  # fmt: skip
+        table.add_row(label, str(value))
+    Console().print(table)
+
+
+@click.command()
+def pause() -> None:
+    """Pause computing until `hearth node resume`."""
+    click.echo(_ask("pause")["message"])
+
+
+@click.command()
+def resume() -> None:
+    """Resume computing (ends a pause or a snooze)."""
+    click.echo(_ask("resume")["message"])
+
+
+@click.command()
+@click.argument("duration")
+def snooze(duration: str) -> None:
+    """Pause for DURATION, such as 2h or 30m; computing resumes by itself."""
+    click.echo(_ask("snooze", seconds=parse_duration(duration))["message"])
+
+
+@click.command()
+def stop() -> None:
+    """Stop the running node gracefully."""
+    click.echo(_ask("stop")["message"])

@@ -1,0 +1,66 @@
+"""The running node's controller: decides, batch by batch, whether to compute (the volunteer's policy plus
+their pause/snooze commands) and answers the local control channel (`hearth node status|pause|…`)."""
+
+import threading
+import time
+from dataclasses import asdict
+from typing import Any, Optional
+
+from node.config import NodeConfig
+from node.policy import Policy
+from node.reporter import Reporter
+from node.trainer import Trainer
+
+SNOOZE_MAX_SECONDS = 7 * 24 * 3600
+
+
+class NodeController:
+    def __init__(self, config: NodeConfig, policy: Policy, device_type: str, stop: threading.Event, swarm_id: str):
+        self.config, self.policy, self.device_type, self.stop, self.swarm_id = config, policy, device_type, stop, swarm_id
+        self.trainer: Optional[Trainer] = None
+        self.reporter: Optional[Reporter] = None
+
+    def attach(self, trainer: Trainer, reporter: Reporter) -> None:
+        self.trainer, self.reporter = trainer, reporter
+
+    def gate(self) -> Optional[str]:
+        """Why the node must not compute right now, or None."""
+        decision = self.policy.evaluate()
+        if not decision.run:
+            return decision.reason
+        if self.device_type == "cuda" and not decision.gpu_allowed:
+            return f"paused: {decision.reason}"
+        return None
+
+    def handlers(self) -> dict:
+        return {"status": self.status, "pause": self._pause, "resume": self._resume, "snooze": self._snooze,
+                "stop": self._stop}  # fmt: skip
+
+    def status(self, request: dict | None = None) -> dict[str, Any]:
+        training = asdict(self.trainer.stats) if self.trainer else {}
+        training.pop("group_sizes", None)
+        reporting = asdict(self.reporter.stats) if self.reporter else {}
+        return {
+            "swarm": self.swarm_id, "device": self.device_type, "threads": self.config.threads,
+            "coordinator": self.config.coordinator_url, "policy": asdict(self.config.policy),
+            "training": training, "reporting": reporting, "time": time.time(),
+        }  # fmt: skip
+
+    def _pause(self, request: dict) -> dict:
+        self.policy.pause()
+        return {"message": "paused until you resume"}
+
+    def _resume(self, request: dict) -> dict:
+        self.policy.resume()
+        return {"message": "resumed"}
+
+    def _snooze(self, request: dict) -> dict:
+        seconds = float(request.get("seconds", 0))
+        if not 0 < seconds <= SNOOZE_MAX_SECONDS:
+            raise ValueError("snooze for between 1 second and 7 days")
+        until = self.policy.snooze(seconds)
+        return {"message": f"snoozed until {until:%a %H:%M}", "until": until.isoformat()}
+
+    def _stop(self, request: dict) -> dict:
+        self.stop.set()
+        return {"message": "stopping after the current batch"}
