@@ -189,6 +189,10 @@ class SwarmMember:
             self.optimizer.shutdown()
         self.dht.shutdown()
         end_processes(helpers)
+        if not keep_process_alive:
+            # torch's shared-memory manager is gone: freeing hivemind's shared tensors now would abort the
+            # process, so they stay referenced until it exits.
+            self._retired = (self.dht, self.optimizer)
         self.dht, self.optimizer = None, None
 
 

@@ -31,6 +31,7 @@ class TrainingStats:
     state_downloads: int = 0
     samples_total: int = 0
     group_sizes: dict[int, int] = field(default_factory=dict)  # epoch → peers that averaged it
+    first_step_at: Optional[float] = None  # wall-clock time of the first optimizer step
 
 
 def peer_seed(node_id: str, epoch: int) -> int:
@@ -109,6 +110,8 @@ class Trainer:
         epoch, rounds, loads = optimizer.local_epoch, averager.rounds_started, optimizer.state_loads
         optimizer.step()
         optimizer.zero_grad()
+        if self.stats.first_step_at is None:
+            self.stats.first_step_at = time.time()
         self.accountant.add_batch(len(targets), compute_seconds, loss.item())
         self._update_throughput(len(targets))
 
