@@ -17,8 +17,9 @@ import aiomqtt
 from coordinator.ledger import Batch, Ledger, credit_for, utcnow
 from protocol.envelope import verify_envelope
 from protocol.errors import ProtocolError
-from protocol.messages import ContributionReport, NodeStatus
-from protocol.topics import REPORTS_FILTER, STATUS_FILTER, parse_node_topic
+from protocol.encoding import canonical_bytes
+from protocol.messages import ContributionReport, NodeStatus, Receipt
+from protocol.topics import REPORTS_FILTER, STATUS_FILTER, parse_node_topic, receipt_topic
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Ingestor:
         self.subscribed = asyncio.Event()
         self._queue: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
+        self._client: Optional[aiomqtt.Client] = None
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._receive(), name="ingest-receive"),
@@ -59,12 +61,14 @@ class Ingestor:
                     await client.subscribe(REPORTS_FILTER, qos=1)
                     await client.subscribe(STATUS_FILTER, qos=1)
                     logger.info("Ingest subscribed to mqtt://%s:%s", self.host, self.port)
+                    self._client = client
                     self.subscribed.set()
                     backoff = 0.5
                     async for message in client.messages:
                         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
                         self._queue.put_nowait((message.topic.value, payload, time.time()))
             except aiomqtt.MqttError as e:
+                self._client = None
                 self.subscribed.clear()
                 self.counters["broker_disconnects"] += 1
                 logger.warning("Lost the MQTT broker (%s); reconnecting in %.1f s", e, backoff)
@@ -85,6 +89,29 @@ class Ingestor:
                 self.counters["write_errors"] += 1
                 logger.exception("Could not write %d ingested message(s) to the ledger", len(items))
                 await self._reload_after_failure()
+                continue
+            await self._send_receipts(batch)
+
+    async def _send_receipts(self, batch: Batch) -> None:
+        """Tell each node which of its reports are in the ledger (retained), so its outbox can let them go.
+        Without a receipt a node re-sends, so a lost receipt only costs a duplicate, rejected as a replay."""
+        client = self._client
+        nodes = {(grant["node_id"], grant["swarm_id"]) for grant in batch.grants}
+        for rejection in batch.rejections:
+            if rejection["reason"] == "replayed":  # verified, so its topic names the node and swarm
+                topic = parse_node_topic(rejection["topic"])
+                nodes.add((topic.node_id, topic.swarm_id))
+        if client is None or not nodes:
+            return
+        for node_id, swarm_id in nodes:
+            receipt = Receipt(node_id=node_id, swarm_id=swarm_id, last_seq=self.ledger.nodes[node_id].last_seq,
+                              time=time.time())  # fmt: skip
+            payload = canonical_bytes(receipt.model_dump(mode="json"))
+            try:
+                await client.publish(receipt_topic(swarm_id, node_id), payload, qos=1, retain=True)
+            except aiomqtt.MqttError as e:
+                logger.info("Could not send a receipt to node %s (%s); it will re-send its reports", node_id, e)
+                return
 
     async def _reload_after_failure(self) -> None:
         try:

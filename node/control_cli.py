@@ -75,7 +75,6 @@ def status(as_json: bool) -> None:
 
     training, reporting = answer["training"], answer["reporting"]
     rules = ", ".join(f"{key}={value}" for key, value in answer["policy"].items() if value not in (None, False)) or "none"
-    waiting = reporting.get("reports_queued", 0) - reporting.get("reports_acknowledged", 0)
     table = Table(title="Hearth node", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -86,8 +85,8 @@ def status(as_json: bool) -> None:
         ("samples contributed", f"{training.get('samples_total', 0):,}"),
         ("device / threads", f"{answer['device']} / {answer['threads']}"), ("pause rules", rules),
         ("broker", "connected" if reporting.get("connected") else "offline"),
-        ("reports sent / acknowledged", f"{reporting.get('reports_sent', 0)} / {reporting.get('reports_acknowledged', 0)}"),
-        ("reports in outbox", waiting), ("coordinator", answer["coordinator"]),
+        ("reports sent / in the ledger", f"{reporting.get('reports_sent', 0)} / {reporting.get('reports_acknowledged', 0)}"),
+        ("reports in outbox", reporting.get("reports_waiting", 0)), ("coordinator", answer["coordinator"]),
     ]:  # fmt: skip
         table.add_row(label, str(value))
     Console().print(table)

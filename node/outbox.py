@@ -1,4 +1,5 @@
-"""A durable outbox: signed reports wait here (SQLite) until the broker acknowledges them, across restarts.
+"""A durable outbox: signed reports wait here (SQLite) until the coordinator's receipt says they are in its
+ledger, across restarts and outages.
 It also owns the report sequence counter, which must never go backwards."""
 
 import sqlite3
@@ -32,8 +33,9 @@ class Outbox:
     def pending(self) -> list[tuple[int, str, bytes]]:
         return self._db.execute("SELECT seq, topic, payload FROM outbox ORDER BY seq").fetchall()
 
-    def acknowledge(self, seq: int) -> None:
-        self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+    def acknowledge_through(self, seq: int) -> int:
+        """The coordinator has every report up to `seq`: drop them; returns how many were waiting."""
+        return self._db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,)).rowcount
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]

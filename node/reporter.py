@@ -1,25 +1,35 @@
 """Reporting over MQTT (aiomqtt): signed contribution reports at QoS 1 through the durable outbox, and a
-retained presence message whose last will, registered at connect time, says "offline"."""
+retained presence message whose last will, registered at connect time, says "offline".
+
+Delivery is end to end: a report leaves the outbox only when the coordinator's (retained) receipt covers
+it; until then it is re-sent after every reconnect and every RESEND_SECONDS, and the coordinator's sequence
+check turns any duplicate into a no-op."""
 
 import asyncio
 import logging
+import random
 import time
 from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlparse
 
 import aiomqtt
+from pydantic import ValidationError
 
 from node.accounting import EpochContribution
 from node.outbox import Outbox
 from protocol.envelope import seal
-from protocol.messages import ContributionReport, NodeState, NodeStatus
+from protocol.encoding import parse_canonical
+from protocol.errors import ProtocolError
+from protocol.messages import ContributionReport, NodeState, NodeStatus, Receipt
 from protocol.signing import SigningKey
-from protocol.topics import report_topic, status_topic
+from protocol.topics import receipt_topic, report_topic, status_topic
 
 logger = logging.getLogger(__name__)
 
 PRESENCE_INTERVAL = 15.0
+RESEND_SECONDS = 20.0
+RECEIPT_WAIT_ON_STOP = 5.0
 
 
 @dataclass
@@ -27,7 +37,8 @@ class ReporterStats:
     connected: bool = False
     reports_queued: int = 0
     reports_sent: int = 0
-    reports_acknowledged: int = 0
+    reports_acknowledged: int = 0  # receipted by the coordinator: in its ledger
+    reports_waiting: int = 0  # in the outbox, without a receipt yet
     last_error: Optional[str] = None
 
 
@@ -47,6 +58,8 @@ class Reporter:
         self.presence = {"epoch": None, "samples_per_second": 0.0, "pause_reason": None}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._outbox_empty = asyncio.Event()
+        self._sent_at: dict[int, float] = {}  # seq → when it was last published on this connection
 
     # --- called on the reporter's event loop -------------------------------------------------------------
     def submit(self, contribution: EpochContribution) -> None:
@@ -58,6 +71,7 @@ class Reporter:
         )  # fmt: skip
         self.outbox.add(report.seq, report_topic(self.swarm_id, self.key.node_id), seal(report, self.key))
         self.stats.reports_queued += 1
+        self.stats.reports_waiting = len(self.outbox)
         self.presence["epoch"] = contribution.epoch + 1
         self._wake.set()
 
@@ -84,9 +98,9 @@ class Reporter:
                     return
             except aiomqtt.MqttError as e:
                 self.stats.connected, self.stats.last_error = False, str(e)
-                logger.warning("MQTT broker %s:%s unreachable (%s); retrying in %.1f s", self.host, self.port, e, delay)
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                logger.warning("MQTT broker %s:%s unreachable (%s); retrying in about %.0f s", self.host, self.port, e, delay)
+                try:  # jitter, so that a swarm's nodes do not all come back in the same instant
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay * random.uniform(0.5, 1.5))
                 except asyncio.TimeoutError:
                     pass
                 delay = min(delay * 2, 30.0)
@@ -113,25 +127,64 @@ class Reporter:
         await client.publish(topic, self._status(state), qos=1, retain=True)
 
     async def _flush_outbox(self, client: aiomqtt.Client) -> None:
+        now = time.monotonic()
+        self.stats.reports_waiting = len(self.outbox)
         for seq, topic, payload in self.outbox.pending():
-            self.stats.reports_sent += 1
+            last_sent = self._sent_at.get(seq)
+            if last_sent is not None and now - last_sent < RESEND_SECONDS:
+                continue
+            self.stats.reports_sent += last_sent is None
+            self._sent_at[seq] = now
             await client.publish(topic, payload, qos=1)  # returns once the broker's PUBACK arrived
-            self.outbox.acknowledge(seq)
-            self.stats.reports_acknowledged += 1
+        if len(self.outbox) == 0:
+            self._outbox_empty.set()
+
+    async def _listen_for_receipts(self, client: aiomqtt.Client) -> None:
+        topic = receipt_topic(self.swarm_id, self.key.node_id)
+        async for message in client.messages:
+            if not message.topic.matches(topic):  # amqtt also hands out other topics' retained messages
+                continue
+            try:
+                receipt = Receipt.model_validate(parse_canonical(message.payload))
+            except (ProtocolError, ValidationError) as e:
+                logger.warning("Ignoring a malformed receipt on %s (%r…): %s", message.topic, message.payload[:80], e)
+                continue
+            if receipt.node_id != self.key.node_id:
+                continue
+            self.stats.reports_acknowledged += self.outbox.acknowledge_through(receipt.last_seq)
+            self.stats.reports_waiting = len(self.outbox)
+            for seq in [seq for seq in self._sent_at if seq <= receipt.last_seq]:
+                del self._sent_at[seq]
+            if len(self.outbox) == 0:
+                self._outbox_empty.set()
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        await self._publish_presence(client, "online")
-        last_presence = time.monotonic()
-        while True:
-            await self._flush_outbox(client)
-            if self._stopping.is_set():
-                await self._publish_presence(client, "offline")
-                return
-            if time.monotonic() - last_presence >= PRESENCE_INTERVAL or self._wake.is_set():
-                await self._publish_presence(client, "online")
-                last_presence = time.monotonic()
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=PRESENCE_INTERVAL)
-            except asyncio.TimeoutError:
-                pass
+        self._sent_at.clear()  # a new connection: whatever has no receipt yet is sent again
+        await client.subscribe(receipt_topic(self.swarm_id, self.key.node_id), qos=1)
+        listener = asyncio.create_task(self._listen_for_receipts(client))
+        try:
+            await self._publish_presence(client, "online")
+            last_presence = time.monotonic()
+            while True:
+                self._outbox_empty.clear()
+                await self._flush_outbox(client)
+                if self._stopping.is_set():
+                    await self._wait_for_receipts()
+                    await self._publish_presence(client, "offline")
+                    return
+                if time.monotonic() - last_presence >= PRESENCE_INTERVAL or self._wake.is_set():
+                    await self._publish_presence(client, "online")
+                    last_presence = time.monotonic()
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(PRESENCE_INTERVAL, RESEND_SECONDS))
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            listener.cancel()
+
+    async def _wait_for_receipts(self) -> None:
+        try:
+            await asyncio.wait_for(self._outbox_empty.wait(), timeout=RECEIPT_WAIT_ON_STOP)
+        except asyncio.TimeoutError:
+            logger.info("%d report(s) stay in the outbox for the next run", len(self.outbox))

@@ -26,8 +26,8 @@ def render(swarm: str, device: str, training: TrainingStats, reporting: Reporter
     table.add_row("device", device)
     broker = "connected" if reporting.connected else f"offline ({reporting.last_error or 'connecting'})"
     table.add_row("broker", broker)
-    table.add_row("reports sent / acknowledged", f"{reporting.reports_sent} / {reporting.reports_acknowledged}")
-    table.add_row("reports waiting", str(reporting.reports_queued - reporting.reports_acknowledged))
+    table.add_row("reports sent / in the ledger", f"{reporting.reports_sent} / {reporting.reports_acknowledged}")
+    table.add_row("reports waiting for a receipt", str(reporting.reports_waiting))
     return table
 
 

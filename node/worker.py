@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
         return 130
     print(
         f"Stopped at epoch {summary['epoch']}: contributed {summary['samples']:,} samples, "
-        f"{summary['reports_acknowledged']} report(s) acknowledged, {summary['reports_waiting']} waiting in the outbox.",
+        f"{summary['reports_acknowledged']} report(s) in the coordinator's ledger, {summary['reports_waiting']} waiting in the outbox.",
         file=sys.stderr,
     )
     return 0

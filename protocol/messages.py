@@ -110,3 +110,15 @@ class ContributionReport(Message):
 
 def is_valid_swarm_id(value: str) -> bool:
     return re.fullmatch(ID_PATTERN, value) is not None
+
+
+class Receipt(Message):
+    """The coordinator's word that a node's reports up to `last_seq` are in the ledger (granted or rejected),
+    so the node may drop them from its outbox."""
+
+    kind: Literal["receipt"] = "receipt"
+    protocol_version: int = PROTOCOL_VERSION
+    node_id: str = Field(pattern=NODE_ID_PATTERN)
+    swarm_id: str = Field(pattern=ID_PATTERN)
+    last_seq: int = Field(ge=0)
+    time: float

@@ -1,4 +1,5 @@
-"""Every MQTT topic Hearth uses. Nodes publish only below their own `nodes/<node_id>/` subtree."""
+"""Every MQTT topic Hearth uses. Nodes publish only below their own `nodes/<node_id>/` subtree (reports,
+status); the coordinator publishes each node's receipts there too."""
 
 import re
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ def report_topic(swarm_id: str, node_id: str) -> str:
 
 def status_topic(swarm_id: str, node_id: str) -> str:
     return node_topic("status", swarm_id, node_id)
+
+
+def receipt_topic(swarm_id: str, node_id: str) -> str:
+    """Retained, written by the coordinator: the highest report sequence number it has processed."""
+    return f"{PREFIX}/swarms/{swarm_id}/nodes/{node_id}/receipts"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Shared fixtures: real coordinator processes, real node processes, and clean-up of everything they start."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -18,11 +19,12 @@ def hearth_argv(*args: str) -> list[str]:
 
 
 class CoordinatorProcess:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, *extra_args: str):
         self.data_dir = data_dir
         self.ready_file = data_dir / "ready.json"
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
-        argv = hearth_argv("coordinator", "serve", "--data-dir", str(data_dir), "--port", "0", "--broker-port", "0",
+        broker = extra_args if "--broker" in extra_args else ("--broker-port", "0")
+        argv = hearth_argv("coordinator", "serve", "--data-dir", str(data_dir), "--port", "0", *broker,
                            "--dht-port", "0", "--ready-file", str(self.ready_file))  # fmt: skip
         self.process = spawn_group(argv, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
         self.info = wait_until(self._ready, COORDINATOR_START_TIMEOUT, what="the coordinator to start")
@@ -89,13 +91,16 @@ def nodes(tmp_path):
 
 
 TEST_SWARM = "itest"
+_swarm_count = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def swarm(coordinator):
-    """A small swarm (short epochs) defined through the operator CLI, so multi-peer tests stay quick."""
-    argv = hearth_argv("swarm", "create", TEST_SWARM, "--task", "spirals", "--target-batch-size", "16384",
+    """A fresh small swarm (short epochs) per test, defined through the operator CLI: tests never see each
+    other's peers or progress records in the DHT."""
+    swarm_id = f"{TEST_SWARM}-{next(_swarm_count)}"
+    argv = hearth_argv("swarm", "create", swarm_id, "--task", "spirals", "--target-batch-size", "16384",
                        "--coordinator", coordinator.url, "--token-file", str(coordinator.data_dir / "operator-token"))
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    return coordinator.get(f"/api/v1/swarms/{TEST_SWARM}")
+    return coordinator.get(f"/api/v1/swarms/{swarm_id}")

@@ -7,13 +7,12 @@ import psutil
 import pytest
 
 from hearth.processes import group_members, groups_of_tree, wait_until
-from tests.conftest import TEST_SWARM
 
 pytestmark = pytest.mark.swarm
 
 
-def _start_training_node(coordinator, nodes, name: str):
-    process = nodes.start(coordinator.url, name, "--swarm", TEST_SWARM)
+def _start_training_node(coordinator, swarm, nodes, name: str):
+    process = nodes.start(coordinator.url, name, "--swarm", swarm["swarm_id"])
     wait_until(lambda: "Registered as" in nodes.log(name), 120, what=f"{name} to register")
     # the DHT process, p2pd and averagers exist once the optimizer is built, before the first batch
     wait_until(lambda: len(psutil.Process(process.pid).children(recursive=True)) >= 4, 60, what="hivemind helpers")
@@ -26,7 +25,7 @@ def _nothing_left(groups: set[int]) -> bool:
 
 @pytest.mark.parametrize("victim", ["supervisor", "worker"])
 def test_sigkill_leaves_no_hivemind_process_behind(coordinator, swarm, nodes, victim):
-    process, groups = _start_training_node(coordinator, nodes, f"kill-{victim}")
+    process, groups = _start_training_node(coordinator, swarm, nodes, f"kill-{victim}")
     assert len(groups) >= 2  # the supervisor's group, the worker's own (and p2pd's)
     worker = next(child for child in psutil.Process(process.pid).children() if "node.worker" in " ".join(child.cmdline()))
     os.kill(process.pid if victim == "supervisor" else worker.pid, signal.SIGKILL)

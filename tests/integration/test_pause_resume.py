@@ -12,7 +12,7 @@ import pytest
 
 from hearth.processes import wait_until
 from node.control import request, socket_path
-from tests.conftest import TEST_SWARM, hearth_argv
+from tests.conftest import hearth_argv
 
 pytestmark = pytest.mark.swarm
 
@@ -41,7 +41,7 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def test_pause_stops_work_and_resume_catches_up(coordinator, swarm, nodes):
     for name in ("erin", "frank"):
-        nodes.start(coordinator.url, name, "--swarm", TEST_SWARM, "--min-peers", "2")
+        nodes.start(coordinator.url, name, "--swarm", swarm["swarm_id"], "--min-peers", "2")
     wait_until(lambda: "epoch 1 done" in nodes.log("frank"), 180, what="frank's second epoch")
 
     asked = time.monotonic()

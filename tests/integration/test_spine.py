@@ -15,7 +15,6 @@ from protocol.envelope import seal
 from protocol.messages import ContributionReport, VolunteerRegistration
 from protocol.signing import SigningKey
 from protocol.topics import report_topic
-from tests.conftest import TEST_SWARM as SWARM
 
 pytestmark = pytest.mark.swarm
 
@@ -25,7 +24,7 @@ COBBLESTONE_FLOPS = 4.32e11
 
 def test_two_nodes_train_together_and_are_credited(coordinator, swarm, nodes):
     for name in ("alice", "bob"):
-        nodes.start(coordinator.url, name, "--swarm", SWARM, "--min-peers", "2", "--max-epochs", str(EPOCHS))
+        nodes.start(coordinator.url, name, "--swarm", swarm["swarm_id"], "--min-peers", "2", "--max-epochs", str(EPOCHS))
     for name, process in nodes.processes.items():
         assert process.wait(timeout=240) == 0, nodes.log(name)
         assert group_members(process.pid) == [], f"{name} left hivemind processes behind"
@@ -38,7 +37,7 @@ def test_two_nodes_train_together_and_are_credited(coordinator, swarm, nodes):
         averaged = {int(epoch): size for epoch, size in summary["group_sizes"].items()}
         assert all(size == 2 for epoch, size in averaged.items() if epoch >= 1), averaged
 
-    final = [torch.load(nodes.data_dir(name) / "swarms" / SWARM / "model.pt") for name in ("alice", "bob")]
+    final = [torch.load(nodes.data_dir(name) / "swarms" / swarm["swarm_id"] / "model.pt") for name in ("alice", "bob")]
     assert final[0]["epoch"] == final[1]["epoch"] == EPOCHS
     for key, tensor in final[0]["model"].items():
         assert torch.allclose(tensor, final[1]["model"][key], atol=1e-5, rtol=0), key
@@ -62,10 +61,10 @@ def test_forged_replayed_and_malformed_reports_are_rejected_with_reasons(coordin
     registration = VolunteerRegistration(name="carol", public_key=key.public_key, time=time.time())
     response = coordinator.api.post("/api/v1/volunteers", content=seal(registration, key))
     assert response.status_code == 201, response.text
-    topic = report_topic(SWARM, key.node_id)
+    topic = report_topic(swarm["swarm_id"], key.node_id)
 
     def report(seq: int, samples: int) -> ContributionReport:
-        return ContributionReport(node_id=key.node_id, swarm_id=SWARM, seq=seq, epoch=99, samples=samples,
+        return ContributionReport(node_id=key.node_id, swarm_id=swarm["swarm_id"], seq=seq, epoch=99, samples=samples,
                                   compute_seconds=1.0, device="cpu", time=time.time())  # fmt: skip
 
     genuine = seal(report(1, 1000), key)
@@ -105,7 +104,7 @@ def _volunteer_with_reports(coordinator, name: str, count: int):
 
 
 def test_ctrl_c_stops_a_training_node_gracefully_and_leaves_nothing_behind(coordinator, swarm, nodes):
-    process = nodes.start(coordinator.url, "dave", "--swarm", SWARM)
+    process = nodes.start(coordinator.url, "dave", "--swarm", swarm["swarm_id"])
     wait_until(lambda: "epoch 0 done" in nodes.log("dave"), 120, what="dave's first epoch")
     process.send_signal(signal.SIGINT)  # what Ctrl+C in a terminal delivers
     assert process.wait(timeout=60) == 0, nodes.log("dave")

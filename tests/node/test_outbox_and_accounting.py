@@ -13,8 +13,9 @@ def test_sequence_numbers_survive_restarts_and_never_repeat(tmp_path):
     reopened = Outbox(tmp_path / "outbox.sqlite")
     assert reopened.next_seq() == 4
     assert reopened.pending() == [(3, "t", b"payload")]
-    reopened.acknowledge(3)
-    assert len(reopened) == 0
+    reopened.add(4, "t", b"later")
+    assert reopened.acknowledge_through(3) == 1
+    assert [seq for seq, _, _ in reopened.pending()] == [4]
 
 
 def test_accountant_closes_epochs_and_discards_stale_work():

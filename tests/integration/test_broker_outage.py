@@ -1,0 +1,74 @@
+"""The broker goes down for 30 s while a node trains: afterwards the ledger holds every report exactly once."""
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hearth.processes import spawn_group, stop_group, wait_until
+from node.control import ControlError, request, socket_path
+from node.outbox import Outbox
+from tests.conftest import CoordinatorProcess
+
+pytestmark = pytest.mark.swarm
+
+BROKER_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "mqtt_broker.py"
+OUTAGE_SECONDS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_broker(port: int, log: Path) -> subprocess.Popen:
+    broker = spawn_group([sys.executable, str(BROKER_SCRIPT), str(port)], stdout=log.open("a"), stderr=subprocess.STDOUT)
+    wait_until(lambda: "listening" in log.read_text() or broker.poll() is not None, 30, what="the broker")
+    assert broker.poll() is None, log.read_text()
+    return broker
+
+
+def test_no_report_is_lost_or_doubled_across_a_broker_outage(tmp_path, nodes):
+    port, broker_log = free_port(), tmp_path / "broker.log"
+    broker = start_broker(port, broker_log)
+    coordinator = CoordinatorProcess(tmp_path / "coordinator", "--broker", f"mqtt://127.0.0.1:{port}")
+    try:
+        nodes.start(coordinator.url, "gina")
+        status = lambda: _reporting(nodes.data_dir("gina"))  # noqa: E731
+        wait_until(lambda: status().get("reports_acknowledged", 0) >= 1, 180, what="a first report in the ledger")
+
+        stop_group(broker)  # the outage
+        down_since = time.monotonic()
+        wait_until(lambda: status()["reports_waiting"] >= 2, 180, what="reports piling up in the outbox")
+        time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_since)))  # the outage lasts 30 s
+        broker = start_broker(port, broker_log)
+
+        wait_until(lambda: status()["reports_waiting"] == 0, 120, what="the outbox to drain")
+        assert stop_group(nodes.processes["gina"])[0] == 0, nodes.log("gina")
+        outbox = Outbox(nodes.data_dir("gina") / "outbox.sqlite")
+        last_seq, waiting = outbox.next_seq() - 1, len(outbox)
+        outbox.close()
+        assert waiting == 0
+        volunteer = wait_until(lambda: _volunteer_with(coordinator, "gina", last_seq), 30, what="all reports")
+        granted = sorted(report["seq"] for report in volunteer["audit"] if report["status"] == "granted")
+        assert granted == list(range(1, last_seq + 1))  # nothing lost, nothing doubled
+        assert volunteer["reports"] == last_seq
+    finally:
+        coordinator.stop()
+        stop_group(broker)
+
+
+def _reporting(data_dir: Path) -> dict:
+    try:
+        return request(socket_path(data_dir), "status")["reporting"]
+    except ControlError:  # not listening yet
+        return {}
+
+
+def _volunteer_with(coordinator, name: str, reports: int):
+    volunteer = coordinator.get(f"/api/v1/volunteers/{name}")
+    return volunteer if volunteer["reports"] >= reports else None
