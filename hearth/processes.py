@@ -123,6 +123,18 @@ def leftovers_reported(log_text: str) -> int:
     return sum(int(count) for count in LEFTOVER_PATTERN.findall(log_text))
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by a process and all its descendants still running."""
+    total = 0.0
+    for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def wait_until(condition, timeout: float, interval: float = 0.2, what: str = "condition"):
     """Poll `condition()` until it returns something truthy; raise TimeoutError after `timeout` seconds."""
     deadline = time.monotonic() + timeout

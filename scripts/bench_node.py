@@ -22,7 +22,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hearth.processes import spawn_group, stop_group, wait_until  # noqa: E402
+from hearth.processes import spawn_group, stop_group, tree_cpu_seconds, wait_until  # noqa: E402
 from node.control import request, socket_path  # noqa: E402
 
 
@@ -60,16 +60,6 @@ def plain_throughput(seconds: float, processes: int = 2) -> float:
 
 def hearth(*args: str) -> list[str]:
     return [sys.executable, "-m", "hearth", *args]
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-        try:
-            total += sum(process.cpu_times()[:2])
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 def status(data_dir: Path) -> dict:

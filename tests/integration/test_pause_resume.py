@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from hearth.processes import wait_until
+from hearth.processes import tree_cpu_seconds, wait_until
 from node.control import request, socket_path
 from tests.conftest import hearth_argv
 
@@ -26,17 +26,6 @@ def control(nodes, name: str, *command: str) -> dict | str:
 
 def status(nodes, name: str) -> dict:
     return request(socket_path(nodes.data_dir(name)), "status")  # the socket itself: polling stays cheap
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 def test_pause_stops_work_and_resume_catches_up(coordinator, swarm, nodes):
