@@ -4,7 +4,7 @@ their pause/snooze commands) and answers the local control channel (`hearth node
 import threading
 import time
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from node.config import NodeConfig
 from node.policy import Policy
@@ -15,10 +15,13 @@ SNOOZE_MAX_SECONDS = 7 * 24 * 3600
 
 
 class NodeController:
-    def __init__(self, config: NodeConfig, policy: Policy, device_type: str, stop: threading.Event, swarm_id: str):
+    def __init__(self, config: NodeConfig, policy: Policy, device_type: str, stop: threading.Event, swarm_id: str,
+                 on_pause_change: Callable[[Optional[str]], None] = lambda reason: None):  # fmt: skip
         self.config, self.policy, self.device_type, self.stop, self.swarm_id = config, policy, device_type, stop, swarm_id
+        self.on_pause_change = on_pause_change  # told the new reason (None: computing again) when it changes
         self.trainer: Optional[Trainer] = None
         self.reporter: Optional[Reporter] = None
+        self._pause_reason: Optional[str] = None
 
     def attach(self, trainer: Trainer, reporter: Reporter) -> None:
         self.trainer, self.reporter = trainer, reporter
@@ -27,10 +30,15 @@ class NodeController:
         """Why the node must not compute right now, or None."""
         decision = self.policy.evaluate()
         if not decision.run:
-            return decision.reason
-        if self.device_type == "cuda" and not decision.gpu_allowed:
-            return f"paused: {decision.reason}"
-        return None
+            reason = decision.reason
+        elif self.device_type == "cuda" and not decision.gpu_allowed:
+            reason = f"paused: {decision.reason}"
+        else:
+            reason = None
+        if reason != self._pause_reason:
+            self._pause_reason = reason
+            self.on_pause_change(reason)
+        return reason
 
     def handlers(self) -> dict:
         return {"status": self.status, "pause": self._pause, "resume": self._resume, "snooze": self._snooze,

@@ -8,8 +8,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -127,23 +125,17 @@ def train(config, identity, manifest, task, swarm, device, name, stop) -> dict:
     reporter = Reporter(manifest.broker_url, identity.key, manifest.swarm_id, device.type, outbox, swarm.peer_id)
     reporter_thread = ReporterThread(reporter)
     policy = Policy.from_config(config.policy, root_pid=os.getpid(), poll_seconds=POLICY_POLL_SECONDS)
-    controller = NodeController(config, policy, device.type, stop, manifest.swarm_id)
+    controller = NodeController(
+        config, policy, device.type, stop, manifest.swarm_id,
+        on_pause_change=lambda reason: reporter_thread.call(reporter.set_pause_reason, reason),
+    )  # fmt: skip
 
     def contributed(contribution: EpochContribution) -> None:
         reporter_thread.call(reporter.submit, contribution)
         reporter_thread.call(reporter.update_presence, contribution.epoch + 1, trainer.stats.samples_per_second)
         view.epoch_done(contribution.epoch, contribution.group_size, contribution.samples, contribution.loss)
 
-    last_reason: list[Optional[str]] = [None]
-
-    def gate() -> Optional[str]:
-        reason = controller.gate()
-        if reason != last_reason[0]:
-            last_reason[0] = reason
-            reporter_thread.call(reporter.set_pause_reason, reason)
-        return reason
-
-    trainer = Trainer(task, swarm, device, identity.node_id, contributed, gate=gate)
+    trainer = Trainer(task, swarm, device, identity.node_id, contributed, gate=controller.gate)
     controller.attach(trainer, reporter)
     view = LiveView(config.view, lambda: render(manifest.swarm_id, device.type, trainer.stats, reporter.stats))
     control = ControlServer(socket_path(config.data_dir), controller.handlers())
@@ -161,15 +153,7 @@ def train(config, identity, manifest, task, swarm, device, name, stop) -> dict:
     summary = {
         "name": name, "node_id": identity.node_id, "swarm_id": manifest.swarm_id, "epoch": trainer.stats.epoch,
         "group_sizes": trainer.stats.group_sizes, "samples": trainer.accountant.total_samples,
-        "reports_acknowledged": reporter.stats.reports_acknowledged, "reports_waiting": len(outbox_pending(config)),
+        "reports_acknowledged": reporter.stats.reports_acknowledged, "reports_waiting": reporter.stats.reports_waiting,
     }  # fmt: skip
     (config.data_dir / "last-run.json").write_text(json.dumps(summary))
     return summary
-
-
-def outbox_pending(config: NodeConfig) -> list:
-    outbox = Outbox(config.data_dir / "outbox.sqlite")
-    try:
-        return outbox.pending()
-    finally:
-        outbox.close()
