@@ -65,32 +65,27 @@ def print_leaderboard(console: Console, rows: list[dict]) -> None:
     console.print(table)
 
 
-def wait_for_final_reports(url: str, nodes: list[Child], work_dir: Path) -> None:
-    """After the nodes stop, give the coordinator time to ingest every report the broker acknowledged."""
-    acknowledged = 0
-    for child in nodes:
-        summary = work_dir / f"node-{child.name}" / "last-run.json"
-        if summary.exists():
-            acknowledged += json.loads(summary.read_text())["reports_acknowledged"]
+def node_summaries(nodes: list[Child], work_dir: Path) -> list[dict]:
+    """What each node wrote about its run when it stopped (a node that crashed wrote nothing)."""
+    paths = [work_dir / f"node-{child.name}" / "last-run.json" for child in nodes]
+    return [json.loads(path.read_text()) for path in paths if path.exists()]
+
+
+def wait_for_final_reports(url: str, summaries: list[dict]) -> None:
+    """Give the coordinator's leaderboard time to show every report the nodes saw in its ledger."""
+    in_ledger = sum(summary["reports_acknowledged"] for summary in summaries)
     try:
-        wait_until(lambda: sum(row["reports"] for row in leaderboard(url)) >= acknowledged, 30, what="reports")
+        wait_until(lambda: sum(row["reports"] for row in leaderboard(url)) >= in_ledger, 30, what="reports")
     except TimeoutError:
         pass
 
 
-def summarize(url: str, nodes: list[Child], work_dir: Path, orphans: int) -> dict:
-    group_sizes, epochs = [], 0
-    for child in nodes:
-        summary_path = work_dir / f"node-{child.name}" / "last-run.json"
-        if not summary_path.exists():
-            continue
-        summary = json.loads(summary_path.read_text())
-        epochs = max(epochs, summary["epoch"])
-        group_sizes += [size for epoch, size in summary["group_sizes"].items() if int(epoch) >= 1]
-    rows = leaderboard(url)
+def summarize(url: str, summaries: list[dict], orphans: int) -> dict:
+    group_sizes = [size for summary in summaries for epoch, size in summary["group_sizes"].items() if int(epoch) >= 1]
     return {
-        "volunteers": [{"name": row["name"], "credit": row["credit"], "samples": row["samples"]} for row in rows],
-        "epochs": epochs,
+        "volunteers": [{"name": row["name"], "credit": row["credit"], "samples": row["samples"]}
+                       for row in leaderboard(url)],  # fmt: skip
+        "epochs": max((summary["epoch"] for summary in summaries), default=0),
         "min_group_size": min(group_sizes, default=0),
         "orphans": orphans,
     }
@@ -130,12 +125,13 @@ def demo(node_count: int, duration: float | None, as_json: bool, keep: bool) -> 
         for node in nodes:
             orphans += stop_group(node.process)[1]
             orphans += leftovers_reported(node.log_path.read_text())
-        wait_for_final_reports(url, nodes, work_dir)
-        result = summarize(url, nodes, work_dir, orphans)
+        summaries = node_summaries(nodes, work_dir)
+        wait_for_final_reports(url, summaries)
+        result = summarize(url, summaries, orphans)
         print_leaderboard(console, _safe_leaderboard(url))
     finally:
-        for child in reversed(children):
-            orphans += stop_group(child.process)[1] if child.name == "coordinator" else 0
+        for child in reversed(children):  # nodes first (a no-op for those already stopped), the coordinator last
+            orphans += stop_group(child.process)[1]
         if not keep:
             shutil.rmtree(work_dir, ignore_errors=True)
     result["orphans"] = orphans

@@ -82,7 +82,7 @@ def stop_group(process: subprocess.Popen, grace: float = 30.0) -> tuple[int, int
     return process.returncode, leftovers
 
 
-def run_supervised(argv: Sequence[str], grace: float = 30.0) -> int:
+def run_supervised(argv: Sequence[str]) -> int:
     """Run a child program in its own group, pass on Ctrl+C / SIGTERM, and leave nothing of it behind."""
     child = spawn_group(argv)
     interrupts = 0
