@@ -20,6 +20,7 @@ from protocol.messages import SwarmManifest
 logger = logging.getLogger(__name__)
 
 
+ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")  # optimizer statistics averaged along with the parameters
 TORCH_SHM_MANAGER = "torch_shm_manager"  # torch's own helper for shared tensors: the process still needs it
 
 
@@ -82,12 +83,11 @@ class SwarmMember:
 
     def __init__(self, manifest: SwarmManifest, settings: SwarmSettings):
         self.manifest, self.settings = manifest, settings
-        self.client_mode = settings.client_mode
         self.dht: Optional[DHT] = self._start_dht()
         self.optimizer: Optional[TrackingOptimizer] = None
-        self.optimizer_statistics: tuple[str, ...] = ("exp_avg", "exp_avg_sq")  # Adam's moments
         self._optimizer_inputs: Optional[tuple] = None
         self._saved_state: Optional[dict] = None
+        self._retired: tuple = ()
 
     def _start_dht(self) -> DHT:
         settings = self.settings
@@ -145,8 +145,8 @@ class SwarmMember:
             # Average parameters synchronously at every epoch so that peers end each epoch identical,
             # even after one of them had to proceed with local gradients.
             delay_state_averaging=False,
-            average_opt_statistics=self.optimizer_statistics,
-            client_mode=self.client_mode,  # explicit: hivemind 1.1.12 resolves the default backwards
+            average_opt_statistics=ADAM_MOMENTS,
+            client_mode=self.settings.client_mode,  # explicit: hivemind 1.1.12 resolves the default backwards
             verbose=False,
         )
         signal.signal(signal.SIGINT, sigint_handler)
