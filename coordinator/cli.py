@@ -4,7 +4,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import click
 

@@ -22,7 +22,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hearth.processes import spawn_group, stop_group, tree_cpu_seconds, wait_until  # noqa: E402
+from hearth.processes import python_argv, spawn_group, stop_group, tree_cpu_seconds, wait_until  # noqa: E402
 from node.control import request, socket_path  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def plain_throughput(seconds: float, processes: int = 2) -> float:
 
 
 def hearth(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hearth", *args]
+    return python_argv("hearth", *args)
 
 
 def status(data_dir: Path) -> dict:

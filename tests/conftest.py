@@ -3,19 +3,23 @@
 import itertools
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from hearth.processes import spawn_group, stop_group, wait_until
+from hearth.processes import python_argv, spawn_group, stop_group, wait_until
 
 COORDINATOR_START_TIMEOUT = 120
 
 
 def hearth_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hearth", *args]
+    return python_argv("hearth", *args)
+
+
+def run_hearth(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    """Run the `hearth` command to completion, capturing its output as text."""
+    return subprocess.run(hearth_argv(*args), capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 class CoordinatorProcess:
@@ -99,8 +103,8 @@ def swarm(coordinator):
     """A fresh small swarm (short epochs) per test, defined through the operator CLI: tests never see each
     other's peers or progress records in the DHT."""
     swarm_id = f"{TEST_SWARM}-{next(_swarm_count)}"
-    argv = hearth_argv("swarm", "create", swarm_id, "--task", "spirals", "--target-batch-size", "16384",
-                       "--coordinator", coordinator.url, "--token-file", str(coordinator.data_dir / "operator-token"))
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    result = run_hearth("swarm", "create", swarm_id, "--task", "spirals", "--target-batch-size", "16384",
+                        "--coordinator", coordinator.url, "--token-file", str(coordinator.data_dir / "operator-token"),
+                        timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return coordinator.get(f"/api/v1/swarms/{swarm_id}")

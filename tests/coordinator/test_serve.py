@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import aiomqtt
 import httpx
@@ -18,25 +16,12 @@ from protocol.envelope import seal
 from protocol.messages import SwarmManifest
 from protocol.signing import SigningKey
 from protocol.topics import report_topic
+from hearth.processes import wait_until
+from tests.conftest import hearth_argv
+from tests.conftest import run_hearth as hearth
 from tests.coordinator.helpers import registration, report
 
-HEARTH = [sys.executable, "-c", "from hearth.cli import main; main()"]
 START_TIMEOUT = 90
-
-
-def hearth(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([*HEARTH, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -44,8 +29,8 @@ def served(tmp_path):
     data_dir, ready = tmp_path / "data", tmp_path / "ready.json"
     log = (tmp_path / "serve.log").open("w")
     process = subprocess.Popen(
-        [*HEARTH, "coordinator", "serve", "--data-dir", str(data_dir), "--port", "0", "--broker-port", "0",
-         "--ready-file", str(ready)],
+        hearth_argv("coordinator", "serve", "--data-dir", str(data_dir), "--port", "0", "--broker-port", "0",
+                    "--ready-file", str(ready)),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
@@ -54,7 +39,7 @@ def served(tmp_path):
                 raise AssertionError(f"serve exited: {(tmp_path / 'serve.log').read_text()}")
             return ready.exists() and json.loads(ready.read_text())
 
-        info = wait_until(started, START_TIMEOUT, "the ready file")
+        info = wait_until(started, START_TIMEOUT, what="the ready file")
         yield process, info, data_dir, tmp_path / "serve.log"
     finally:
         if process.poll() is None:
@@ -85,7 +70,7 @@ def test_serve_end_to_end(served):
     asyncio.run(publish())
     expected = 432 * manifest.flops_per_sample / 4.32e11
     board = wait_until(lambda: (b := api.get("/api/v1/leaderboard").json())["volunteers"][0]["credit"] > 0 and b,
-                       20, "the report to be credited")  # fmt: skip
+                       20, what="the report to be credited")  # fmt: skip
     assert board["volunteers"][0]["name"] == "carol" and board["volunteers"][0]["credit"] == expected
     assert api.get("/api/v1/stats").json()["ingest"]["accepted"] == 1
 
@@ -106,7 +91,7 @@ def test_serve_end_to_end(served):
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl+C in a terminal does: the whole foreground group
     assert process.wait(30) == 0, log_path.read_text()
     wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                               for pid in group), 10, "every process of the group to exit")  # fmt: skip
+                               for pid in group), 10, what="every process of the group to exit")  # fmt: skip
     assert not (data_dir.parent / "ready.json").exists()
     assert "Traceback" not in log_path.read_text()
 

@@ -1,9 +1,7 @@
 import subprocess
 import sys
 
-
-def hearth(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hearth", *args], capture_output=True, text=True, timeout=60)
+from tests.conftest import run_hearth as hearth
 
 
 def test_bad_arguments_give_one_line_errors_not_tracebacks():
