@@ -75,6 +75,7 @@ class SwarmSettings:
     port: int = 0
     announce_host: Optional[str] = None
     client_mode: bool = False
+    """Not reachable from outside: dial out only, through libp2p relays; listen on an ephemeral port only."""
     identity_path: Optional[Path] = None
 
 
@@ -91,14 +92,20 @@ class SwarmMember:
 
     def _start_dht(self) -> DHT:
         settings = self.settings
-        announce = [f"/ip4/{settings.announce_host}/tcp/{settings.port}"] if settings.announce_host else None
+        if settings.client_mode:
+            # No identity check: it would dial this identity's last (unreachable) address and wait for a timeout;
+            # node/instance.py already keeps a second node off the same identity.
+            network = dict(host_maddrs=[f"/ip4/{settings.host}/tcp/0"], use_relay=True, use_auto_relay=True,
+                           check_if_identity_free=False)  # fmt: skip
+        else:
+            announce = [f"/ip4/{settings.announce_host}/tcp/{settings.port}"] if settings.announce_host else None
+            network = dict(host_maddrs=[f"/ip4/{settings.host}/tcp/{settings.port}"], announce_maddrs=announce)
         return DHT(
             initial_peers=list(self.manifest.initial_peers),
-            host_maddrs=[f"/ip4/{settings.host}/tcp/{settings.port}"],
-            announce_maddrs=announce,
             client_mode=settings.client_mode,
             identity_path=str(settings.identity_path) if settings.identity_path else None,
             start=True,
+            **network,
         )
 
     @property
