@@ -176,8 +176,10 @@ def _change(name: str, value: str | None) -> None:
 
 def _register_control_commands() -> None:
     from node.control_cli import register
+    from node.service_cli import register as register_service_commands
 
     register(node)
+    register_service_commands(node)
 
 
 _register_control_commands()
