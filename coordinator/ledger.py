@@ -1,8 +1,9 @@
 """The credit ledger: the credit rule, registrations, swarms, and idempotent batched writes of ingest results.
 
 Credit is computed here, never taken from a node: accepted samples × the swarm's measured FLOPs per sample,
-in BOINC cobblestones (1 credit = 4.32e11 FLOPs). Grants and the volunteer's running totals are written in
-the same transaction, so the leaderboard reads a totals table and never scans reports.
+in BOINC cobblestones (1 credit = 4.32e11 FLOPs; the rule is protocol/credit.py, which nodes use to estimate
+pending credit). Grants and the volunteer's running totals are written in the same transaction, so the
+leaderboard reads a totals table and never scans reports.
 """
 
 import logging
@@ -16,16 +17,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import db
+from protocol.credit import FLOPS_PER_CREDIT, credit_for  # noqa: F401 (the shared rule; ingest imports it from here)
 from protocol.messages import VolunteerRegistration
 from protocol.signing import node_id_for
 
 logger = logging.getLogger(__name__)
-
-FLOPS_PER_CREDIT = 4.32e11  # one BOINC cobblestone: 200 credits/day for a sustained 1 GFLOPS
-
-
-def credit_for(samples: int, flops_per_sample: int) -> float:
-    return samples * flops_per_sample / FLOPS_PER_CREDIT
 
 
 def utcnow() -> datetime:

@@ -97,6 +97,8 @@ class NodeConfig:
     """Terminal output: a live table, a log line per epoch, or nothing."""
     connect_timeout: float = 120.0
     """How long to keep retrying an unreachable coordinator before giving up."""
+    metrics_port: Optional[int] = None
+    """Serve Prometheus metrics at http://127.0.0.1:PORT/metrics (this PC only); 0 picks a free port, none: off."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """When to compute: idle time, other load, busy GPU, battery, schedule."""
 
@@ -119,6 +121,8 @@ class NodeConfig:
             raise ValueError("max_epochs must be at least 1")
         if self.duration is not None and self.duration <= 0:
             raise ValueError("duration must be positive")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be between 0 and 65535, got {self.metrics_port}")
 
     def to_json_dict(self) -> dict:
         values = asdict(self)

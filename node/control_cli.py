@@ -63,7 +63,7 @@ def start(detach: bool) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
-    """Show what the running node is doing, and why it is paused if it is."""
+    """Show what the running node is doing, why it is paused if it is, and your credit."""
     import json
 
     answer = _ask("status")
@@ -71,25 +71,63 @@ def status(as_json: bool) -> None:
         click.echo(json.dumps(answer))
         return
     from rich.console import Console
+
+    Console().print(status_table(answer))
+
+
+def status_table(answer: dict):
+    """The rich table of `hearth node status` for a status answer (node/controller.py)."""
     from rich.table import Table
 
-    training, reporting = answer["training"], answer["reporting"]
-    rules = ", ".join(f"{key}={value}" for key, value in answer["policy"].items() if value not in (None, False)) or "none"
+    training, reporting, credit = answer["training"], answer["reporting"], answer.get("credit") or {}
+    rules = ", ".join(f"{key}={value}" for key, value in answer["policy"].items() if value not in (None, False))
+    reason = answer.get("pause_reason")
     table = Table(title="Hearth node", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    for label, value in [
-        ("state", training.get("state", "starting")), ("swarm", answer["swarm"]), ("epoch", training.get("epoch", 0)),
+    rows = [
+        ("state", "paused" if reason else training.get("state", "starting")), ("why", reason),
+        ("swarm", answer["swarm"]), ("epoch", training.get("epoch", 0)),
         ("samples/s", f"{training.get('samples_per_second', 0):,.0f}"),
         ("peers in last round", training.get("last_group_size") or "-"),
         ("samples contributed", f"{training.get('samples_total', 0):,}"),
-        ("device / threads", f"{answer['device']} / {answer['threads']}"), ("pause rules", rules),
-        ("broker", "connected" if reporting.get("connected") else "offline"),
-        ("reports sent / in the ledger", f"{reporting.get('reports_sent', 0)} / {reporting.get('reports_acknowledged', 0)}"),
-        ("reports in outbox", reporting.get("reports_waiting", 0)), ("coordinator", answer["coordinator"]),
-    ]:  # fmt: skip
-        table.add_row(label, str(value))
-    Console().print(table)
+        ("device", answer["device"]), ("limits", f"{answer['threads']} thread(s); pause rules: {rules or 'none'}"),
+        ("credit granted", _granted(credit, answer.get("time"))),
+        ("credit pending (estimate)", _credits(credit.get("pending_estimate"))),
+        ("broker", "connected" if reporting.get("connected") else f"offline ({reporting.get('last_error') or '…'})"),
+        ("reports in outbox (waiting)", reporting.get("reports_waiting", 0)),
+        ("reports acknowledged", f"{reporting.get('reports_acknowledged', 0)} of {reporting.get('reports_sent', 0)}"),
+        ("coordinator", answer["coordinator"]), ("metrics", answer.get("metrics_url")),
+    ]  # fmt: skip
+    for label, value in rows:
+        if value is not None:
+            table.add_row(label, str(value))
+    return table
+
+
+def _credits(value) -> str:
+    if value is None:
+        return "-"
+    if 0 < value < 1e-4:
+        return "< 0.0001"
+    return f"{value:,.2f}" if value >= 100 else f"{value:.4g}"
+
+
+def _when(timestamp: float, now: float | None) -> str:
+    from datetime import datetime
+
+    moment = datetime.fromtimestamp(timestamp)
+    return f"{moment:%H:%M:%S}" if now is None or abs(now - timestamp) < 12 * 3600 else f"{moment:%Y-%m-%d %H:%M}"
+
+
+def _granted(credit: dict, now: float | None) -> str:
+    """'12.5 (as of 14:05:10)', with the coordinator's trouble and since when if the last fetch failed."""
+    granted, as_of, error = credit.get("granted"), credit.get("granted_as_of"), credit.get("error")
+    text = "not fetched yet" if granted is None else f"{_credits(granted)} (as of {_when(as_of, now)})"
+    if error:
+        since = credit.get("failing_since")
+        text += f"; {error}" + (f" since {_when(since, now)}" if since else "")
+    return text
 
 
 @click.command()

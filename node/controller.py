@@ -7,11 +7,13 @@ from dataclasses import asdict
 from typing import Any, Callable, Optional
 
 from node.config import NodeConfig
+from node.credit import CreditTracker
 from node.policy import Policy
 from node.reporter import Reporter
 from node.trainer import Trainer
 
 SNOOZE_MAX_SECONDS = 7 * 24 * 3600
+CREDIT_UNKNOWN = ("granted", "pending_estimate", "granted_as_of")  # the status's credit keys before tracking starts
 
 
 class NodeController:
@@ -21,10 +23,12 @@ class NodeController:
         self.on_pause_change = on_pause_change  # told the new reason (None: computing again) when it changes
         self.trainer: Optional[Trainer] = None
         self.reporter: Optional[Reporter] = None
+        self.credit: Optional[CreditTracker] = None
+        self.metrics_url: Optional[str] = None  # where /metrics is served, once it is
         self._pause_reason: Optional[str] = None
 
-    def attach(self, trainer: Trainer, reporter: Reporter) -> None:
-        self.trainer, self.reporter = trainer, reporter
+    def attach(self, trainer: Trainer, reporter: Reporter, credit: Optional[CreditTracker] = None) -> None:
+        self.trainer, self.reporter, self.credit = trainer, reporter, credit
 
     def gate(self) -> Optional[str]:
         """Why the node must not compute right now, or None."""
@@ -48,10 +52,13 @@ class NodeController:
         training = asdict(self.trainer.stats) if self.trainer else {}
         training.pop("group_sizes", None)
         reporting = asdict(self.reporter.stats) if self.reporter else {}
+        credit = self.credit.snapshot() if self.credit else dict.fromkeys(CREDIT_UNKNOWN)
         return {
             "swarm": self.swarm_id, "device": self.device_type, "threads": self.config.threads,
             "coordinator": self.config.coordinator_url, "policy": asdict(self.config.policy),
-            "training": training, "reporting": reporting, "time": time.time(),
+            "paused": self._pause_reason is not None, "pause_reason": self._pause_reason,
+            "training": training, "reporting": reporting, "credit": credit, "metrics_url": self.metrics_url,
+            "time": time.time(),
         }  # fmt: skip
 
     def _pause(self, request: dict) -> dict:

@@ -17,7 +17,9 @@ from node.config import NodeConfig
 from node.control import ControlServer, socket_path
 from node.controller import NodeController
 from node.coordinator_client import CoordinatorClient, CoordinatorError
+from node.credit import CreditTracker
 from node.identity import NodeIdentity, friendly_name
+from node.metrics import MetricsError, MetricsServer
 from node.outbox import Outbox
 from node.policy import Policy
 from node.reporter import Reporter
@@ -136,17 +138,27 @@ def train(config, identity, manifest, task, swarm, device, name, stop) -> dict:
         view.epoch_done(contribution.epoch, contribution.group_size, contribution.samples, contribution.loss)
 
     trainer = Trainer(task, swarm, device, identity.node_id, contributed, gate=controller.gate)
-    controller.attach(trainer, reporter)
+    credit = CreditTracker(config.coordinator_url, name, outbox, manifest.swarm_id, manifest.flops_per_sample)
+    controller.attach(trainer, reporter, credit)
     view = LiveView(config.view, lambda: render(manifest.swarm_id, device.type, trainer.stats, reporter.stats))
+    try:
+        metrics = MetricsServer.serve(config.metrics_port, controller.status)
+    except MetricsError as e:
+        raise NodeError(str(e)) from None
+    controller.metrics_url = metrics and metrics.url
     control = ControlServer(socket_path(config.data_dir), controller.handlers())
     reporter_thread.start()
     control.start()
+    credit.start()
     deadline = time.monotonic() + config.duration if config.duration else None
     try:
         with view:
             trainer.run(stop, config.max_epochs, deadline, config.min_peers, config.connect_timeout)
     finally:
         control.stop()
+        if metrics:
+            metrics.stop()
+        credit.stop()
         reporter_thread.stop(REPORTER_DRAIN_SECONDS)
         outbox.close()
     trainer.save_checkpoint(config.data_dir / "swarms" / manifest.swarm_id / "model.pt")
