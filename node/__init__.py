@@ -4,6 +4,7 @@
 - worker.py: the supervised process's entry point.
 - config.py: NodeConfig, the one config object, with its PolicyConfig (when to compute).
 - settings.py: builds NodeConfig from defaults < config.toml < HEARTH_* env < flags; remembers each source.
+- resources.py: device (CPU or one GPU), threads, RAM / GPU memory caps, batch that fits, bf16 AMP.
 - policy.py: Policy.evaluate() -> Decision (run? GPU allowed? why not?), pause / snooze / resume.
 - sensors.py: input idle time, other programs' CPU, other GPU processes, battery; None when unknown.
 - schedule.py: weekly windows such as "mon-fri 22:00-07:00, sat-sun *".

@@ -38,7 +38,14 @@ def _build_config(**options) -> NodeConfig:
 @click.option("--swarm", "swarm_id", help="Swarm to join (default: the coordinator's first swarm).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where keys and state live.")
 @click.option("--threads", type=int, help="CPU threads for training (default: half the cores).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Compute device (default: auto).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Compute device (default: auto: a GPU with enough free memory, else the CPU).")
+@click.option("--gpus", help="CUDA devices the node may use, e.g. 0,1 (default: all); it trains on the first that fits.")
+@click.option("--gpu-memory-fraction", type=float, help="Share of the GPU's memory the node may use (default 0.8).")
+@click.option("--max-ram-gb", type=float, help="RAM the node may use, in GB (default: half of this PC's RAM).")
+@click.option("--batch-size", type=int, help="Samples per step here (default: the swarm's, halved until it fits).")
+@click.option("--amp", type=click.Choice(["auto", "on", "off"]),
+              help="bf16 autocast on CUDA GPUs that support it (default: auto).")
 @click.option("--host", help="Address the peer listens on (default 127.0.0.1; 0.0.0.0 to accept remote peers).")
 @click.option("--port", type=int, help="TCP port of the peer (default: any free port).")
 @click.option("--announce-host", help="Public address to announce to peers.")

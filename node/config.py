@@ -9,6 +9,7 @@ from typing import Literal, Optional
 from platformdirs import user_data_dir
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+AmpChoice = Literal["auto", "on", "off"]
 
 
 def default_data_dir() -> Path:
@@ -77,7 +78,19 @@ class NodeConfig:
     threads: int = field(default_factory=default_threads)
     """CPU threads for training; default: half the cores, so the PC stays usable."""
     device: DeviceChoice = "auto"
-    """auto: the GPU when CUDA sees one, else the CPU; cpu; or cuda (fail when there is none)."""
+    """auto: a GPU when CUDA sees one with enough free memory, else the CPU; cpu; or cuda (fail when there is none)."""
+    gpus: Optional[list[int]] = None
+    """CUDA device indices the node may use, e.g. [0, 1] (None: all that CUDA sees). The node trains on ONE
+    device: the first of these with enough free memory. Data parallel training over several GPUs within one
+    node is not supported (run one node per GPU instead)."""
+    gpu_memory_fraction: float = 0.8
+    """Share of the GPU's memory this node may allocate (torch.cuda.set_per_process_memory_fraction)."""
+    max_ram_gb: Optional[float] = None
+    """RAM (GiB) the node may use, checked before the model is built (None: half of this PC's RAM)."""
+    batch_size: Optional[int] = None
+    """Samples per training step on this PC (None: the swarm's batch size, halved until it fits in memory)."""
+    amp: AmpChoice = "auto"
+    """bf16 autocast: auto (on CUDA GPUs that support bf16, off on the CPU), on, or off."""
     host: str = "127.0.0.1"
     """Address the hivemind peer listens on (0.0.0.0 to accept peers from other machines)."""
     port: int = 0
@@ -113,6 +126,20 @@ class NodeConfig:
             raise ValueError("threads must be at least 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.gpus is not None:
+            if not self.gpus or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.gpus):
+                raise ValueError(f"gpus must list CUDA device indices such as 0,1, got {self.gpus!r}")
+            if len(set(self.gpus)) != len(self.gpus):
+                raise ValueError(f"gpus lists a device twice: {self.gpus!r}")
+            self.gpus = list(self.gpus)
+        if not 0 < self.gpu_memory_fraction <= 1:
+            raise ValueError(f"gpu_memory_fraction must be above 0 and at most 1, got {self.gpu_memory_fraction}")
+        if self.max_ram_gb is not None and not self.max_ram_gb > 0:
+            raise ValueError(f"max_ram_gb must be positive, got {self.max_ram_gb}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.amp not in ("auto", "on", "off"):
+            raise ValueError(f"amp must be auto, on or off, got {self.amp!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if self.min_peers < 1:

@@ -9,8 +9,6 @@ import signal
 import threading
 import time
 
-import torch
-
 from hearth.tasks import load_task
 from node.accounting import EpochContribution
 from node.config import NodeConfig
@@ -22,7 +20,9 @@ from node.identity import NodeIdentity, friendly_name
 from node.metrics import MetricsError, MetricsServer
 from node.outbox import Outbox
 from node.policy import Policy
+from node import resources
 from node.reporter import Reporter
+from node.resources import MachineFacts, ResourceError, Resources
 from node.swarm import SwarmMember, SwarmSettings
 from node.trainer import Trainer
 from node.view import LiveView, render
@@ -35,14 +35,6 @@ POLICY_POLL_SECONDS = 1.0  # sensors are read at most this often: a pause takes 
 
 class NodeError(RuntimeError):
     """A problem to tell the volunteer in one sentence."""
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise NodeError("--device cuda was asked for, but CUDA is not available on this machine")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
 
 
 class ReporterThread:
@@ -86,8 +78,11 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
 
 def run_node(config: NodeConfig, stop: threading.Event) -> dict:
-    torch.set_num_threads(config.threads)
-    device = pick_device(config.device)
+    facts = MachineFacts.probe(config.gpus, cuda=config.device != "cpu")
+    try:
+        resources.check_device_request(config, facts)  # before waiting on the network
+    except ResourceError as e:
+        raise NodeError(str(e)) from None
     identity = NodeIdentity.load_or_create(config.data_dir)
     client = CoordinatorClient(config.coordinator_url, config.connect_timeout)
     try:
@@ -95,6 +90,11 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
     except CoordinatorError as e:
         raise NodeError(str(e)) from None
     task = load_task(manifest.task)
+    try:
+        decided = resources.decide(config, task, manifest.hyperparameters.batch_size, facts)
+    except ResourceError as e:
+        raise NodeError(str(e)) from None
+    resources.apply(decided)
     settings = SwarmSettings(
         host=config.host, port=config.port, announce_host=config.announce_host, client_mode=config.client_mode,
         identity_path=config.data_dir / "p2p.key",
@@ -102,7 +102,9 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
     swarm = SwarmMember(manifest, settings)
     try:
         name = register(client, identity, config, swarm.peer_id)
-        return train(config, identity, manifest, task, swarm, device, name, stop)
+        return train(config, identity, manifest, task, swarm, decided, name, stop)
+    except ResourceError as e:  # the batch did not fit on the GPU even at 1
+        raise NodeError(str(e)) from None
     finally:
         swarm.shutdown()
         client.close()
@@ -122,7 +124,8 @@ def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConf
     return name
 
 
-def train(config, identity, manifest, task, swarm, device, name, stop) -> dict:
+def train(config, identity, manifest, task, swarm, decided: Resources, name, stop) -> dict:
+    device = decided.torch_device
     outbox = Outbox(config.data_dir / "outbox.sqlite")
     reporter = Reporter(manifest.broker_url, identity.key, manifest.swarm_id, device.type, outbox, swarm.peer_id)
     reporter_thread = ReporterThread(reporter)
@@ -137,7 +140,7 @@ def train(config, identity, manifest, task, swarm, device, name, stop) -> dict:
         reporter_thread.call(reporter.update_presence, contribution.epoch + 1, trainer.stats.samples_per_second)
         view.epoch_done(contribution.epoch, contribution.group_size, contribution.samples, contribution.loss)
 
-    trainer = Trainer(task, swarm, device, identity.node_id, contributed, gate=controller.gate)
+    trainer = Trainer(task, swarm, decided, identity.node_id, contributed, gate=controller.gate)
     credit = CreditTracker(config.coordinator_url, name, outbox, manifest.swarm_id, manifest.flops_per_sample)
     controller.attach(trainer, reporter, credit)
     view = LiveView(config.view, lambda: render(manifest.swarm_id, device.type, trainer.stats, reporter.stats))
@@ -162,10 +165,13 @@ def train(config, identity, manifest, task, swarm, device, name, stop) -> dict:
         reporter_thread.stop(REPORTER_DRAIN_SECONDS)
         outbox.close()
     trainer.save_checkpoint(config.data_dir / "swarms" / manifest.swarm_id / "model.pt")
+    first_step = trainer.stats.first_step_at
     summary = {
         "name": name, "node_id": identity.node_id, "swarm_id": manifest.swarm_id, "epoch": trainer.stats.epoch,
         "group_sizes": trainer.stats.group_sizes, "samples": trainer.accountant.total_samples,
         "reports_acknowledged": reporter.stats.reports_acknowledged, "reports_waiting": reporter.stats.reports_waiting,
+        "resources": trainer.resources.as_dict(),
+        "samples_per_second": round(trainer.stats.samples_total / (time.time() - first_step), 1) if first_step else 0.0,
     }  # fmt: skip
     (config.data_dir / "last-run.json").write_text(json.dumps(summary))
     return summary

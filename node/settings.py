@@ -4,6 +4,7 @@
   keys are NodeConfig fields; policy fields live in a [policy] table.
 - Environment: HEARTH_<FIELD>, e.g. HEARTH_THREADS=2, HEARTH_DEVICE=cpu; nested fields join with a double
   underscore: HEARTH_POLICY__IDLE_MINUTES=5. An empty variable counts as unset; "none" clears an optional value.
+  Lists (gpus) are TOML arrays in the file and comma-separated text elsewhere: HEARTH_GPUS=0,1, --gpus 0,1.
 - Flags: `hearth join --threads 2 --idle-minutes 5`: the field name with dashes.
 
 Every effective value remembers its Source, which `hearth node config show` prints.
@@ -74,6 +75,12 @@ class Key:
             if isinstance(value, str) and text.lower() in choices:
                 return text.lower()
             raise ValueError(f"{self.name}: expected one of {', '.join(choices)}, got {value!r}")
+        if typing.get_origin(base) is list:  # a TOML array, or text such as "0,1"
+            items = value if isinstance(value, list) else text.split(",") if text is not None else None
+            if items is None:
+                raise ValueError(f"{self.name}: expected a list such as 0,1, got {value!r}")
+            item = Key(self.name, typing.get_args(base)[0])
+            return [item.parse(entry) for entry in items if not (isinstance(entry, str) and not entry.strip())]
         if base is bool:
             if isinstance(value, bool):
                 return value

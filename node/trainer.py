@@ -12,6 +12,7 @@ import torch
 
 from hearth.tasks import Task
 from node.accounting import Accountant, EpochContribution
+from node.resources import Resources, fit_batch
 from node.swarm import SwarmMember
 
 logger = logging.getLogger(__name__)
@@ -40,14 +41,15 @@ def peer_seed(node_id: str, epoch: int) -> int:
 
 
 class Trainer:
-    def __init__(self, task: Task, swarm: SwarmMember, device: torch.device, node_id: str,
+    def __init__(self, task: Task, swarm: SwarmMember, resources: Resources, node_id: str,
                  on_contribution: Callable[[EpochContribution], None],
                  gate: Callable[[], Optional[str]] = lambda: None):  # fmt: skip
-        self.task, self.swarm, self.device, self.node_id = task, swarm, device, node_id
+        self.task, self.swarm, self.device, self.node_id = task, swarm, resources.torch_device, node_id
         self.on_contribution = on_contribution
         self.gate = gate  # returns why to pause now, or None to train
-        self.model = task.build_model().to(device)
-        self.batch_size = swarm.manifest.hyperparameters.batch_size
+        self.model = task.build_model().to(self.device)
+        self.resources = fit_batch(task, self.model, resources)  # on CUDA: halved until it really fits
+        self.batch_size = self.resources.batch_size  # may be below the swarm's batch size
         learning_rate = swarm.manifest.hyperparameters.learning_rate
         swarm.build_optimizer(self.model.parameters(), lambda params: task.make_optimizer(params, learning_rate))
         self.accountant = Accountant()
@@ -104,11 +106,12 @@ class Trainer:
         optimizer, averager = self.optimizer, self.swarm.grad_averager
         inputs, targets = (tensor.to(self.device, non_blocking=True) for tensor in batch)
         started = time.perf_counter()
-        loss = self.task.loss(self.model, (inputs, targets))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.resources.amp):
+            loss = self.task.loss(self.model, (inputs, targets))
         loss.backward()
         compute_seconds = time.perf_counter() - started
         epoch, rounds, loads = optimizer.local_epoch, averager.rounds_started, optimizer.state_loads
-        optimizer.step()
+        optimizer.step(batch_size=len(targets))  # this node's batch, which may differ from the swarm's
         optimizer.zero_grad()
         if self.stats.first_step_at is None:
             self.stats.first_step_at = time.time()
