@@ -3,6 +3,7 @@ which peers took part in each gradient-averaging round."""
 
 import logging
 import signal
+import threading
 import time
 from functools import partial
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import torch
 from hivemind.dht import DHT
 from hivemind.optim import Optimizer
 from hivemind.optim.grad_averager import GradientAverager
+from hivemind.optim.progress_tracker import ProgressTracker
 
 from protocol.messages import SwarmManifest
 
@@ -59,14 +61,67 @@ class RecordingGradientAverager(GradientAverager):
             return RoundOutcome(group_size=1, averaged=False)
 
 
+PROGRESS_REPORT_INTERVAL = 1.0  # seconds between this peer's progress records in the DHT (besides epoch changes)
+STATE_AVERAGING_DELAY_GUESS = 0.5  # seconds from an epoch's end to its state averaging (gradient all-reduce + step)
+
+
+class ThrottledEvent(threading.Event):
+    """An Event whose set() is ignored within `min_interval` of the last one while `throttle` is on."""
+
+    def __init__(self, min_interval: float):
+        super().__init__()
+        self.min_interval, self.throttle, self._last_set = min_interval, False, float("-inf")
+
+    def set(self) -> None:
+        now = time.monotonic()
+        if self.throttle and now - self._last_set < self.min_interval:
+            return
+        self._last_set = now
+        super().set()
+
+
+class ThrottledProgressTracker(ProgressTracker):
+    """hivemind's ProgressTracker stores a signed DHT record after *every* local step (tens per second), which
+    costs the DHT process, p2pd and every peer storing it CPU time that training needs. Peers extrapolate each
+    other's progress from samples/s anyway, so publish at most once per interval, and at once on a new epoch."""
+
+    def __init__(self, *args, report_interval: float = PROGRESS_REPORT_INTERVAL, start: bool, **kwargs):
+        super().__init__(*args, start=False, **kwargs)
+        self.should_report_progress = ThrottledEvent(report_interval)  # before the reporter thread starts
+        if start:
+            self.start()
+
+    def report_local_progress(self, local_epoch: int, samples_accumulated: int, update_global_samples: bool = True):
+        event = self.should_report_progress
+        event.throttle = local_epoch == self.local_progress.epoch and samples_accumulated > 0
+        try:
+            super().report_local_progress(local_epoch, samples_accumulated, update_global_samples)
+        finally:
+            event.throttle = False  # shutdown() and epoch changes must always wake the reporter
+
+
 class TrackingOptimizer(Optimizer):
-    """hivemind.Optimizer that counts state downloads: work accumulated before one was discarded."""
+    """hivemind.Optimizer that counts state downloads (work accumulated before one was discarded) and publishes
+    its progress at a sustainable rate."""
 
     state_loads = 0
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # hivemind 1.1.12 pre-schedules the state-averaging round (matchmaking while training goes on) only once
+        # this delay estimate has a measurement, yet measures it only after a pre-scheduled round: without a first
+        # guess, every epoch waits a full matchmaking_time for it. The guess is replaced by measurements.
+        self.delay_before_state_averaging.update(task_size=1, interval=STATE_AVERAGING_DELAY_GUESS)
 
     def load_state_from_peers(self, **kwargs):
         self.state_loads += 1
         return super().load_state_from_peers(**kwargs)
+
+    def _make_progress_tracker(self, target_batch_size: int, **kwargs) -> ProgressTracker:
+        return ThrottledProgressTracker(
+            dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size, client_mode=self.client_mode,
+            status_loglevel=self.status_loglevel, start=True, **kwargs,
+        )  # fmt: skip
 
 
 @dataclass
@@ -77,6 +132,9 @@ class SwarmSettings:
     client_mode: bool = False
     """Not reachable from outside: dial out only, through libp2p relays; listen on an ephemeral port only."""
     identity_path: Optional[Path] = None
+    check_reachability: Optional[Callable[[str, list[str]], bool]] = None
+    """Asked with a listening peer's ID and visible addresses whether others can dial it; False switches these
+    settings to client mode and restarts the peer so (node/reachability.py)."""
 
 
 class SwarmMember:
@@ -100,13 +158,24 @@ class SwarmMember:
         else:
             announce = [f"/ip4/{settings.announce_host}/tcp/{settings.port}"] if settings.announce_host else None
             network = dict(host_maddrs=[f"/ip4/{settings.host}/tcp/{settings.port}"], announce_maddrs=announce)
-        return DHT(
+        dht = DHT(
             initial_peers=list(self.manifest.initial_peers),
             client_mode=settings.client_mode,
             identity_path=str(settings.identity_path) if settings.identity_path else None,
             start=True,
             **network,
         )
+        if settings.client_mode or settings.check_reachability is None:
+            return dht
+        if settings.check_reachability(dht.peer_id.to_base58(), [str(maddr) for maddr in dht.get_visible_maddrs()]):
+            return dht
+        # Nobody can dial it: end this peer (its DHT process and p2pd only: torch's shared-memory manager, also
+        # our child, must live on) and start again in client mode, which the Optimizer then gets too.
+        helpers = [psutil.Process(dht.pid), *psutil.Process(dht.pid).children(recursive=True)]
+        dht.shutdown()
+        end_processes(helpers)
+        settings.client_mode = True
+        return self._start_dht()
 
     @property
     def joined(self) -> bool:
@@ -119,6 +188,9 @@ class SwarmMember:
             return
         self._saved_state = self.optimizer.state_dict()
         self._stop_hivemind(keep_process_alive=True)
+        for param in self._optimizer_inputs[0]:  # this epoch's partial gradients leave with us
+            if param.grad is not None:
+                param.grad.zero_()
 
     def rejoin(self) -> bool:
         """Join again with the same identity and catch up; True if the swarm's newer state was downloaded."""
@@ -153,6 +225,9 @@ class SwarmMember:
             # even after one of them had to proceed with local gradients.
             delay_state_averaging=False,
             average_opt_statistics=ADAM_MOMENTS,
+            # Accumulate in the parameters' .grad buffers: no copy per step and no re-allocation after zero_grad();
+            # hivemind zeroes them after each epoch and after a state download.
+            reuse_grad_buffers=True,
             client_mode=self.settings.client_mode,  # explicit: hivemind 1.1.12 resolves the default backwards
             verbose=False,
         )

@@ -111,8 +111,8 @@ class Trainer:
         loss.backward()
         compute_seconds = time.perf_counter() - started
         epoch, rounds, loads = optimizer.local_epoch, averager.rounds_started, optimizer.state_loads
-        optimizer.step(batch_size=len(targets))  # this node's batch, which may differ from the swarm's
-        optimizer.zero_grad()
+        # this node's batch may differ from the swarm's; step() also clears .grad once it used the gradients
+        optimizer.step(batch_size=len(targets))
         if self.stats.first_step_at is None:
             self.stats.first_step_at = time.time()
         self.accountant.add_batch(len(targets), compute_seconds, loss.item())
