@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coordinator import queries
 from coordinator.ledger import Ledger, NameTaken, SwarmExists
+from coordinator.reachability import CheckRefused, ReachabilityAnswer
 from coordinator.swarms import define_swarm, manifest
 from hearth.tasks.registry import UnknownTask
 from protocol.envelope import open_envelope, parse_body
@@ -34,6 +35,7 @@ class Services:
     operator_token: str
     counters: Counter = field(default_factory=Counter)
     monitor: Any = None  # coordinator.monitor.DHTMonitor, when running
+    reachability: Any = None  # coordinator.reachability.ReachabilityProber, when the monitor runs
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -185,6 +187,20 @@ async def swarm_progress(request: Request, swarm_id: str) -> JSONResponse:
     return JSONResponse(progress_json(svc, swarm_id))
 
 
+@router.post("/reachability", response_model=ReachabilityAnswer)
+async def reachability(request: Request) -> JSONResponse:
+    """Body {peer_id, addrs}: dial the node back at the TCP addresses it announces (policy and limits:
+    coordinator/reachability.py). Answers {reachable, addr, detail}."""
+    prober = services(request).reachability
+    if prober is None:
+        raise ApiError(503, "unavailable", "this coordinator runs no DHT peer, so it checks no reachability")
+    try:
+        answer = await prober.handle(await request.body(), request.client.host if request.client else "unknown")
+    except CheckRefused as e:
+        raise ApiError(e.status, e.code, e.message) from e
+    return JSONResponse(answer.model_dump())
+
+
 @router.get("/leaderboard")
 async def leaderboard(request: Request, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> JSONResponse:
     entries, total = await queries.leaderboard(services(request).ledger.engine, limit, offset)
@@ -203,4 +219,6 @@ async def volunteer(request: Request, name: str) -> JSONResponse:
 async def stats(request: Request) -> JSONResponse:
     svc = services(request)
     ledger_stats = await queries.ledger_stats(svc.ledger.engine)
-    return JSONResponse({**ledger_stats, "ingest": dict(svc.counters), "uptime_seconds": time.time() - svc.started_at})
+    reachability = dict(svc.reachability.counters) if svc.reachability is not None else {}
+    return JSONResponse({**ledger_stats, "ingest": dict(svc.counters), "reachability": reachability,
+                         "uptime_seconds": time.time() - svc.started_at})  # fmt: skip

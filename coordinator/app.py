@@ -22,6 +22,7 @@ from coordinator.config import CoordinatorConfig, parse_mqtt_url
 from coordinator.ingest import Ingestor
 from coordinator.ledger import Ledger
 from coordinator.monitor import DHTMonitor
+from coordinator.reachability import ReachabilityProber, own_scopes
 from coordinator.swarms import ensure_default_swarm
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Coordinator:
         self.broker: Optional[EmbeddedBroker] = None
         self.ingestor: Optional[Ingestor] = None
         self.monitor: Optional[DHTMonitor] = None
+        self.prober: Optional[ReachabilityProber] = None
         self.server: Optional[_Server] = None
         self._server_task: Optional[asyncio.Task] = None
         self.url = self.broker_url = ""
@@ -108,8 +110,10 @@ class Coordinator:
         if config.enable_monitor:
             self.monitor = DHTMonitor(config.dht_host, config.dht_port, config.monitor_interval, config.public_host)
             await self.monitor.start(lambda: [(sid, info.run_id) for sid, info in ledger.swarms.items()])
+            self.prober = ReachabilityProber(own_scopes(self.monitor.initial_peers))
 
-        services = Services(ledger, self.broker_url, token, counters=self.ingestor.counters, monitor=self.monitor)
+        services = Services(ledger, self.broker_url, token, counters=self.ingestor.counters, monitor=self.monitor,
+                            reachability=self.prober)  # fmt: skip
         await self._serve_http(create_app(services))
         if config.ready_file is not None:
             write_ready_file(config.ready_file, self.ready_info())
@@ -150,6 +154,8 @@ class Coordinator:
         if self.server is not None:
             self.server.should_exit = True
             await _bounded(self._server_task, timeout, "HTTP server")
+        if self.prober is not None:
+            await _bounded(self.prober.close(), timeout, "reachability probes")
         if self.ingestor is not None:
             await _bounded(self.ingestor.stop(), timeout, "ingest")
         if self.monitor is not None:
