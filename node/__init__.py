@@ -12,6 +12,7 @@
 - coordinator_client.py: HTTP to the coordinator (register, manifests) with retry and backoff.
 - daemon.py: one run wired top to bottom; signals; reporter thread.
 - swarm.py: the only hivemind import: DHT, Optimizer, round outcomes.
+- reachability.py: asks the coordinator to dial the listening peer back; unreachable: client mode with relays.
 - trainer.py: the training loop and epoch transitions.
 - accounting.py: samples and compute time per epoch.
 - outbox.py: durable SQLite outbox and the report sequence counter.

@@ -49,7 +49,10 @@ def _build_config(**options) -> NodeConfig:
 @click.option("--host", help="Address the peer listens on (default 127.0.0.1; 0.0.0.0 to accept remote peers).")
 @click.option("--port", type=int, help="TCP port of the peer (default: any free port).")
 @click.option("--announce-host", help="Public address to announce to peers.")
-@click.option("--client-mode/--no-client-mode", default=None, help="Only dial out (PC not reachable from outside).")
+@click.option("--reachability", type=click.Choice(["auto", "public", "client"]),
+              help="auto (default): the coordinator tries to dial this PC back; public: always accept peers; "
+                   "client: only dial out, through relays.")
+@click.option("--client-mode/--no-client-mode", default=None, help="Same as --reachability client (older spelling).")
 @click.option("--min-peers", type=int, help="Wait for this many training peers before the first round.")
 @click.option("--max-epochs", type=int, help="Stop once the swarm reaches this epoch.")
 @click.option("--duration", type=float, help="Stop after this many seconds.")

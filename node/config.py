@@ -9,6 +9,7 @@ from typing import Literal, Optional
 from platformdirs import user_data_dir
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+ReachabilityChoice = Literal["auto", "public", "client"]
 AmpChoice = Literal["auto", "on", "off"]
 
 
@@ -97,8 +98,12 @@ class NodeConfig:
     """TCP port of the hivemind peer; 0 picks a free one."""
     announce_host: Optional[str] = None
     """Public address to announce to peers when it differs from `host`."""
+    reachability: ReachabilityChoice = "auto"
+    """auto: at start, ask the coordinator to dial this PC back; listen for peers if it can, else client mode.
+    public: always listen (with host 0.0.0.0, a fixed port and announce_host when behind a forwarded port).
+    client: always client mode (only dial out, through relays), e.g. behind NAT."""
     client_mode: bool = False
-    """Set when the PC is not reachable from outside (behind NAT): the node then only dials out."""
+    """Older spelling of reachability = client (--client-mode); true sets it."""
     min_peers: int = 1
     """Before training past the first batch, wait (up to connect_timeout) until this many peers train.
     Small swarms use it so that nobody finishes an epoch alone while the others are still starting."""
@@ -140,6 +145,12 @@ class NodeConfig:
             raise ValueError("batch_size must be at least 1")
         if self.amp not in ("auto", "on", "off"):
             raise ValueError(f"amp must be auto, on or off, got {self.amp!r}")
+        if self.reachability not in ("auto", "public", "client"):
+            raise ValueError(f"reachability must be auto, public or client, got {self.reachability!r}")
+        if self.client_mode:
+            if self.reachability == "public":
+                raise ValueError("client_mode contradicts reachability = public; set one of them")
+            self.reachability = "client"
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if self.min_peers < 1:

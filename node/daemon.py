@@ -20,6 +20,7 @@ from node.identity import NodeIdentity, friendly_name
 from node.metrics import MetricsError, MetricsServer
 from node.outbox import Outbox
 from node.policy import Policy
+from node.reachability import ReachabilityCheck
 from node import resources
 from node.reporter import Reporter
 from node.resources import MachineFacts, ResourceError, Resources
@@ -95,14 +96,16 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
     except ResourceError as e:
         raise NodeError(str(e)) from None
     resources.apply(decided)
+    reachability = ReachabilityCheck(config.reachability, config.coordinator_url)  # asked once the peer listens
     settings = SwarmSettings(
-        host=config.host, port=config.port, announce_host=config.announce_host, client_mode=config.client_mode,
-        identity_path=config.data_dir / "p2p.key",
+        host=config.host, port=config.port, announce_host=config.announce_host,
+        client_mode=config.reachability == "client", identity_path=config.data_dir / "p2p.key",
+        check_reachability=reachability,
     )  # fmt: skip
     swarm = SwarmMember(manifest, settings)
     try:
         name = register(client, identity, config, swarm.peer_id)
-        return train(config, identity, manifest, task, swarm, decided, name, stop)
+        return train(config, identity, manifest, task, swarm, decided, name, stop, reachability)
     except ResourceError as e:  # the batch did not fit on the GPU even at 1
         raise NodeError(str(e)) from None
     finally:
@@ -124,7 +127,7 @@ def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConf
     return name
 
 
-def train(config, identity, manifest, task, swarm, decided: Resources, name, stop) -> dict:
+def train(config, identity, manifest, task, swarm, decided: Resources, name, stop, reachability) -> dict:
     device = decided.torch_device
     outbox = Outbox(config.data_dir / "outbox.sqlite")
     reporter = Reporter(manifest.broker_url, identity.key, manifest.swarm_id, device.type, outbox, swarm.peer_id)
@@ -149,7 +152,10 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
     except MetricsError as e:
         raise NodeError(str(e)) from None
     controller.metrics_url = metrics and metrics.url
-    control = ControlServer(socket_path(config.data_dir), controller.handlers())
+    handlers = controller.handlers()
+    status = handlers["status"]
+    handlers["status"] = lambda request=None: {**status(request), "reachability": str(reachability)}
+    control = ControlServer(socket_path(config.data_dir), handlers)
     reporter_thread.start()
     control.start()
     credit.start()
@@ -170,6 +176,7 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
         "name": name, "node_id": identity.node_id, "swarm_id": manifest.swarm_id, "epoch": trainer.stats.epoch,
         "group_sizes": trainer.stats.group_sizes, "samples": trainer.accountant.total_samples,
         "reports_acknowledged": reporter.stats.reports_acknowledged, "reports_waiting": reporter.stats.reports_waiting,
+        "reachability": str(reachability),
         "resources": trainer.resources.as_dict(),
         "samples_per_second": round(trainer.stats.samples_total / (time.time() - first_step), 1) if first_step else 0.0,
     }  # fmt: skip
