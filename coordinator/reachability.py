@@ -16,7 +16,10 @@ Address policy (the probe must not become an open port scanner):
   them, each at most MAX_ADDR_LENGTH characters; anything else is refused (400) before any dial.
 - Public addresses are always dialable. Loopback and private (RFC 1918, ULA, CGNAT) addresses only when the
   coordinator's own DHT peer announces an address of that scope (a test or LAN deployment: nodes there are
-  told to dial us at such an address). Link-local, multicast, unspecified and reserved addresses never.
+  told to dial us at such an address) AND the request itself comes from that scope or a more inner one: a
+  loopback address only for a request from this machine, a private one only for a request from a private
+  or loopback address (a node on the internet has no business naming addresses inside our network).
+  Link-local, multicast, unspecified and reserved addresses never.
   A DNS name is resolved here and each IP it resolves to must pass the same rule; the dial goes to that IP.
   Addresses outside the policy are not an error: the answer is "not reachable", with the reason.
 - Rate limits: one check per PeerID per PEER_INTERVAL seconds, one dial per target ip:port per
@@ -151,6 +154,16 @@ def own_scopes(maddrs: Iterable[str]) -> frozenset[str]:
     return frozenset(scopes)
 
 
+def _scopes_open_to(client: str) -> frozenset[str]:
+    """The scopes a requester at `client` may name: its own and the outer ones (an unknown requester: public)."""
+    try:
+        scope = scope_of(ipaddress.ip_address(client))
+    except ValueError:
+        scope = None
+    inner = {"loopback": ("public", "private", "loopback"), "private": ("public", "private")}
+    return frozenset(inner.get(scope, ("public",)))
+
+
 class RateLimiter:
     """At most `limit` hits per key within `window` seconds."""
 
@@ -217,7 +230,7 @@ class ReachabilityProber:
             raise CheckRefused(400, "bad_addresses", f"send between 1 and {MAX_ADDRS} addresses, got {len(addrs)}")
         announced = [parse_address(text, peer_id) for text in addrs]
         self._rate_limit([("peer", peer_id), ("client", client)])
-        targets, skipped = await self._targets_of(announced)
+        targets, skipped = await self._targets_of(announced, self.allowed_scopes & _scopes_open_to(client))
         if targets:
             self._rate_limit([("target", ip, port) for _, ip, port in targets])
         if not targets:
@@ -241,14 +254,14 @@ class ReachabilityProber:
     def _limiter(self, key: tuple) -> RateLimiter:
         return {"peer": self._peers, "client": self._clients, "target": self._targets}[key[0]]
 
-    async def _targets_of(self, announced: list[Announced]) -> tuple[list[tuple[Announced, str, int]], list[str]]:
-        """(announced address, IP to dial, port) for every address the policy allows; reasons for the others."""
+    async def _targets_of(self, announced: list[Announced], allowed: frozenset) -> tuple[list, list[str]]:
+        """(announced address, IP to dial, port) for every address in an allowed scope; reasons for the others."""
         targets, skipped = [], []
         for address in announced:
             ips, reason = await self._resolve(address)
             for ip in ips:
                 scope = scope_of(ip)
-                if scope in self.allowed_scopes:
+                if scope in allowed:
                     targets.append((address, str(ip), address.port))
                 else:
                     reason = f"{ip} is {'not dialable' if scope is None else f'a {scope} address'}"

@@ -113,6 +113,15 @@ def test_addresses_outside_the_policy_are_not_dialed(tmp_path, peer):
             stats = (await client.get("/api/v1/stats")).json()["reachability"]
             assert stats == {"not_dialable": 6}
 
+        # A test/LAN coordinator dials loopback and private addresses, but only for requests from as far inside.
+        prober = ReachabilityProber(allowed_scopes={"public", "private", "loopback"}, peer_interval=0)
+        for requester, addr in (("93.184.216.34", maddrs[0]), ("192.168.1.7", maddrs[0]),
+                                ("93.184.216.34", "/ip4/192.168.1.7/tcp/31337"), ("unknown", "/ip4/10.0.0.3/tcp/31337")):
+            answer = await prober.check(peer_id, [addr], requester)
+            assert answer.reachable is False and answer.detail.startswith("no address"), (requester, addr, answer)
+        assert (await prober.check(peer_id, maddrs, "127.0.0.1")).reachable is True
+        await prober.close()
+
     asyncio.run(scenario())
 
 
