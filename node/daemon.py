@@ -91,22 +91,20 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
     except CoordinatorError as e:
         raise NodeError(str(e)) from None
     task = load_task(manifest.task)
-    try:
-        decided = resources.decide(config, task, manifest.hyperparameters.batch_size, facts)
-    except ResourceError as e:
-        raise NodeError(str(e)) from None
-    resources.apply(decided)
     reachability = ReachabilityCheck(config.reachability, config.coordinator_url)  # asked once the peer listens
     settings = SwarmSettings(
         host=config.host, port=config.port, announce_host=config.announce_host,
         client_mode=config.reachability == "client", identity_path=config.data_dir / "p2p.key",
         check_reachability=reachability,
     )  # fmt: skip
-    swarm = SwarmMember(manifest, settings)
+    swarm = SwarmMember(manifest, settings)  # its DHT process boots while this one sizes the task (imports ~2 s)
     try:
+        decided = resources.decide(config, task, manifest.hyperparameters.batch_size, facts)
+        resources.apply(decided)
+        swarm.connect()
         name = register(client, identity, config, swarm.peer_id)
         return train(config, identity, manifest, task, swarm, decided, name, stop, reachability)
-    except ResourceError as e:  # the batch did not fit on the GPU even at 1
+    except ResourceError as e:  # the task does not fit this PC's limits, or the batch not even at 1 on the GPU
         raise NodeError(str(e)) from None
     finally:
         swarm.shutdown()

@@ -141,14 +141,15 @@ class SwarmMember:
     """A hivemind DHT peer plus the collaborative optimizer for one swarm."""
 
     def __init__(self, manifest: SwarmManifest, settings: SwarmSettings):
+        """Starts the DHT process and returns while it boots; call connect() before using the swarm."""
         self.manifest, self.settings = manifest, settings
-        self.dht: Optional[DHT] = self._start_dht()
+        self.dht: Optional[DHT] = self._launch_dht()
         self.optimizer: Optional[TrackingOptimizer] = None
         self._optimizer_inputs: Optional[tuple] = None
         self._saved_state: Optional[dict] = None
         self._retired: tuple = ()
 
-    def _start_dht(self) -> DHT:
+    def _launch_dht(self) -> DHT:
         settings = self.settings
         if settings.client_mode:
             # No identity check: it would dial this identity's last (unreachable) address and wait for a timeout;
@@ -158,24 +159,31 @@ class SwarmMember:
         else:
             announce = [f"/ip4/{settings.announce_host}/tcp/{settings.port}"] if settings.announce_host else None
             network = dict(host_maddrs=[f"/ip4/{settings.host}/tcp/{settings.port}"], announce_maddrs=announce)
-        dht = DHT(
+        return DHT(
             initial_peers=list(self.manifest.initial_peers),
             client_mode=settings.client_mode,
             identity_path=str(settings.identity_path) if settings.identity_path else None,
             start=True,
+            await_ready=False,  # it boots (p2pd, bootstrap) in its own process while this one goes on
             **network,
         )
+
+    def connect(self) -> None:
+        """Wait until the DHT peer is up; ask whether others can dial it and, if not, restart it in client mode."""
+        self.dht.wait_until_ready()
+        settings = self.settings
         if settings.client_mode or settings.check_reachability is None:
-            return dht
-        if settings.check_reachability(dht.peer_id.to_base58(), [str(maddr) for maddr in dht.get_visible_maddrs()]):
-            return dht
+            return
+        if settings.check_reachability(self.peer_id, [str(maddr) for maddr in self.dht.get_visible_maddrs()]):
+            return
         # Nobody can dial it: end this peer (its DHT process and p2pd only: torch's shared-memory manager, also
         # our child, must live on) and start again in client mode, which the Optimizer then gets too.
-        helpers = [psutil.Process(dht.pid), *psutil.Process(dht.pid).children(recursive=True)]
-        dht.shutdown()
+        helpers = [psutil.Process(self.dht.pid), *psutil.Process(self.dht.pid).children(recursive=True)]
+        self.dht.shutdown()
         end_processes(helpers)
         settings.client_mode = True
-        return self._start_dht()
+        self.dht = self._launch_dht()
+        self.dht.wait_until_ready()
 
     @property
     def joined(self) -> bool:
@@ -194,7 +202,8 @@ class SwarmMember:
 
     def rejoin(self) -> bool:
         """Join again with the same identity and catch up; True if the swarm's newer state was downloaded."""
-        self.dht = self._start_dht()
+        self.dht = self._launch_dht()
+        self.connect()
         self.build_optimizer(*self._optimizer_inputs)
         self.optimizer.load_state_dict(self._saved_state)
         return self.catch_up()

@@ -33,6 +33,7 @@ class TrainingStats:
     samples_total: int = 0
     group_sizes: dict[int, int] = field(default_factory=dict)  # epoch → peers that averaged it
     first_step_at: Optional[float] = None  # wall-clock time of the first optimizer step
+    step_seconds: float = 0.0  # time in hivemind's optimizer step this epoch: bookkeeping, averaging, catching up
 
 
 def peer_seed(node_id: str, epoch: int) -> int:
@@ -112,7 +113,9 @@ class Trainer:
         compute_seconds = time.perf_counter() - started
         epoch, rounds, loads = optimizer.local_epoch, averager.rounds_started, optimizer.state_loads
         # this node's batch may differ from the swarm's; step() also clears .grad once it used the gradients
+        step_started = time.perf_counter()
         optimizer.step(batch_size=len(targets))
+        self.stats.step_seconds += time.perf_counter() - step_started
         if self.stats.first_step_at is None:
             self.stats.first_step_at = time.time()
         self.accountant.add_batch(len(targets), compute_seconds, loss.item())
@@ -128,6 +131,9 @@ class Trainer:
             self.stats.last_group_size = outcome.group_size
             self.stats.group_sizes[epoch] = outcome.group_size
             self.stats.last_loss = contribution.loss
+            logger.info("Epoch %d: %d samples in %.1f s of compute; %.1f s in the optimizer, its averaging included",
+                        epoch, contribution.samples, contribution.compute_seconds, self.stats.step_seconds)
+            self.stats.step_seconds = 0.0
             self.on_contribution(contribution)
         self.stats.epoch = optimizer.local_epoch
         self.stats.samples_total = self.accountant.total_samples

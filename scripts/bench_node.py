@@ -1,18 +1,23 @@
 """Benchmark of the node daemon on this machine, in one run:
 
 - node_vs_plain: samples/s of a Hearth node training in a 2-peer swarm (reporting on), divided by samples/s of
-  the task's plain torch loop (same model, batch and threads). Both run as two processes at once, so each
-  side has the same share of the machine's cores.
-- join_to_first_step_s: from starting `hearth join` to its first optimizer step (loopback coordinator).
+  the task's plain torch loop (same model, batch and threads). On a volunteer's PC the other peers and the
+  coordinator run elsewhere, so the measured node and everything it starts (DHT, p2pd, averagers) get one core
+  to themselves, and the other peer and the coordinator run on the remaining cores. The plain loop gets the
+  same core while a second plain loop keeps the other cores as busy.
+  The swarm's target batch is sized so an epoch lasts --epoch-seconds (real swarms run epochs of minutes).
+- join_to_first_step_s: from starting `hearth join` next to a peer that already trains, to its first optimizer
+  step: start-up, DHT, registration and the download of the swarm's state (loopback coordinator).
 - paused_cpu_core_fraction: CPU used by a paused node's whole process tree, in cores.
 
-The last stdout line is JSON. Usage: python scripts/bench_node.py [--seconds 20]
+The last stdout line is JSON. Usage: python scripts/bench_node.py [--epochs 3] [--epoch-seconds 15] [--keep DIR]
 """
 
 import argparse
 import json
 import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +31,13 @@ from hearth.processes import python_argv, spawn_group, stop_group, tree_cpu_seco
 from node.control import request, socket_path  # noqa: E402
 
 
-def plain_loop(seconds: float, threads: int, results) -> None:
+def pinned_to(cores: set[int]):
+    """A preexec_fn: the process and everything it starts run on these cores only."""
+    return lambda: os.sched_setaffinity(0, cores)
+
+
+def plain_loop(seconds: float, threads: int, cores: set[int], results) -> None:
+    os.sched_setaffinity(0, cores)
     import torch
 
     from hearth.tasks import load_task
@@ -44,18 +55,19 @@ def plain_loop(seconds: float, threads: int, results) -> None:
         optimizer.step()
         optimizer.zero_grad()
         samples += len(targets)
-    results.put(samples / (time.perf_counter() - started))
+    results.put((frozenset(cores), samples / (time.perf_counter() - started)))
 
 
-def plain_throughput(seconds: float, processes: int = 2) -> float:
+def plain_throughput(seconds: float, measured: set[int], others: set[int]) -> float:
+    """samples/s of the plain loop on the `measured` cores while a second one keeps the `others` busy."""
     results = multiprocessing.Queue()
-    workers = [multiprocessing.Process(target=plain_loop, args=(seconds, 1, results)) for _ in range(processes)]
+    workers = [multiprocessing.Process(target=plain_loop, args=(seconds, 1, cores, results)) for cores in (measured, others)]
     for worker in workers:
         worker.start()
-    rates = [results.get() for _ in workers]
+    rates = dict(results.get() for _ in workers)
     for worker in workers:
         worker.join()
-    return sum(rates) / len(rates)
+    return rates[frozenset(measured)]
 
 
 def hearth(*args: str) -> list[str]:
@@ -66,40 +78,54 @@ def status(data_dir: Path) -> dict:
     return request(socket_path(data_dir), "status")
 
 
-def node_benchmark(work: Path, seconds: float) -> dict:
+def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: set[int], others: set[int]) -> dict:
     ready = work / "ready.json"
+    log = open(work / "c.log", "w")
     coordinator = spawn_group(hearth("coordinator", "serve", "--data-dir", str(work / "c"), "--port", "0",
-                                     "--broker-port", "0", "--ready-file", str(ready)),
-                              stdout=open(work / "c.log", "w"), stderr=open(work / "c.log", "a"))  # fmt: skip
+                                     "--broker-port", "0", "--ready-file", str(ready)), stdout=log, stderr=log,
+                              preexec_fn=pinned_to(others))  # fmt: skip
     nodes = {}
     try:
         url = wait_until(lambda: ready.exists() and json.loads(ready.read_text())["url"], 120, what="coordinator")
+        created = subprocess.run(hearth("swarm", "create", "bench", "--coordinator", url, "--token-file",
+                                        str(work / "c" / "operator-token"), "--target-batch-size",
+                                        str(target_batch_size)), capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert created.returncode == 0, created.stderr
         env = {**os.environ, "HEARTH_CONFIG": str(work / "none.toml")}
         launched = {}
-        for name in ("n1", "n2"):
+
+        def join(name: str, cores: set[int]) -> None:
             launched[name] = time.time()
-            nodes[name] = spawn_group(hearth("join", url, "--name", name, "--data-dir", str(work / name), "--threads",
-                                             "1", "--min-peers", "2", "--view", "quiet"),
-                                      env=env, stdout=open(work / f"{name}.log", "w"), stderr=open(work / f"{name}.log", "a"))  # fmt: skip
-        first_steps = [wait_until(lambda n=name: _first_step(work / n), 180, what="first step") - launched[name]
-                       for name in nodes]  # fmt: skip
-        wait_until(lambda: all(status(work / name)["training"]["epoch"] >= 1 for name in nodes), 180, what="epoch 1")
-        before = {name: (status(work / name)["training"]["samples_total"], time.monotonic()) for name in nodes}
-        wait_until(lambda: all(status(work / n)["training"]["samples_total"] > before[n][0] for n in nodes), 180)
-        time.sleep(seconds)  # the measurement window itself, not a wait for a condition
-        rates = []
-        for name in nodes:
-            wait_until(lambda n=name: status(work / n)["training"]["samples_total"] > before[n][0], 180)
-            samples, since = before[name]
-            rates.append((status(work / name)["training"]["samples_total"] - samples) / (time.monotonic() - since))
+            node_log = open(work / f"{name}.log", "w")
+            nodes[name] = spawn_group(hearth("-v", "join", url, "--swarm", "bench", "--name", name, "--data-dir",
+                                             str(work / name), "--threads", "1", "--view", "log"),
+                                      env=env, stdout=node_log, stderr=node_log, preexec_fn=pinned_to(cores))  # fmt: skip
+
+        # n1 is the measured volunteer, alone on its core. n2 joins the swarm n1 already trains: its join is timed.
+        join("n1", volunteer)
+        wait_until(lambda: _first_step(work / "n1"), 180, what="n1's first step")
+        join("n2", others)
+        join_seconds = wait_until(lambda: _first_step(work / "n2"), 180, what="n2's first step") - launched["n2"]
+        # Contributed samples grow when an epoch closes: measure from one epoch boundary to another, so the
+        # window holds whole epochs, their averaging rounds included.
+        def epoch_closed_after(epoch: int) -> dict:
+            return wait_until(lambda: (t := status(work / "n1")["training"])["epoch"] > epoch and t, 600,
+                              interval=0.05, what=f"n1's epoch {epoch + 1}")  # fmt: skip
+
+        wait_until(lambda: status(work / "n2")["training"]["epoch"] >= 1, 600, what="n2 to train an epoch")
+        first = epoch_closed_after(status(work / "n1")["training"]["epoch"])
+        since = time.monotonic()
+        training = epoch_closed_after(first["epoch"] + epochs - 1)
+        elapsed, samples_before = time.monotonic() - since, first["samples_total"]
+        node_rate = (training["samples_total"] - samples_before) / elapsed
         request(socket_path(work / "n2"), "pause")
         worker = psutil.Process(nodes["n2"].pid).children()[0]
         wait_until(lambda: len(worker.children()) <= 1, 30, what="the paused node to leave the swarm")
         cpu, wall = tree_cpu_seconds(worker.pid), time.monotonic()
         time.sleep(10)  # measurement window
         paused_fraction = (tree_cpu_seconds(worker.pid) - cpu) / (time.monotonic() - wall)
-        return {"node_rate": sum(rates) / len(rates), "join_to_first_step_s": max(first_steps),
-                "paused_cpu_core_fraction": paused_fraction}  # fmt: skip
+        return {"node_rate": node_rate, "join_to_first_step_s": join_seconds,
+                "paused_cpu_core_fraction": paused_fraction, "epoch_reached": training["epoch"]}  # fmt: skip
     finally:
         for process in nodes.values():
             stop_group(process, grace=30)
@@ -115,13 +141,26 @@ def _first_step(data_dir: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs in the node's measurement window")
+    parser.add_argument("--epoch-seconds", type=float, default=15.0,
+                        help="size the swarm's target batch so that an epoch lasts about this long")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the coordinator's and nodes' logs here")
     args = parser.parse_args()
-    plain = plain_throughput(args.seconds)
-    with tempfile.TemporaryDirectory(prefix="hearth-bench-node-") as work:
-        node = node_benchmark(Path(work), args.seconds)
-    print(f"plain torch loop: {plain:,.0f} samples/s per process (2 processes, 1 thread each)")
-    print(f"hearth node:      {node['node_rate']:,.0f} samples/s per node (2-peer swarm, 1 thread each)")
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        sys.exit("bench_node needs at least 2 CPU cores: one for the measured node, one for its peer and the coordinator")
+    volunteer, others = {cores[0]}, set(cores[1:])
+    plain = plain_throughput(20, volunteer, others)
+    target_batch_size = int(plain * 2 * args.epoch_seconds)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        node = node_benchmark(args.keep, args.epochs, target_batch_size, volunteer, others)
+    else:
+        with tempfile.TemporaryDirectory(prefix="hearth-bench-node-") as work:
+            node = node_benchmark(Path(work), args.epochs, target_batch_size, volunteer, others)
+    print(f"plain torch loop: {plain:,.0f} samples/s (1 thread, core {cores[0]})")
+    print(f"hearth node:      {node['node_rate']:,.0f} samples/s (1 thread, core {cores[0]}, 2-peer swarm, "
+          f"target batch {target_batch_size:,} ≈ {args.epoch_seconds:.0f} s epochs, reached epoch {node['epoch_reached']})")
     result = {"node_vs_plain": round(node["node_rate"] / plain, 3),
               "join_to_first_step_s": round(node["join_to_first_step_s"], 2),
               "paused_cpu_core_fraction": round(node["paused_cpu_core_fraction"], 4)}  # fmt: skip
