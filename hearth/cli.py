@@ -7,14 +7,14 @@ import sys
 
 import click
 
-SUBCOMMANDS = {
-    "join": ("node.cli", "join"),
-    "node": ("node.cli", "node"),
-    "coordinator": ("coordinator.cli", "coordinator"),
-    "swarm": ("coordinator.cli", "swarm"),
-    "leaderboard": ("coordinator.cli", "leaderboard"),
-    "demo": ("hearth.demo", "demo"),
-    "tasks": ("hearth.tasks.cli", "tasks"),
+SUBCOMMANDS = {  # name: (module, attribute, one-line help shown by `hearth --help` without importing the module)
+    "join": ("node.cli", "join", "Join a training swarm with this PC."),
+    "node": ("node.cli", "node", "Control and configure this PC's node (start, status, pause, config, service)."),
+    "coordinator": ("coordinator.cli", "coordinator", "Run a coordinator (operators)."),
+    "swarm": ("coordinator.cli", "swarm", "Create and list swarms on a coordinator (operators)."),
+    "leaderboard": ("coordinator.cli", "leaderboard", "Print a coordinator's credit leaderboard."),
+    "demo": ("hearth.demo", "demo", "Run a local swarm demo: a coordinator and a few nodes on this machine."),
+    "tasks": ("hearth.tasks.cli", "tasks", "List the training tasks this installation knows and describe one."),
 }
 
 
@@ -25,8 +25,12 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in SUBCOMMANDS:
             return None
-        module_name, attribute = SUBCOMMANDS[name]
+        module_name, attribute, _ = SUBCOMMANDS[name]
         return getattr(importlib.import_module(module_name), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, SUBCOMMANDS[name][2]) for name in self.list_commands(ctx)])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
