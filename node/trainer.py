@@ -14,6 +14,7 @@ from hearth.tasks import Task
 from node.accounting import Accountant, EpochContribution
 from node.resources import Resources, fit_batch
 from node.swarm import SwarmMember
+from node.wake import SleepDetector
 
 logger = logging.getLogger(__name__)
 PAUSE_POLL_SECONDS = 0.5  # a pause or resume takes effect within this (plus one batch)
@@ -44,10 +45,11 @@ def peer_seed(node_id: str, epoch: int) -> int:
 class Trainer:
     def __init__(self, task: Task, swarm: SwarmMember, resources: Resources, node_id: str,
                  on_contribution: Callable[[EpochContribution], None],
-                 gate: Callable[[], Optional[str]] = lambda: None):  # fmt: skip
+                 gate: Callable[[], Optional[str]] = lambda: None, sleep_detector: Optional[SleepDetector] = None):  # fmt: skip
         self.task, self.swarm, self.device, self.node_id = task, swarm, resources.torch_device, node_id
         self.on_contribution = on_contribution
         self.gate = gate  # returns why to pause now, or None to train
+        self.sleep_detector = sleep_detector or SleepDetector()
         self.model = task.build_model().to(self.device)
         self.resources = fit_batch(task, self.model, resources)  # on CUDA: halved until it really fits
         self.batch_size = self.resources.batch_size  # may be below the swarm's batch size
@@ -78,6 +80,10 @@ class Trainer:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
+            slept = self.sleep_detector.slept()
+            if slept is not None and self.swarm.joined:  # stale connections, and the swarm went on without us
+                logger.info("This PC was asleep for about %.0f s: rejoining the swarm", slept)
+                self._pause("rejoining after sleep")
             pause_reason = self.gate()
             if pause_reason is not None:
                 self._pause(pause_reason)
