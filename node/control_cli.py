@@ -80,6 +80,7 @@ def status_table(answer: dict):
     from rich.table import Table
 
     training, reporting, credit = answer["training"], answer["reporting"], answer.get("credit") or {}
+    resources = answer.get("resources") or {}
     rules = ", ".join(f"{key}={value}" for key, value in answer["policy"].items() if value not in (None, False))
     reason = answer.get("pause_reason")
     table = Table(title="Hearth node", show_header=False)
@@ -91,7 +92,8 @@ def status_table(answer: dict):
         ("samples/s", f"{training.get('samples_per_second', 0):,.0f}"),
         ("peers in last round", training.get("last_group_size") or "-"),
         ("samples contributed", f"{training.get('samples_total', 0):,}"),
-        ("device", answer["device"]), ("limits", f"{answer['threads']} thread(s); pause rules: {rules or 'none'}"),
+        ("device", resources.get("device", answer["device"])), ("limits", _limits(answer, resources, rules)),
+        ("network", answer.get("reachability")),
         ("credit granted", _granted(credit, answer.get("time"))),
         ("credit pending (estimate)", _credits(credit.get("pending_estimate"))),
         ("broker", "connected" if reporting.get("connected") else f"offline ({reporting.get('last_error') or '…'})"),
@@ -103,6 +105,18 @@ def status_table(answer: dict):
         if value is not None:
             table.add_row(label, str(value))
     return table
+
+
+def _limits(answer: dict, resources: dict, rules: str) -> str:
+    limits = [f"{answer['threads']} thread(s)"]
+    if resources:
+        limits.append(f"batch {resources['batch_size']}")
+        limits.append(f"RAM cap {resources['ram_limit_gb']} GB")
+        if resources.get("gpu_memory_limit_gb") is not None:
+            limits.append(f"GPU memory cap {resources['gpu_memory_limit_gb']} GB")
+        if resources.get("amp") not in (None, "off"):
+            limits.append(f"{resources['amp']} autocast")
+    return ", ".join(limits) + f"; pause rules: {rules or 'none'}"
 
 
 def _credits(value) -> str:

@@ -25,6 +25,7 @@ class NodeController:
         self.reporter: Optional[Reporter] = None
         self.credit: Optional[CreditTracker] = None
         self.metrics_url: Optional[str] = None  # where /metrics is served, once it is
+        self.reachability: Optional[object] = None  # how peers reach this node (node/reachability.py), once known
         self._pause_reason: Optional[str] = None
 
     def attach(self, trainer: Trainer, reporter: Reporter, credit: Optional[CreditTracker] = None) -> None:
@@ -58,6 +59,8 @@ class NodeController:
             "coordinator": self.config.coordinator_url, "policy": asdict(self.config.policy),
             "paused": self._pause_reason is not None, "pause_reason": self._pause_reason,
             "training": training, "reporting": reporting, "credit": credit, "metrics_url": self.metrics_url,
+            "resources": self.trainer.resources.as_dict() if self.trainer else None,
+            "reachability": None if self.reachability is None else str(self.reachability),
             "time": time.time(),
         }  # fmt: skip
 

@@ -150,10 +150,8 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
     except MetricsError as e:
         raise NodeError(str(e)) from None
     controller.metrics_url = metrics and metrics.url
-    handlers = controller.handlers()
-    status = handlers["status"]
-    handlers["status"] = lambda request=None: {**status(request), "reachability": str(reachability)}
-    control = ControlServer(socket_path(config.data_dir), handlers)
+    controller.reachability = reachability
+    control = ControlServer(socket_path(config.data_dir), controller.handlers())
     reporter_thread.start()
     control.start()
     credit.start()

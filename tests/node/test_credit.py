@@ -226,3 +226,12 @@ def test_hearth_node_status_over_the_real_control_socket(tmp_path):
                                                                                          "granted_as_of"}  # fmt: skip
     assert table.returncode == 0, table.stderr
     assert "credit pending (estimate)" in table.stdout and "12.5" in table.stdout
+
+
+def test_status_table_shows_the_resources_decision_and_the_network_mode():
+    resources = {"device": "cuda:0 NVIDIA H200", "threads": 2, "batch_size": 128, "swarm_batch_size": 256,
+                 "amp": "bf16", "ram_limit_gb": 8.0, "ram_needed_gb": 0.4, "gpu_memory_limit_gb": 110.4}  # fmt: skip
+    text = _render(_answer(resources=resources, reachability="client mode (not reachable: connection refused)"))
+    for expected in ("cuda:0 NVIDIA H200", "batch 128", "RAM cap 8.0 GB", "GPU memory cap 110.4 GB", "bf16 autocast",
+                     "client mode (not reachable: connection refused)"):  # fmt: skip
+        assert expected in text, (expected, text)
