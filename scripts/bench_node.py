@@ -70,6 +70,15 @@ def plain_throughput(seconds: float, measured: set[int], others: set[int]) -> fl
     return rates[frozenset(measured)]
 
 
+def import_seconds(cores: set[int]) -> float:
+    """The floor under any join: a fresh Python importing torch, hivemind and torch's compiler stack (which the
+    first torch optimizer loads), on the joiner's cores."""
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import torch, hivemind, torch._dynamo"], check=True,
+                   preexec_fn=pinned_to(cores))  # fmt: skip
+    return time.monotonic() - started
+
+
 def hearth(*args: str) -> list[str]:
     return python_argv("hearth", *args)
 
@@ -104,6 +113,7 @@ def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: s
         # n1 is the measured volunteer, alone on its core. n2 joins the swarm n1 already trains: its join is timed.
         join("n1", volunteer)
         wait_until(lambda: _first_step(work / "n1"), 180, what="n1's first step")
+        imports_seconds = import_seconds(others)
         join("n2", others)
         join_seconds = wait_until(lambda: _first_step(work / "n2"), 180, what="n2's first step") - launched["n2"]
         # Contributed samples grow when an epoch closes: measure from one epoch boundary to another, so the
@@ -124,7 +134,7 @@ def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: s
         cpu, wall = tree_cpu_seconds(worker.pid), time.monotonic()
         time.sleep(10)  # measurement window
         paused_fraction = (tree_cpu_seconds(worker.pid) - cpu) / (time.monotonic() - wall)
-        return {"node_rate": node_rate, "join_to_first_step_s": join_seconds,
+        return {"node_rate": node_rate, "join_to_first_step_s": join_seconds, "imports_s": imports_seconds,
                 "paused_cpu_core_fraction": paused_fraction, "epoch_reached": training["epoch"]}  # fmt: skip
     finally:
         for process in nodes.values():
@@ -161,9 +171,12 @@ def main() -> None:
     print(f"plain torch loop: {plain:,.0f} samples/s (1 thread, core {cores[0]})")
     print(f"hearth node:      {node['node_rate']:,.0f} samples/s (1 thread, core {cores[0]}, 2-peer swarm, "
           f"target batch {target_batch_size:,} ≈ {args.epoch_seconds:.0f} s epochs, reached epoch {node['epoch_reached']})")
+    print(f"join:             {node['join_to_first_step_s']:.1f} s to the first step, of which Python needs "
+          f"{node['imports_s']:.1f} s just to import torch, hivemind and torch._dynamo on this core")
     result = {"node_vs_plain": round(node["node_rate"] / plain, 3),
               "join_to_first_step_s": round(node["join_to_first_step_s"], 2),
-              "paused_cpu_core_fraction": round(node["paused_cpu_core_fraction"], 4)}  # fmt: skip
+              "paused_cpu_core_fraction": round(node["paused_cpu_core_fraction"], 4),
+              "imports_s": round(node["imports_s"], 2)}  # fmt: skip
     print(json.dumps(result))
 
 
