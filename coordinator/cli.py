@@ -28,18 +28,21 @@ def coordinator() -> None:
 @click.option("--port", type=int, default=DEFAULT_HTTP_PORT, show_default=True, help="HTTP port (0: any free port).")
 @click.option("--public-host", help="Host name advertised in URLs given to nodes (default: --host).")
 @click.option("--broker", "broker_url", metavar="mqtt://HOST:PORT", help="Use this MQTT broker instead of the embedded one.")
+@click.option("--broker-host", default="127.0.0.1", show_default=True, help="Interface of the embedded MQTT broker.")
 @click.option("--broker-port", type=int, default=DEFAULT_BROKER_PORT, show_default=True,
               help="Port of the embedded MQTT broker (0: any free port).")
 @click.option("--dht-host", default="127.0.0.1", show_default=True, help="Interface of the bootstrap DHT peer.")
 @click.option("--dht-port", type=int, default=0, show_default=True, help="Port of the bootstrap DHT peer (0: any free port).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON file (url, broker_url, initial_peers, data_dir) once everything listens.")
-def serve(data_dir, db_url, host, port, public_host, broker_url, broker_port, dht_host, dht_port, ready_file) -> None:
+def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, broker_port, dht_host, dht_port,
+          ready_file) -> None:  # fmt: skip
     """Start the coordinator in this process; Ctrl+C stops it (twice: at once)."""
     try:
         config = CoordinatorConfig(
             data_dir=data_dir, db_url=db_url, host=host, port=port, public_host=public_host, broker_url=broker_url,
-            broker_port=broker_port, dht_host=dht_host, dht_port=dht_port, ready_file=ready_file,
+            broker_host=broker_host, broker_port=broker_port, dht_host=dht_host, dht_port=dht_port,
+            ready_file=ready_file,
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from e

@@ -31,6 +31,7 @@ from protocol.messages import VolunteerRegistration
 
 logger = logging.getLogger(__name__)
 REPORTER_DRAIN_SECONDS = 10.0
+DUPLICATE_SIGNAL_SECONDS = 1.0  # a second stop signal this soon after the first is the same request
 POLICY_POLL_SECONDS = 1.0  # sensors are read at most this often: a pause takes effect within ~1 s
 
 
@@ -61,8 +62,8 @@ class ReporterThread:
         self.thread.join(timeout)
 
 
-def install_stop_handlers(stop: threading.Event) -> None:
-    owner = os.getpid()
+def install_stop_handlers(stop: threading.Event, clock=time.monotonic) -> None:
+    owner, first_signal = os.getpid(), [0.0]
 
     def handle(signum, frame):
         if os.getpid() != owner:  # a process hivemind forked inherited this handler: die as it expects
@@ -70,7 +71,10 @@ def install_stop_handlers(stop: threading.Event) -> None:
             os.kill(os.getpid(), signum)
             return
         if stop.is_set():
-            raise KeyboardInterrupt  # second Ctrl+C: give up on a graceful stop
+            if clock() - first_signal[0] < DUPLICATE_SIGNAL_SECONDS:
+                return  # the same stop sent to the whole process group or session (service managers do that)
+            raise KeyboardInterrupt  # a second Ctrl+C: give up on a graceful stop
+        first_signal[0] = clock()
         logger.warning("Stopping after the current batch (Ctrl+C again to force)")
         stop.set()
 
