@@ -8,6 +8,7 @@ JSON API and website, all in one asyncio process. Never imports `node`.
 - broker.py: the embedded amqtt MQTT broker, or a reachability check of an external one.
 - ingest.py: MQTT reports and presence → verification → the ledger; bad input counted and recorded.
 - monitor.py: the coordinator's hivemind DHT peer: bootstrap for nodes, reader of swarm progress.
+- metrics.py: Prometheus /metrics (its own registry): report counters, ingest latency, scrape-time gauges.
 - reachability.py: dials a node back from a fresh libp2p host (POST /api/v1/reachability): address policy, limits.
 - queries.py: read queries shared by the API and the website (leaderboard, volunteer audit trail, stats).
 - api.py: the JSON API (/api/v1) and its single error shape.

@@ -13,14 +13,16 @@ from typing import Optional
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from coordinator import api, db, web
+from coordinator import api, db, queries, web
 from coordinator.api import Services
 from coordinator.broker import EmbeddedBroker, check_reachable
 from coordinator.config import CoordinatorConfig, parse_mqtt_url
 from coordinator.ingest import Ingestor
 from coordinator.ledger import Ledger
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.monitor import DHTMonitor
 from coordinator.reachability import ReachabilityProber, own_scopes
 from coordinator.swarms import ensure_default_swarm
@@ -30,7 +32,8 @@ logger = logging.getLogger(__name__)
 SUBSCRIBE_TIMEOUT = 15.0
 
 
-def create_app(services: Services) -> FastAPI:
+def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None) -> FastAPI:
+    metrics = metrics or CoordinatorMetrics()
     app = FastAPI(title="Hearth coordinator", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     app.state.services = services
     api.install_error_handlers(app)
@@ -40,6 +43,11 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        nodes_online = (await queries.ledger_stats(services.ledger.engine))["nodes_online"]
+        return Response(metrics.exposition(nodes_online, services.monitor), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -73,6 +81,7 @@ class _Server(uvicorn.Server):
 class Coordinator:
     def __init__(self, config: CoordinatorConfig):
         self.config = config
+        self.metrics = CoordinatorMetrics()
         self.engine = None
         self.broker: Optional[EmbeddedBroker] = None
         self.ingestor: Optional[Ingestor] = None
@@ -103,7 +112,7 @@ class Coordinator:
             port = self.broker.port
             self.broker_url = f"mqtt://{config.advertised_host}:{port}"
         await ensure_default_swarm(ledger, config.default_task)
-        self.ingestor = Ingestor(ledger, host, port)
+        self.ingestor = Ingestor(ledger, host, port, metrics=self.metrics)
         await self.ingestor.start()
         await asyncio.wait_for(self.ingestor.subscribed.wait(), SUBSCRIBE_TIMEOUT)
 
@@ -114,7 +123,7 @@ class Coordinator:
 
         services = Services(ledger, self.broker_url, token, counters=self.ingestor.counters, monitor=self.monitor,
                             reachability=self.prober)  # fmt: skip
-        await self._serve_http(create_app(services))
+        await self._serve_http(create_app(services, self.metrics))
         if config.ready_file is not None:
             write_ready_file(config.ready_file, self.ready_info())
         logger.info("Hearth coordinator ready: %s", self.url)

@@ -15,6 +15,7 @@ from typing import Optional
 import aiomqtt
 
 from coordinator.ledger import Batch, Ledger, credit_for, utcnow
+from coordinator.metrics import CoordinatorMetrics
 from protocol.envelope import verify_envelope
 from protocol.errors import ProtocolError
 from protocol.encoding import canonical_bytes
@@ -34,8 +35,10 @@ class Rejected(Exception):
 
 
 class Ingestor:
-    def __init__(self, ledger: Ledger, host: str, port: int, identifier: str = "hearth-coordinator-ingest"):
+    def __init__(self, ledger: Ledger, host: str, port: int, identifier: str = "hearth-coordinator-ingest",
+                 metrics: Optional[CoordinatorMetrics] = None):  # fmt: skip
         self.ledger = ledger
+        self.metrics = metrics or CoordinatorMetrics()
         self.host, self.port, self.identifier = host, port, identifier
         self.counters: Counter[str] = Counter()
         self.subscribed = asyncio.Event()
@@ -66,7 +69,7 @@ class Ingestor:
                     backoff = 0.5
                     async for message in client.messages:
                         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-                        self._queue.put_nowait((message.topic.value, payload, time.time()))
+                        self._queue.put_nowait((message.topic.value, payload, time.monotonic()))
             except aiomqtt.MqttError as e:
                 self._client = None
                 self.subscribed.clear()
@@ -80,9 +83,10 @@ class Ingestor:
             items = [await self._queue.get()]
             while len(items) < MAX_BATCH and not self._queue.empty():
                 items.append(self._queue.get_nowait())
-            batch = Batch()
+            batch, granted = Batch(), []
             for topic, payload, received in items:
-                await self.handle(topic, payload, batch, received)
+                if await self.handle(topic, payload, batch, received) == "accepted":
+                    granted.append(received)
             try:
                 await self.ledger.write(batch)
             except Exception:
@@ -90,6 +94,9 @@ class Ingestor:
                 logger.exception("Could not write %d ingested message(s) to the ledger", len(items))
                 await self._reload_after_failure()
                 continue
+            committed = time.monotonic()
+            for received in granted:
+                self.metrics.latency.observe(committed - received)
             await self._send_receipts(batch)
 
     async def _send_receipts(self, batch: Batch) -> None:
@@ -132,6 +139,7 @@ class Ingestor:
             outcome = "internal_error"
             self._reject(batch, topic, payload, Rejected(outcome, f"{type(e).__name__}: {e}"), received_at)
         self.counters[outcome] += 1
+        self.metrics.count(topic, outcome)
         return outcome
 
     async def _decide(self, topic: str, payload: bytes, batch: Batch, received_at) -> str:
