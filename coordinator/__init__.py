@@ -11,6 +11,8 @@ JSON API and website, all in one asyncio process. Never imports `node`.
 - metrics.py: Prometheus /metrics (its own registry): report counters, ingest latency, scrape-time gauges.
 - reachability.py: dials a node back from a fresh libp2p host (POST /api/v1/reachability): address policy, limits.
 - queries.py: read queries shared by the API and the website (leaderboard, volunteer audit trail, stats).
+- exports.py: public stats dumps (gzip JSON/CSV of volunteers, teams, nodes + index.json), regenerated
+  periodically and served at /api/v1/exports/.
 - api.py: the JSON API (/api/v1) and its single error shape.
 - web.py + templates/: the server-rendered leaderboard page.
 - app.py: wiring: the FastAPI app and the start/stop sequence of every part.

@@ -5,6 +5,7 @@ import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request
@@ -36,6 +37,7 @@ class Services:
     counters: Counter = field(default_factory=Counter)
     monitor: Any = None  # coordinator.monitor.DHTMonitor, when running
     reachability: Any = None  # coordinator.reachability.ReachabilityProber, when the monitor runs
+    exports_dir: Optional[Path] = None  # where coordinator.exports writes the public stats dumps
     started_at: float = field(default_factory=time.time)
 
     @property

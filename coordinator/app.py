@@ -20,6 +20,8 @@ from coordinator import api, db, queries, web
 from coordinator.api import Services
 from coordinator.broker import EmbeddedBroker, check_reachable
 from coordinator.config import CoordinatorConfig, parse_mqtt_url
+from coordinator.exports import ExportScheduler
+from coordinator.exports import router as exports_router
 from coordinator.ingest import Ingestor
 from coordinator.ledger import Ledger
 from coordinator.metrics import CoordinatorMetrics
@@ -38,6 +40,7 @@ def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None)
     app.state.services = services
     api.install_error_handlers(app)
     app.include_router(api.router)
+    app.include_router(exports_router)
     app.include_router(web.router)
 
     @app.get("/healthz", include_in_schema=False)
@@ -87,6 +90,7 @@ class Coordinator:
         self.ingestor: Optional[Ingestor] = None
         self.monitor: Optional[DHTMonitor] = None
         self.prober: Optional[ReachabilityProber] = None
+        self.exporter: Optional[ExportScheduler] = None
         self.server: Optional[_Server] = None
         self._server_task: Optional[asyncio.Task] = None
         self.url = self.broker_url = ""
@@ -122,7 +126,9 @@ class Coordinator:
             self.prober = ReachabilityProber(own_scopes(self.monitor.initial_peers))
 
         services = Services(ledger, self.broker_url, token, counters=self.ingestor.counters, monitor=self.monitor,
-                            reachability=self.prober)  # fmt: skip
+                            reachability=self.prober, exports_dir=config.exports_dir)  # fmt: skip
+        self.exporter = ExportScheduler(self.engine, config.exports_dir, config.export_interval_seconds)
+        self.exporter.start()
         await self._serve_http(create_app(services, self.metrics))
         if config.ready_file is not None:
             write_ready_file(config.ready_file, self.ready_info())
@@ -163,6 +169,8 @@ class Coordinator:
         if self.server is not None:
             self.server.should_exit = True
             await _bounded(self._server_task, timeout, "HTTP server")
+        if self.exporter is not None:
+            await _bounded(self.exporter.stop(), timeout, "stats exports")
         if self.prober is not None:
             await _bounded(self.prober.close(), timeout, "reachability probes")
         if self.ingestor is not None:

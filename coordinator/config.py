@@ -71,6 +71,8 @@ class CoordinatorConfig:
     """Seconds graceful shutdown may take before the remaining parts are cancelled."""
     default_task: str = "spirals"
     """Task of the swarm created at first start when no swarm exists."""
+    export_interval_seconds: float = 3600.0
+    """Seconds between regenerations of the public stats exports in data_dir/exports (the first: shortly after start)."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -85,6 +87,8 @@ class CoordinatorConfig:
             raise ValueError(f"--db must be a SQLAlchemy URL such as sqlite+aiosqlite:///path.db, got {self.db_url!r}")
         if self.monitor_interval <= 0:
             raise ValueError("monitor interval must be positive")
+        if self.export_interval_seconds <= 0:
+            raise ValueError("export interval must be positive")
         if self.shutdown_timeout <= 0:
             raise ValueError("shutdown timeout must be positive")
         for name, value in (("--host", self.host), ("--dht-host", self.dht_host)):
@@ -106,6 +110,10 @@ class CoordinatorConfig:
         if self.db_url:
             return self.db_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'ledger.sqlite3'}"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"
 
     @property
     def token_file(self) -> Path:
