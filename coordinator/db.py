@@ -79,12 +79,23 @@ reports = Table(
     Column("device", String(64), nullable=False),
     Column("loss", Float),
     Column("group_size", Integer, nullable=False),
-    Column("status", String(16), nullable=False),  # 'granted' | 'rejected'
+    # 'pending' (received and verified, not yet granted) → 'granted' (one `grants` row) | 'rejected' (+ reason)
+    Column("status", String(16), nullable=False),
     Column("reason", String(64)),
-    Column("credit", Float, nullable=False, default=0.0),
+    Column("credit", Float, nullable=False, default=0.0),  # what the credit rule gives this report (granted or due)
     Column("received_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("node_id", "seq", name="uq_reports_node_seq"),
     Index("ix_reports_volunteer", "volunteer_id", "id"),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("report_id", Integer, ForeignKey("reports.id"), nullable=False, unique=True),
+    Column("rule", String(32), nullable=False),  # protocol.credit.CREDIT_RULE at the time of the grant
+    Column("credit", Float, nullable=False),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
 )
 
 rejected_messages = Table(

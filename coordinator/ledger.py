@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import db
-from protocol.credit import FLOPS_PER_CREDIT, credit_for  # noqa: F401 (the shared rule; ingest imports it from here)
+from protocol.credit import CREDIT_RULE, FLOPS_PER_CREDIT, credit_for  # noqa: F401 (the shared rule; ingest imports it from here)
 from protocol.messages import VolunteerRegistration
 from protocol.signing import node_id_for
 
@@ -54,6 +54,7 @@ class SwarmInfo:
 class Batch:
     """Ingest results to write in one transaction."""
 
+    # verified reports (reports-table values): status 'granted' is granted in the same transaction, 'pending' waits
     grants: list[dict] = field(default_factory=list)
     rejections: list[dict] = field(default_factory=list)
     statuses: dict[str, dict] = field(default_factory=dict)  # node_id → latest status values
@@ -137,16 +138,20 @@ class Ledger:
         async with self.engine.connect() as conn:
             return (await conn.execute(select(func.count()).select_from(db.swarms))).scalar_one()
 
-    async def write(self, batch: Batch) -> None:
-        """Write grants (with their totals), rejections and presence updates in one transaction."""
+    async def write(self, batch: Batch, now: Optional[datetime] = None) -> None:
+        """Write reports (pending, then granted with their grant rows and totals), rejections and presence
+        updates in one transaction: all of it or none of it."""
         if not batch:
             return
+        now = now or utcnow()
         dialect = self.engine.dialect.name
         async with self.engine.begin() as conn:
             if batch.grants:
-                await conn.execute(insert(db.reports), batch.grants)
+                ids = await _receive(conn, batch.grants)
                 await _bump_sequences(conn, batch.grants)
-                await _add_totals(conn, dialect, batch.grants)
+                granted = [(i, r) for i, r in zip(ids, batch.grants) if r.get("status", "granted") == "granted"]
+                if granted:
+                    await _grant(conn, dialect, granted, now)
             if batch.rejections:
                 await conn.execute(insert(db.rejected_messages), batch.rejections)
             for node_id, values in batch.statuses.items():
@@ -162,6 +167,25 @@ async def _registered(conn, node_id: str) -> Optional[dict]:
         )
     ).first()
     return None if row is None else {"name": row.name, "team": row.team, "node_id": node_id}
+
+
+async def _receive(conn, reports: list[dict]) -> list[int]:
+    """Append the reports as `pending`; their ids in the order given."""
+    rows = [{**r, "status": "pending", "reason": None} for r in reports]
+    statement = insert(db.reports).returning(db.reports.c.id, sort_by_parameter_order=True)
+    return list((await conn.execute(statement, rows)).scalars())
+
+
+async def _grant(conn, dialect: str, granted: list[tuple[int, dict]], now: datetime) -> None:
+    """One grant row per report (rule and credit), the reports marked granted, and the totals upserted."""
+    await conn.execute(
+        insert(db.grants),
+        [{"report_id": i, "rule": CREDIT_RULE, "credit": r["credit"], "granted_at": now} for i, r in granted],
+    )
+    await conn.execute(
+        update(db.reports).where(db.reports.c.id.in_([i for i, _ in granted])).values(status="granted", reason=None)
+    )
+    await _add_totals(conn, dialect, [r for _, r in granted])
 
 
 async def _bump_sequences(conn, grants: list[dict]) -> None:

@@ -6,7 +6,9 @@ Only the coordinator grants credit; a node may only estimate what its unacknowle
 """
 
 FLOPS_PER_CREDIT = 4.32e11  # one BOINC cobblestone: 200 credits/day for a sustained 1 GFLOPS
+CREDIT_RULE = "flops-v1"  # the name every grant row records: samples × flops_per_sample ÷ FLOPS_PER_CREDIT
 
 
 def credit_for(samples: int, flops_per_sample: int) -> float:
+    """Rule CREDIT_RULE ("flops-v1"). A new rule gets a new name, so old grants keep explaining themselves."""
     return samples * flops_per_sample / FLOPS_PER_CREDIT
