@@ -110,15 +110,21 @@ class Ingestor:
                 nodes.add((topic.node_id, topic.swarm_id))
         if client is None or not nodes:
             return
-        for node_id, swarm_id in nodes:
+
+        async def send(node_id: str, swarm_id: str) -> None:
             receipt = Receipt(node_id=node_id, swarm_id=swarm_id, last_seq=self.ledger.nodes[node_id].last_seq,
                               time=time.time())  # fmt: skip
             payload = canonical_bytes(receipt.model_dump(mode="json"))
-            try:
-                await client.publish(receipt_topic(swarm_id, node_id), payload, qos=1, retain=True)
-            except aiomqtt.MqttError as e:
-                logger.info("Could not send a receipt to node %s (%s); it will re-send its reports", node_id, e)
-                return
+            await client.publish(receipt_topic(swarm_id, node_id), payload, qos=1, retain=True)
+
+        # All at once: one at a time, each waiting for its PUBACK, held up the next batch.
+        outcomes = await asyncio.gather(*(send(*node) for node in nodes), return_exceptions=True)
+        failed = [outcome for outcome in outcomes if isinstance(outcome, aiomqtt.MqttError)]
+        if failed:
+            logger.info("Could not send %d receipt(s) (%s); those nodes will re-send their reports", len(failed), failed[0])
+        unexpected = [outcome for outcome in outcomes if isinstance(outcome, Exception) and not isinstance(outcome, aiomqtt.MqttError)]
+        if unexpected:
+            raise unexpected[0]
 
     async def _reload_after_failure(self) -> None:
         try:
