@@ -121,10 +121,10 @@ class Ingestor:
         outcomes = await asyncio.gather(*(send(*node) for node in nodes), return_exceptions=True)
         failed = [outcome for outcome in outcomes if isinstance(outcome, aiomqtt.MqttError)]
         if failed:
-            logger.info("Could not send %d receipt(s) (%s); those nodes will re-send their reports", len(failed), failed[0])
-        unexpected = [outcome for outcome in outcomes if isinstance(outcome, Exception) and not isinstance(outcome, aiomqtt.MqttError)]
-        if unexpected:
-            raise unexpected[0]
+            logger.info("Could not send %d receipt(s) (%s); their nodes will re-send", len(failed), failed[0])
+        for outcome in outcomes:
+            if isinstance(outcome, Exception) and not isinstance(outcome, aiomqtt.MqttError):
+                raise outcome
 
     async def _reload_after_failure(self) -> None:
         try:
