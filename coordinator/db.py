@@ -112,16 +112,33 @@ rejected_messages = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
 
-volunteer_totals = Table(
+def _totals(name: str, key: Column, *extra) -> Table:
+    """A maintained totals table: upserted in the grant's transaction, so leaderboards never scan reports.
+    `rac` is BOINC's recent average credit (credits/day) as of `rac_updated_at`; readers decay it to now."""
+    return Table(
+        name,
+        metadata,
+        key,
+        Column("credit", Float, nullable=False, default=0.0),
+        Column("samples", BigInteger, nullable=False, default=0),
+        Column("reports", BigInteger, nullable=False, default=0),  # granted reports
+        Column("last_report_at", DateTime(timezone=True)),
+        Column("rac", Float, nullable=False, default=0.0),
+        Column("rac_updated_at", DateTime(timezone=True)),
+        *extra,
+        Index(f"ix_{name}_credit", "credit"),
+    )
+
+
+volunteer_totals = _totals(
     "volunteer_totals",
-    metadata,
     Column("volunteer_id", Integer, ForeignKey("volunteers.id"), primary_key=True),
-    Column("credit", Float, nullable=False, default=0.0),
-    Column("samples", BigInteger, nullable=False, default=0),
-    Column("reports", BigInteger, nullable=False, default=0),
-    Column("last_report_at", DateTime(timezone=True)),
-    Index("ix_totals_credit", "credit"),
+    Column("pending_credit", Float, nullable=False, default=0.0),  # what reports still pending would earn
+    Column("pending_reports", BigInteger, nullable=False, default=0),
 )
+node_totals = _totals("node_totals", Column("node_id", String(32), ForeignKey("nodes.node_id"), primary_key=True))
+team_totals = _totals("team_totals", Column("team", String(100), primary_key=True))  # teams are volunteers.team
+swarm_totals = _totals("swarm_totals", Column("swarm_id", String(63), ForeignKey("swarms.swarm_id"), primary_key=True))
 
 
 def create_engine(url: str) -> AsyncEngine:

@@ -2,8 +2,13 @@
 
 Credit is computed here, never taken from a node: accepted samples × the swarm's measured FLOPs per sample,
 in BOINC cobblestones (1 credit = 4.32e11 FLOPs; the rule is protocol/credit.py, which nodes use to estimate
-pending credit). Grants and the volunteer's running totals are written in the same transaction, so the
-leaderboard reads a totals table and never scans reports.
+pending credit). A report is appended `pending`; a grant is a `grants` row naming the rule, and the report
+becomes `granted`. Every grant upserts the node, volunteer, team and swarm totals (credit, samples, reports and
+BOINC's recent average credit) in the same transaction, so leaderboards read totals tables and never scan reports.
+
+Today ingest verifies everything it can at receipt, so reports are granted in the transaction that writes them;
+a report written with status 'pending' (e.g. waiting for its epoch to be confirmed) stays so, counted in the
+volunteer's pending credit, until `grant_pending` grants it.
 """
 
 import logging
@@ -12,12 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import db
-from protocol.credit import CREDIT_RULE, FLOPS_PER_CREDIT, credit_for  # noqa: F401 (the shared rule; ingest imports it from here)
+from protocol.credit import CREDIT_RULE, FLOPS_PER_CREDIT, credit_for, recent_average  # noqa: F401 (the shared rule; ingest imports it from here)
 from protocol.messages import VolunteerRegistration
 from protocol.signing import node_id_for
 
@@ -152,10 +157,23 @@ class Ledger:
                 granted = [(i, r) for i, r in zip(ids, batch.grants) if r.get("status", "granted") == "granted"]
                 if granted:
                     await _grant(conn, dialect, granted, now)
+                await _add_pending(conn, [r for r in batch.grants if r.get("status", "granted") == "pending"], +1)
             if batch.rejections:
                 await conn.execute(insert(db.rejected_messages), batch.rejections)
             for node_id, values in batch.statuses.items():
                 await conn.execute(update(db.nodes).where(db.nodes.c.node_id == node_id).values(**values))
+
+    async def grant_pending(self, report_ids: list[int], now: Optional[datetime] = None) -> int:
+        """Grant stored pending reports (those of `report_ids` still pending), in one transaction; how many."""
+        async with self.engine.begin() as conn:
+            rows = [dict(r) for r in (await conn.execute(
+                select(db.reports).where(db.reports.c.id.in_(report_ids), db.reports.c.status == "pending")
+                .with_for_update()
+            )).mappings()]  # fmt: skip
+            if rows:
+                await _grant(conn, self.engine.dialect.name, [(r["id"], r) for r in rows], now or utcnow())
+                await _add_pending(conn, rows, -1)
+        return len(rows)
 
 
 async def _registered(conn, node_id: str) -> Optional[dict]:
@@ -185,7 +203,7 @@ async def _grant(conn, dialect: str, granted: list[tuple[int, dict]], now: datet
     await conn.execute(
         update(db.reports).where(db.reports.c.id.in_([i for i, _ in granted])).values(status="granted", reason=None)
     )
-    await _add_totals(conn, dialect, [r for _, r in granted])
+    await _add_totals(conn, dialect, [r for _, r in granted], now)
 
 
 async def _bump_sequences(conn, grants: list[dict]) -> None:
@@ -198,24 +216,72 @@ async def _bump_sequences(conn, grants: list[dict]) -> None:
         )
 
 
-async def _add_totals(conn, dialect: str, grants: list[dict]) -> None:
-    sums: dict[int, dict] = defaultdict(lambda: {"credit": 0.0, "samples": 0, "reports": 0, "last_report_at": None})
-    for grant in grants:
-        total = sums[grant["volunteer_id"]]
-        total["credit"] += grant["credit"]
-        total["samples"] += grant["samples"]
-        total["reports"] += 1
-        total["last_report_at"] = grant["received_at"]
-    table = db.volunteer_totals
-    for volunteer_id, total in sums.items():
-        statement = db.upsert(dialect, table).values(volunteer_id=volunteer_id, **total)
-        statement = statement.on_conflict_do_update(
-            index_elements=[table.c.volunteer_id],
-            set_={
-                "credit": table.c.credit + statement.excluded.credit,
-                "samples": table.c.samples + statement.excluded.samples,
-                "reports": table.c.reports + statement.excluded.reports,
-                "last_report_at": statement.excluded.last_report_at,
-            },
+async def _add_pending(conn, reports: list[dict], sign: int) -> None:
+    """Count reports into (+1) or out of (−1) their volunteers' pending credit."""
+    sums: dict[int, list] = defaultdict(lambda: [0.0, 0])
+    for r in reports:
+        sums[r["volunteer_id"]][0] += sign * r["credit"]
+        sums[r["volunteer_id"]][1] += sign
+    if not sums:
+        return
+    t = db.volunteer_totals
+    await conn.execute(
+        update(t).where(t.c.volunteer_id == bindparam("v"))
+        .values(pending_credit=t.c.pending_credit + bindparam("c"), pending_reports=t.c.pending_reports + bindparam("n")),
+        [{"v": v, "c": c, "n": n} for v, (c, n) in sums.items()],
+    )  # fmt: skip
+
+
+def _seconds(value: Optional[datetime]) -> Optional[float]:
+    if value is None:
+        return None
+    return (value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value).timestamp()
+
+
+async def _add_totals(conn, dialect: str, grants: list[dict], now: datetime) -> None:
+    """Upsert node, volunteer, team and swarm totals for `grants` (in the caller's transaction)."""
+    volunteer_ids = {g["volunteer_id"] for g in grants}
+    teams = dict((await conn.execute(
+        select(db.volunteers.c.id, db.volunteers.c.team).where(db.volunteers.c.id.in_(volunteer_ids))
+    )).all())  # fmt: skip
+    for table, key_of in (
+        (db.node_totals, lambda g: g["node_id"]),
+        (db.volunteer_totals, lambda g: g["volunteer_id"]),
+        (db.team_totals, lambda g: teams.get(g["volunteer_id"]) or None),
+        (db.swarm_totals, lambda g: g["swarm_id"]),
+    ):
+        sums: dict[Any, dict] = {}
+        for g in grants:
+            key = key_of(g)
+            if key is None:
+                continue
+            total = sums.setdefault(key, {"credit": 0.0, "samples": 0, "reports": 0, "last_report_at": None})
+            total["credit"] += g["credit"]
+            total["samples"] += g["samples"]
+            total["reports"] += 1
+            total["last_report_at"] = max(filter(None, (total["last_report_at"], g["received_at"])))
+        if sums:
+            await _upsert_totals(conn, dialect, table, sums, now)
+
+
+async def _upsert_totals(conn, dialect: str, table, sums: dict[Any, dict], now: datetime) -> None:
+    """Create missing rows, lock and read their RAC, then add the sums and the new RAC (one statement each)."""
+    key = table.primary_key.columns.values()[0]
+    await conn.execute(db.upsert(dialect, table).on_conflict_do_nothing(index_elements=[key]), [{key.name: k} for k in sums])
+    current = {
+        row[0]: (row[1], _seconds(row[2]))
+        for row in await conn.execute(
+            select(key, table.c.rac, table.c.rac_updated_at).where(key.in_(list(sums))).with_for_update()
         )
-        await conn.execute(statement)
+    }
+    at = now.timestamp()
+    await conn.execute(
+        update(table).where(key == bindparam("k")).values(
+            credit=table.c.credit + bindparam("c"), samples=table.c.samples + bindparam("s"),
+            reports=table.c.reports + bindparam("n"), last_report_at=bindparam("last"), rac=bindparam("rac"),
+            rac_updated_at=bindparam("rac_at"),
+        ),
+        [{"k": k, "c": t["credit"], "s": t["samples"], "n": t["reports"], "last": t["last_report_at"],
+          "rac": recent_average(current[k][0], current[k][1], t["credit"], at), "rac_at": now}
+         for k, t in sums.items()],
+    )  # fmt: skip
