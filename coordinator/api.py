@@ -209,6 +209,12 @@ async def leaderboard(request: Request, limit: int = Query(100, ge=1, le=1000), 
     return JSONResponse({"volunteers": entries, "total": total, "limit": limit, "offset": offset})
 
 
+@router.get("/teams")
+async def teams(request: Request, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> JSONResponse:
+    entries, total = await queries.team_leaderboard(services(request).ledger.engine, limit, offset)
+    return JSONResponse({"teams": entries, "total": total, "limit": limit, "offset": offset})
+
+
 @router.get("/volunteers/{name:path}")
 async def volunteer(request: Request, name: str) -> JSONResponse:
     detail = await queries.volunteer_detail(services(request).ledger.engine, name)

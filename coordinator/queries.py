@@ -1,5 +1,7 @@
-"""Read queries shared by the JSON API and the website. The leaderboard reads the maintained totals table."""
+"""Read queries shared by the JSON API and the website. Leaderboards and totals read the maintained totals tables
+(never a scan of reports); recent average credit is decayed to the time of reading, so an idle volunteer's falls."""
 
+import time
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -7,6 +9,7 @@ from sqlalchemy import Integer, cast, desc, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import db
+from protocol.credit import recent_average
 
 AUDIT_LIMIT = 100
 
@@ -18,6 +21,14 @@ def iso(value: Optional[datetime]) -> Optional[str]:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc).isoformat()
+
+
+def rac_now(rac: float, updated_at: Optional[datetime], now: Optional[float] = None) -> float:
+    """A stored recent average credit decayed to `now` (POSIX seconds; default: the present)."""
+    if updated_at is None:
+        return 0.0
+    at = (updated_at.replace(tzinfo=timezone.utc) if updated_at.tzinfo is None else updated_at).timestamp()
+    return recent_average(rac, at, 0.0, time.time() if now is None else now)
 
 
 def _latest(*values: Optional[datetime]) -> Optional[datetime]:
@@ -52,8 +63,8 @@ async def leaderboard(engine: AsyncEngine, limit: int = 100, offset: int = 0) ->
     """Volunteers by credit, highest first: (page of entries, total number of volunteers)."""
     t, v, activity = db.volunteer_totals, db.volunteers, _node_activity()
     query = (
-        select(v.c.name, v.c.team, t.c.credit, t.c.samples, t.c.reports, t.c.last_report_at,
-               activity.c.nodes_online, activity.c.node_last_seen)  # fmt: skip
+        select(v.c.name, v.c.team, t.c.credit, t.c.samples, t.c.reports, t.c.last_report_at, t.c.rac,
+               t.c.rac_updated_at, activity.c.nodes_online, activity.c.node_last_seen)  # fmt: skip
         .select_from(t.join(v, v.c.id == t.c.volunteer_id).outerjoin(activity, activity.c.volunteer_id == v.c.id))
         .order_by(desc(t.c.credit), v.c.id)
         .limit(limit)
@@ -62,11 +73,12 @@ async def leaderboard(engine: AsyncEngine, limit: int = 100, offset: int = 0) ->
     async with engine.connect() as conn:
         rows = list(await conn.execute(query))
         total = (await conn.execute(select(func.count()).select_from(t))).scalar_one()
+    now = time.time()
     entries = [
         {
             "rank": offset + i + 1, "name": r.name, "team": r.team, "credit": r.credit, "samples": r.samples,
             "reports": r.reports, "last_seen": iso(_latest(r.last_report_at, r.node_last_seen)),
-            "nodes_online": int(r.nodes_online or 0),
+            "nodes_online": int(r.nodes_online or 0), "recent_average_credit": rac_now(r.rac, r.rac_updated_at, now),
         }  # fmt: skip
         for i, r in enumerate(rows)
     ]
@@ -74,24 +86,31 @@ async def leaderboard(engine: AsyncEngine, limit: int = 100, offset: int = 0) ->
 
 
 async def volunteer_detail(engine: AsyncEngine, name: str, limit: int = AUDIT_LIMIT) -> Optional[dict]:
-    """A volunteer's totals, nodes and audit trail (latest granted and rejected reports with reasons)."""
-    v, t, n, r, x = db.volunteers, db.volunteer_totals, db.nodes, db.reports, db.rejected_messages
+    """A volunteer's totals (granted and pending credit, recent average), nodes and audit trail (latest reports with
+    status, reason and the rule that granted them; rejected messages with reasons)."""
+    v, t, n, r, x, g = db.volunteers, db.volunteer_totals, db.nodes, db.reports, db.rejected_messages, db.grants
     async with engine.connect() as conn:
         row = (
-            await conn.execute(select(v, t.c.credit, t.c.samples, t.c.reports, t.c.last_report_at)
+            await conn.execute(select(v, t.c.credit, t.c.samples, t.c.reports, t.c.last_report_at, t.c.rac,
+                                      t.c.rac_updated_at, t.c.pending_credit, t.c.pending_reports)
                                .join(t, t.c.volunteer_id == v.c.id).where(v.c.name == name))  # fmt: skip
         ).first()
         if row is None:
             return None
         nodes = list(await conn.execute(select(n).where(n.c.volunteer_id == row.id).order_by(n.c.created_at)))
         node_ids = [node.node_id for node in nodes]
-        reports = list(await conn.execute(select(r).where(r.c.volunteer_id == row.id).order_by(desc(r.c.id)).limit(limit)))
+        reports = list(await conn.execute(
+            select(r, g.c.rule, g.c.granted_at).outerjoin(g, g.c.report_id == r.c.id)
+            .where(r.c.volunteer_id == row.id).order_by(desc(r.c.id)).limit(limit)
+        ))  # fmt: skip
         rejected = list(
             await conn.execute(select(x).where(x.c.node_id.in_(node_ids)).order_by(desc(x.c.id)).limit(limit))
         )
     return {
         "name": row.name, "team": row.team, "created_at": iso(row.created_at), "credit": row.credit,
         "samples": row.samples, "reports": row.reports, "last_report_at": iso(row.last_report_at),
+        "granted_credit": row.credit, "pending_credit": row.pending_credit, "pending_reports": row.pending_reports,
+        "recent_average_credit": rac_now(row.rac, row.rac_updated_at),
         "nodes": [
             {"node_id": node.node_id, "device": node.device, "online": node.online, "swarm_id": node.swarm_id,
              "last_seen": iso(node.last_seen), "last_seq": node.last_seq}  # fmt: skip
@@ -100,7 +119,8 @@ async def volunteer_detail(engine: AsyncEngine, name: str, limit: int = AUDIT_LI
         "audit": [
             {"node_id": rep.node_id, "swarm_id": rep.swarm_id, "seq": rep.seq, "epoch": rep.epoch,
              "samples": rep.samples, "compute_seconds": rep.compute_seconds, "device": rep.device, "loss": rep.loss,
-             "status": rep.status, "reason": rep.reason, "credit": rep.credit, "received_at": iso(rep.received_at)}  # fmt: skip
+             "status": rep.status, "reason": rep.reason, "credit": rep.credit, "received_at": iso(rep.received_at),
+             "rule": rep.rule, "granted_at": iso(rep.granted_at)}  # fmt: skip
             for rep in reports
         ],
         "rejected_messages": [
@@ -111,19 +131,43 @@ async def volunteer_detail(engine: AsyncEngine, name: str, limit: int = AUDIT_LI
     }
 
 
+async def team_leaderboard(engine: AsyncEngine, limit: int = 100, offset: int = 0) -> tuple[list[dict], int]:
+    """Teams by credit, highest first, from team_totals: (page of entries, number of teams with credit)."""
+    t, v = db.team_totals, db.volunteers
+    members = select(v.c.team, func.count().label("members")).group_by(v.c.team).subquery()
+    query = (
+        select(t, members.c.members).outerjoin(members, members.c.team == t.c.team)
+        .order_by(desc(t.c.credit), t.c.team).limit(limit).offset(offset)
+    )  # fmt: skip
+    async with engine.connect() as conn:
+        rows = list(await conn.execute(query))
+        total = (await conn.execute(select(func.count()).select_from(t))).scalar_one()
+    now = time.time()
+    entries = [
+        {"rank": offset + i + 1, "team": r.team, "members": int(r.members or 0), "credit": r.credit,
+         "samples": r.samples, "reports": r.reports, "last_report_at": iso(r.last_report_at),
+         "recent_average_credit": rac_now(r.rac, r.rac_updated_at, now)}  # fmt: skip
+        for i, r in enumerate(rows)
+    ]
+    return entries, total
+
+
 async def ledger_stats(engine: AsyncEngine) -> dict[str, Any]:
     async with engine.connect() as conn:
         async def count(table, *where) -> int:
             return (await conn.execute(select(func.count()).select_from(table).where(*where))).scalar_one()
 
-        credit = (await conn.execute(select(func.coalesce(func.sum(db.volunteer_totals.c.credit), 0.0)))).scalar_one()
-        samples = (await conn.execute(select(func.coalesce(func.sum(db.volunteer_totals.c.samples), 0)))).scalar_one()
+        s = db.swarm_totals  # one row per swarm: the sums are cheap
+        credit, samples, granted = (await conn.execute(select(
+            func.coalesce(func.sum(s.c.credit), 0.0), func.coalesce(func.sum(s.c.samples), 0),
+            func.coalesce(func.sum(s.c.reports), 0),
+        ))).one()  # fmt: skip
         return {
             "swarms": await count(db.swarms),
             "volunteers": await count(db.volunteers),
             "nodes": await count(db.nodes),
             "nodes_online": await count(db.nodes, db.nodes.c.online.is_(True)),
-            "reports_granted": await count(db.reports, db.reports.c.status == "granted"),
+            "reports_granted": int(granted),
             "rejected_messages": await count(db.rejected_messages),
             "credit": float(credit),
             "samples": int(samples),

@@ -1,6 +1,7 @@
 """The JSON API and the page, in-process (httpx ASGI client) over a real SQLite ledger."""
 
 import asyncio
+import math
 from urllib.parse import quote
 
 from coordinator.ingest import Ingestor
@@ -86,6 +87,9 @@ def test_credit_rule_totals_and_leaderboard(tmp_path):
             assert low["samples"] == 1024 and low["reports"] == 2
             assert low["credit"] == 1000 * FLOPS / 4.32e11 + 24 * FLOPS / 4.32e11
             assert FLOPS_PER_CREDIT == 4.32e11
+            # just granted: BOINC's first-grant weight ln2/7 per day, decayed by the seconds since
+            assert abs(low["recent_average_credit"] / (low["credit"] * math.log(2) / 7) - 1) < 1e-3
+            assert board["volunteers"][2]["recent_average_credit"] == 0
             page2 = (await client.get("/api/v1/leaderboard", params={"limit": 1, "offset": 1})).json()
             assert [(e["rank"], e["name"]) for e in page2["volunteers"]] == [(2, "low")]
 
