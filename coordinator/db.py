@@ -1,6 +1,7 @@
 """The ledger's schema and engine: the only module that knows SQL dialects.
 
-Tables are SQLAlchemy Core; `metadata.create_all` builds them (Alembic migrations come later). Upserts
+Tables are SQLAlchemy Core; `metadata.create_all` builds them, and one in-place upgrade brings ledgers from
+before grants and recent average credit up to date (Alembic migrations come later). Upserts
 are the one dialect-specific statement, so `upsert()` picks the right `insert` construct here.
 """
 
@@ -161,6 +162,42 @@ def create_engine(url: str) -> AsyncEngine:
 async def create_schema(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
+        await connection.run_sync(_upgrade_ledger_without_grants)
+
+
+# Columns that ledgers written before grants, per-node/team/swarm totals and recent average credit lack;
+# create_all adds the new tables but never columns to an existing one.
+_ADDED_VOLUNTEER_TOTALS_COLUMNS = {
+    "rac": "FLOAT NOT NULL DEFAULT 0", "rac_updated_at": "TIMESTAMP",
+    "pending_credit": "FLOAT NOT NULL DEFAULT 0", "pending_reports": "BIGINT NOT NULL DEFAULT 0",
+}  # fmt: skip
+
+
+def _upgrade_ledger_without_grants(connection) -> None:
+    """Bring such a ledger up to date in place: add the columns, then derive the grants rows and the node, team
+    and swarm totals from its granted reports. Recent average credit starts at 0: the old ledger kept no history
+    of it. (Alembic migrations replace this when the schema next changes.)"""
+    from sqlalchemy import inspect, text
+
+    present = {column["name"] for column in inspect(connection).get_columns("volunteer_totals")}
+    missing = {name: ddl for name, ddl in _ADDED_VOLUNTEER_TOTALS_COLUMNS.items() if name not in present}
+    if not missing:
+        return
+    logger.warning("Upgrading a ledger written by an older Hearth: adding grants and node/team/swarm totals")
+    for name, ddl in missing.items():
+        connection.execute(text(f"ALTER TABLE volunteer_totals ADD COLUMN {name} {ddl}"))
+    granted = "FROM reports r WHERE r.status = 'granted'"
+    connection.execute(text(f"INSERT INTO grants (report_id, rule, credit, granted_at) "
+                            f"SELECT r.id, 'flops-v1', r.credit, r.received_at {granted}"))  # fmt: skip
+    sums = "SUM(r.credit), SUM(r.samples), COUNT(*), MAX(r.received_at), 0"
+    columns = "credit, samples, reports, last_report_at, rac"
+    connection.execute(text(f"INSERT INTO node_totals (node_id, {columns}) SELECT r.node_id, {sums} {granted} "
+                            f"GROUP BY r.node_id"))  # fmt: skip
+    connection.execute(text(f"INSERT INTO swarm_totals (swarm_id, {columns}) SELECT r.swarm_id, {sums} {granted} "
+                            f"GROUP BY r.swarm_id"))  # fmt: skip
+    connection.execute(text(f"INSERT INTO team_totals (team, {columns}) SELECT v.team, {sums} "
+                            f"FROM reports r JOIN volunteers v ON v.id = r.volunteer_id "
+                            f"WHERE r.status = 'granted' AND v.team IS NOT NULL GROUP BY v.team"))  # fmt: skip
 
 
 def upsert(engine_or_dialect_name: str, table: Table):

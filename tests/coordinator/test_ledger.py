@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from coordinator import db
 from coordinator import ledger as ledger_module
+from coordinator import queries
 from coordinator.ingest import Ingestor
 from coordinator.ledger import Batch, credit_for
 from protocol.credit import CREDIT_RULE
@@ -186,5 +187,31 @@ def test_team_leaderboard_and_page_show_recent_average_credit(tmp_path):
         assert lovelace["recent_average_credit"] == pytest.approx(stored / 2, rel=1e-3)
         assert board["volunteers"][0]["recent_average_credit"] == pytest.approx(stored / 4, rel=1e-3)
         assert ">RAC</th>" in page
+
+    asyncio.run(scenario())
+
+
+def test_a_ledger_from_before_grants_and_totals_is_upgraded_in_place(tmp_path):
+    async def scenario():
+        ledger, ingestor, keys = await setup(tmp_path, ("ada", "lovelace"), ("bob", None))
+        await ledger.write(await ingest(ingestor, keys["ada"], (1, 1000), (2, 24)), now=T0)
+        await ledger.write(await ingest(ingestor, keys["bob"], (1, 500)), now=T0)
+        expected = await totals(ledger)
+        async with ledger.engine.begin() as conn:  # turn it back into a ledger of the previous schema
+            for table in ("grants", "node_totals", "team_totals", "swarm_totals"):
+                await conn.exec_driver_sql(f"DROP TABLE {table}")
+            for column in ("rac", "rac_updated_at", "pending_credit", "pending_reports"):
+                await conn.exec_driver_sql(f"ALTER TABLE volunteer_totals DROP COLUMN {column}")
+
+        await db.create_schema(ledger.engine)
+        got = await totals(ledger)
+        for table, key in (("node_totals", "node_id"), ("team_totals", "team"), ("swarm_totals", "swarm_id")):
+            assert {r[key]: (round(r["credit"], 9), r["samples"], r["reports"]) for r in got[table]} == \
+                   {r[key]: (round(r["credit"], 9), r["samples"], r["reports"]) for r in expected[table]}  # fmt: skip
+        assert await count(ledger, db.grants, db.grants.c.rule == CREDIT_RULE) == 3
+        rows, total = await queries.leaderboard(ledger.engine)
+        assert total == 2 and [row["name"] for row in rows] == ["ada", "bob"]
+        await db.create_schema(ledger.engine)  # a second start changes nothing
+        assert await count(ledger, db.grants) == 3
 
     asyncio.run(scenario())
