@@ -210,10 +210,12 @@ async def _bump_sequences(conn, grants: list[dict]) -> None:
     latest: dict[str, int] = {}
     for grant in grants:
         latest[grant["node_id"]] = max(latest.get(grant["node_id"], 0), grant["seq"])
-    for node_id, seq in latest.items():
-        await conn.execute(
-            update(db.nodes).where(db.nodes.c.node_id == node_id, db.nodes.c.last_seq < seq).values(last_seq=seq)
-        )
+    nodes = db.nodes
+    await conn.execute(  # one executemany, not a statement per node
+        update(nodes).where(nodes.c.node_id == bindparam("node"), nodes.c.last_seq < bindparam("seq"))
+        .values(last_seq=bindparam("seq")),
+        [{"node": node_id, "seq": seq} for node_id, seq in latest.items()],
+    )  # fmt: skip
 
 
 async def _add_pending(conn, reports: list[dict], sign: int) -> None:
