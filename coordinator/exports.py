@@ -78,19 +78,12 @@ def _teams_query():
 
 
 def _nodes_query():
-    n, v, r = db.nodes, db.volunteers, db.reports
-    granted = (
-        select(r.c.node_id, func.sum(r.c.credit).label("credit"), func.sum(r.c.samples).label("samples"),
-               func.count().label("reports"), func.max(r.c.received_at).label("last_report_at"))  # fmt: skip
-        .where(r.c.status == "granted")
-        .group_by(r.c.node_id)
-        .subquery()
-    )
+    n, v, t = db.nodes, db.volunteers, db.node_totals  # totals maintained with each grant: no scan of reports
     return (
-        select(n.c.node_id, v.c.name, n.c.device, func.coalesce(granted.c.credit, 0.0).label("total_credit"),
-               func.coalesce(granted.c.samples, 0).label("total_samples"),
-               func.coalesce(granted.c.reports, 0).label("reports"), n.c.last_seen, granted.c.last_report_at)  # fmt: skip
-        .select_from(n.join(v, v.c.id == n.c.volunteer_id).outerjoin(granted, granted.c.node_id == n.c.node_id))
+        select(n.c.node_id, v.c.name, n.c.device, func.coalesce(t.c.credit, 0.0).label("total_credit"),
+               func.coalesce(t.c.samples, 0).label("total_samples"), func.coalesce(t.c.reports, 0).label("reports"),
+               n.c.last_seen, t.c.last_report_at)  # fmt: skip
+        .select_from(n.join(v, v.c.id == n.c.volunteer_id).outerjoin(t, t.c.node_id == n.c.node_id))
         .order_by(n.c.created_at, n.c.node_id)
     )
 
