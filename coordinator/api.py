@@ -18,10 +18,12 @@ from coordinator import queries
 from coordinator.ledger import Ledger, NameTaken, SwarmExists
 from coordinator.reachability import CheckRefused, ReachabilityAnswer
 from coordinator.swarms import define_swarm, manifest
+from coordinator.teams import TeamRefused
+from coordinator.teams import apply as apply_team_action
 from hearth.tasks.registry import UnknownTask
 from protocol.envelope import open_envelope, parse_body
 from protocol.errors import ProtocolError
-from protocol.messages import ID_PATTERN, SwarmManifest, VolunteerRegistration
+from protocol.messages import ID_PATTERN, SwarmManifest, TeamAction, VolunteerRegistration, check_fresh
 from protocol.signing import verify
 
 logger = logging.getLogger(__name__)
@@ -213,6 +215,41 @@ async def leaderboard(request: Request, limit: int = Query(100, ge=1, le=1000), 
 async def teams(request: Request, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> JSONResponse:
     entries, total = await queries.team_leaderboard(services(request).ledger.engine, limit, offset)
     return JSONResponse({"teams": entries, "total": total, "limit": limit, "offset": offset})
+
+
+@router.post("/teams/actions")
+async def team_action(request: Request) -> JSONResponse:
+    """Body: a sealed TeamAction {action: create|join|leave, team, public_key, time}, signed by the node key of a
+    registered volunteer. `time` must be within 5 minutes of the coordinator's clock, and a signed action is
+    applied once (a replayed copy gets 409 "replayed").
+
+    create: 201, the volunteer founds and joins the team (409 "team_exists" if the name is taken). join: 200
+    (404 "unknown_team"); a volunteer is in at most one team, so joining leaves the previous one. leave: 200
+    (409 "not_in_team"); a founder may leave, the team stays. Answers {volunteer, action, team, previous_team,
+    founder}. Credit already earned stays with the team it was earned in: team_totals grow per grant, with the
+    team the volunteer was in at grant time, and nothing is moved when a volunteer changes team."""
+    try:
+        opened = open_envelope(await request.body())
+        action = parse_body(opened, TeamAction)
+        verify(action.public_key, opened.signature, opened.body)
+        check_fresh(action.time, time.time())
+    except ProtocolError as e:
+        raise ApiError(400, e.reason, f"invalid team action: {e}") from e
+    try:
+        result = await apply_team_action(services(request).ledger.engine, action, opened.body)
+    except TeamRefused as e:
+        raise ApiError(e.status, e.code, e.message) from e
+    return JSONResponse(result, status_code=201 if action.action == "create" else 200)
+
+
+@router.get("/teams/{name:path}")
+async def team(request: Request, name: str) -> JSONResponse:
+    """A team: {name, founder, created_at, members (names), members_total, credit, samples, reports,
+    last_report_at, recent_average_credit}. Totals are the credit granted while volunteers were members."""
+    detail = await queries.team_detail(services(request).ledger.engine, name)
+    if detail is None:
+        raise ApiError(404, "unknown_team", f"no team named {name!r}")
+    return JSONResponse(detail)
 
 
 @router.get("/volunteers/{name:path}")

@@ -50,6 +50,26 @@ volunteers = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+teams = Table(  # volunteers.team names a row here; a team outlives its members (its founder may leave)
+    "teams",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("founder_id", Integer, ForeignKey("volunteers.id")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+team_actions = Table(  # every accepted signed team action; the unique body hash refuses a replayed copy
+    "team_actions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("body_sha256", String(64), nullable=False, unique=True),
+    Column("volunteer_id", Integer, ForeignKey("volunteers.id"), nullable=False, index=True),
+    Column("action", String(16), nullable=False),
+    Column("team", String(100)),
+    Column("sent_at", Float, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
 nodes = Table(
     "nodes",
     metadata,
@@ -163,6 +183,18 @@ async def create_schema(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
         await connection.run_sync(_upgrade_ledger_without_grants)
+        await connection.run_sync(_add_missing_teams)
+
+
+def _add_missing_teams(connection) -> None:
+    """Ledgers from before the teams table named teams only in volunteers.team: give each such team its row,
+    founded by its earliest member. Idempotent (runs at every start, cheap once done)."""
+    from sqlalchemy import text
+
+    connection.execute(text(
+        "INSERT INTO teams (name, founder_id, created_at) SELECT v.team, MIN(v.id), MIN(v.created_at) "
+        "FROM volunteers v WHERE v.team IS NOT NULL AND v.team NOT IN (SELECT name FROM teams) GROUP BY v.team"
+    ))  # fmt: skip
 
 
 # Columns that ledgers written before grants, per-node/team/swarm totals and recent average credit lack;

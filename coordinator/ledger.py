@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import db
+from coordinator.teams import join_or_create
 from protocol.credit import CREDIT_RULE, FLOPS_PER_CREDIT, credit_for, recent_average  # noqa: F401 (the shared rule; ingest imports it from here)
 from protocol.messages import VolunteerRegistration
 from protocol.signing import node_id_for
@@ -117,6 +118,8 @@ class Ledger:
             try:
                 result = await conn.execute(insert(db.volunteers).values(name=reg.name, team=reg.team, created_at=now))
                 volunteer_id = result.inserted_primary_key[0]
+                if reg.team is not None:  # joins the team, creating it (founded by this volunteer) if new
+                    await join_or_create(conn, self.engine.dialect.name, volunteer_id, reg.team, now)
                 await conn.execute(insert(db.volunteer_totals).values(volunteer_id=volunteer_id))
                 await conn.execute(
                     insert(db.nodes).values(

@@ -152,6 +152,30 @@ async def team_leaderboard(engine: AsyncEngine, limit: int = 100, offset: int = 
     return entries, total
 
 
+async def team_detail(engine: AsyncEngine, name: str, member_limit: int = 1000) -> Optional[dict]:
+    """A team's founder, members (names, up to `member_limit`), totals and recent average credit; None if unknown."""
+    t, v, tt = db.teams, db.volunteers, db.team_totals
+    founder = v.alias("founder")
+    async with engine.connect() as conn:
+        row = (await conn.execute(
+            select(t.c.name, t.c.created_at, founder.c.name.label("founder"))
+            .select_from(t.outerjoin(founder, founder.c.id == t.c.founder_id)).where(t.c.name == name)
+        )).first()  # fmt: skip
+        if row is None:
+            return None
+        totals = (await conn.execute(select(tt).where(tt.c.team == name))).first()
+        members = list((await conn.execute(
+            select(v.c.name).where(v.c.team == name).order_by(v.c.name).limit(member_limit)
+        )).scalars())  # fmt: skip
+        count = (await conn.execute(select(func.count()).select_from(v).where(v.c.team == name))).scalar_one()
+    return {
+        "name": row.name, "founder": row.founder, "created_at": iso(row.created_at), "members": members,
+        "members_total": count, "credit": totals.credit if totals else 0.0, "samples": totals.samples if totals else 0,
+        "reports": totals.reports if totals else 0, "last_report_at": iso(totals.last_report_at) if totals else None,
+        "recent_average_credit": rac_now(totals.rac, totals.rac_updated_at) if totals else 0.0,
+    }  # fmt: skip
+
+
 async def ledger_stats(engine: AsyncEngine) -> dict[str, Any]:
     async with engine.connect() as conn:
         async def count(table, *where) -> int:

@@ -1,6 +1,7 @@
 """The volunteer's node daemon.
 
 - cli.py: `hearth join URL` (supervised) and `hearth node …`.
+- team_cli.py: `hearth team create NAME | join NAME | leave` (signed with the node key).
 - worker.py: the supervised process's entry point.
 - config.py: NodeConfig, the one config object, with its PolicyConfig (when to compute).
 - settings.py: builds NodeConfig from defaults < config.toml < HEARTH_* env < flags; remembers each source.

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import httpx
 
 from protocol.envelope import seal
-from protocol.messages import SwarmManifest, VolunteerRegistration
+from protocol.messages import SwarmManifest, TeamAction, VolunteerRegistration
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,15 @@ class CoordinatorClient:
         )
         if response.status_code not in (200, 201):
             raise CoordinatorError(f"registration refused: {_error_message(response)}")
+        return response.json()
+
+    def team_action(self, action: TeamAction, key) -> dict:
+        """Create, join or leave a team; the coordinator's answer, or CoordinatorError with its reason."""
+        response = self._request(
+            "POST", "/api/v1/teams/actions", content=seal(action, key), headers={"content-type": "application/json"}
+        )
+        if response.status_code not in (200, 201):
+            raise CoordinatorError(f"cannot {action.action} the team: {_error_message(response)}")
         return response.json()
 
     def swarm_ids(self) -> list[str]:

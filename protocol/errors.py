@@ -27,3 +27,9 @@ class ReplayedMessage(ProtocolError):
 
 class UnknownSender(ProtocolError):
     reason = "unknown_sender"
+
+
+class StaleMessage(ProtocolError):
+    """Its `time` is too far from the receiver's clock: an old message replayed, or a wrong clock."""
+
+    reason = "stale"

@@ -4,13 +4,16 @@ import re
 import unicodedata
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from protocol.errors import StaleMessage
 
 from protocol.version import PROTOCOL_VERSION
 
 NAME_MAX_CHARS = 40
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # swarm ids: safe in URLs and MQTT topics
 NODE_ID_PATTERN = r"^[0-9a-f]{32}$"
+MAX_CLOCK_SKEW = 300.0  # seconds a signed action's `time` may differ from the receiver's clock
 
 
 class Message(BaseModel):
@@ -47,6 +50,42 @@ class VolunteerRegistration(Message):
     @classmethod
     def _check_team(cls, value: Optional[str]) -> Optional[str]:
         return None if value is None or not value.strip() else clean_display_name(value)
+
+
+TeamActionKind = Literal["create", "join", "leave"]
+
+
+class TeamAction(Message):
+    """Create, join or leave a team. Signed by the node key of a registered volunteer; `time` bounds its life
+    (see `check_fresh`), and the receiver refuses a second copy of the same signed body."""
+
+    kind: Literal["team_action"] = "team_action"
+    protocol_version: int = PROTOCOL_VERSION
+    action: TeamActionKind
+    team: Optional[str] = None  # required to create or join; ignored to leave
+    public_key: str = Field(min_length=43, max_length=43)
+    time: float
+
+    @field_validator("team")
+    @classmethod
+    def _check_team(cls, value: Optional[str]) -> Optional[str]:
+        return None if value is None else clean_display_name(value)
+
+    @model_validator(mode="after")
+    def _team_given(self) -> "TeamAction":
+        if self.action in ("create", "join") and self.team is None:
+            raise ValueError(f"a team name is needed to {self.action} a team")
+        return self
+
+
+def check_fresh(sent_at: float, now: float, max_skew: float = MAX_CLOCK_SKEW) -> None:
+    """Raise StaleMessage unless `sent_at` is within `max_skew` seconds of `now` (either side)."""
+    if abs(sent_at - now) > max_skew:
+        direction = "old" if sent_at < now else "in the future"
+        raise StaleMessage(
+            f"message time is {abs(sent_at - now):.0f} s {direction} (at most {max_skew:.0f} s allowed); "
+            "check this computer's clock"
+        )
 
 
 class Hyperparameters(Message):
