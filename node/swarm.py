@@ -16,6 +16,7 @@ from hivemind.dht import DHT
 from hivemind.optim import Optimizer
 from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.progress_tracker import ProgressTracker
+from hivemind.optim.state_averager import TrainingStateAverager
 
 from protocol.messages import SwarmManifest
 
@@ -62,7 +63,7 @@ class RecordingGradientAverager(GradientAverager):
 
 
 PROGRESS_REPORT_INTERVAL = 1.0  # seconds between this peer's progress records in the DHT (besides epoch changes)
-STATE_AVERAGING_DELAY_GUESS = 0.5  # seconds from an epoch's end to its state averaging (gradient all-reduce + step)
+STATE_MATCHMAKING_SECONDS = 1.0  # how long the state-averaging round waits for peers (see _make_state_averager)
 
 
 class ThrottledEvent(threading.Event):
@@ -106,12 +107,20 @@ class TrackingOptimizer(Optimizer):
 
     state_loads = 0
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        # hivemind 1.1.12 pre-schedules the state-averaging round (matchmaking while training goes on) only once
-        # this delay estimate has a measurement, yet measures it only after a pre-scheduled round: without a first
-        # guess, every epoch waits a full matchmaking_time for it. The guess is replaced by measurements.
-        self.delay_before_state_averaging.update(task_size=1, interval=STATE_AVERAGING_DELAY_GUESS)
+    def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
+        # The state round starts right after the gradient round that every peer of the epoch just finished
+        # together, so a short matchmaking window finds them all; hivemind would wait the full matchmaking_time.
+        # (It never pre-schedules this round in 1.1.12, and pre-scheduled state rounds, when forced, sometimes
+        # formed without the other peers and left them apart.)
+        matchmaking = min(self.matchmaking_time, STATE_MATCHMAKING_SECONDS)
+        kwargs["request_timeout"] = request_timeout_for(matchmaking)
+        return TrainingStateAverager(
+            dht=self.dht, prefix=f"{self.run_id}_state_averager", min_matchmaking_time=matchmaking,
+            allreduce_timeout=self.allreduce_timeout, shutdown_timeout=self.shutdown_timeout,
+            offload_optimizer=self.offload_optimizer, custom_gradients=self.offload_optimizer,
+            status_loglevel=self.status_loglevel, next_chunk_timeout=self.next_chunk_timeout,
+            client_mode=self.client_mode, auxiliary=self.auxiliary, start=True, **kwargs,
+        )  # fmt: skip
 
     def load_state_from_peers(self, **kwargs):
         self.state_loads += 1
