@@ -43,20 +43,16 @@ class CoordinatorClient:
                 delay = min(delay * 2, 15.0)
 
     def register(self, registration: VolunteerRegistration, key) -> dict:
-        response = self._request(
-            "POST", "/api/v1/volunteers", content=seal(registration, key), headers={"content-type": "application/json"}
-        )
-        if response.status_code not in (200, 201):
-            raise CoordinatorError(f"registration refused: {_error_message(response)}")
-        return response.json()
+        return self._post_signed("/api/v1/volunteers", registration, key, "registration refused")
 
     def team_action(self, action: TeamAction, key) -> dict:
         """Create, join or leave a team; the coordinator's answer, or CoordinatorError with its reason."""
-        response = self._request(
-            "POST", "/api/v1/teams/actions", content=seal(action, key), headers={"content-type": "application/json"}
-        )
+        return self._post_signed("/api/v1/teams/actions", action, key, f"cannot {action.action} the team")
+
+    def _post_signed(self, path: str, message, key, refused: str) -> dict:
+        response = self._request("POST", path, content=seal(message, key), headers={"content-type": "application/json"})
         if response.status_code not in (200, 201):
-            raise CoordinatorError(f"cannot {action.action} the team: {_error_message(response)}")
+            raise CoordinatorError(f"{refused}: {_error_message(response)}")
         return response.json()
 
     def swarm_ids(self) -> list[str]:
