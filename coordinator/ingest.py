@@ -1,13 +1,17 @@
 """Report ingestion: MQTT messages → verified reports and presence → the ledger. Bad input is counted, never fatal.
 
-One receiver task reads the broker (reconnecting with backoff); one writer task drains what arrived, decides
-each message in order (topic, envelope, signature, topic match, swarm, sequence) and writes the whole batch
-in one transaction. Sequence numbers make QoS-1 redeliveries and outbox replays idempotent.
+Receiving and verifying (coordinator/verify.py) happen either in this process (one MQTT client) or in
+`workers` ingest worker processes that share the subscriptions (MQTT 5 `$share/hearth-ingest/…`) and send
+their verdicts here. One writer task then puts each node's reports in sequence order (coordinator/sequencer.py),
+decides them (swarm, sequence) and writes the whole batch in one transaction; receipts go out after the commit.
+Sequence numbers make QoS-1 redeliveries and outbox replays idempotent, and in-order acceptance means a
+receipt never covers a report the ledger does not hold.
 """
 
 import asyncio
 import hashlib
 import logging
+import multiprocessing
 import time
 from collections import Counter
 from typing import Optional
@@ -16,39 +20,47 @@ import aiomqtt
 
 from coordinator.ledger import Batch, Ledger, credit_for, utcnow
 from coordinator.metrics import CoordinatorMetrics
-from protocol.envelope import verify_envelope
-from protocol.errors import ProtocolError
+from coordinator.sequencer import Sequencer
+from coordinator.verify import Rejected, Verified, Verifier
 from protocol.encoding import canonical_bytes
-from protocol.messages import ContributionReport, NodeStatus, Receipt
+from protocol.messages import NodeStatus, Receipt
 from protocol.topics import REPORTS_FILTER, STATUS_FILTER, parse_node_topic, receipt_topic
+
+__all__ = ["Ingestor", "Rejected"]
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH = 500
+MAX_BATCH = 2000
 MAX_BACKOFF = 30.0
+WORKER_RESTART_SECONDS = 1.0
 
-
-class Rejected(Exception):
-    def __init__(self, reason: str, detail: str, node_id: Optional[str] = None, seq: Optional[int] = None):
-        super().__init__(detail)
-        self.reason, self.detail, self.node_id, self.seq = reason, detail, node_id, seq
+Item = tuple  # (topic, payload, received (monotonic), Verified | Rejected | None while unchecked)
 
 
 class Ingestor:
     def __init__(self, ledger: Ledger, host: str, port: int, identifier: str = "hearth-coordinator-ingest",
-                 metrics: Optional[CoordinatorMetrics] = None):  # fmt: skip
+                 metrics: Optional[CoordinatorMetrics] = None, workers: int = 0, database_url: Optional[str] = None,
+                 hold_seconds: float = 2.0):  # fmt: skip
+        if workers and not database_url:
+            raise ValueError("ingest workers need the database URL to read node keys")
         self.ledger = ledger
         self.metrics = metrics or CoordinatorMetrics()
         self.host, self.port, self.identifier = host, port, identifier
+        self.workers, self.database_url = workers, database_url
         self.counters: Counter[str] = Counter()
         self.subscribed = asyncio.Event()
-        self._queue: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue()
+        self.verifier = Verifier(ledger)
+        self.sequencer = Sequencer(self._last_seq, hold_seconds)
+        self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._client: Optional[aiomqtt.Client] = None
+        self._workers_ready: set[int] = set()
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._receive(), name="ingest-receive"),
                        asyncio.create_task(self._write(), name="ingest-write")]  # fmt: skip
+        self._tasks += [asyncio.create_task(self._supervise_worker(i), name=f"ingest-worker-{i}")
+                        for i in range(self.workers)]  # fmt: skip
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -56,37 +68,85 @@ class Ingestor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
+    # --- receiving --------------------------------------------------------------------------------------------
     async def _receive(self) -> None:
+        """This process's MQTT client: subscribes itself without workers; with workers it only sends receipts."""
         backoff = 0.5
         while True:
             try:
-                async with aiomqtt.Client(self.host, self.port, identifier=self.identifier, clean_session=False) as client:
-                    await client.subscribe(REPORTS_FILTER, qos=1)
-                    await client.subscribe(STATUS_FILTER, qos=1)
-                    logger.info("Ingest subscribed to mqtt://%s:%s", self.host, self.port)
+                async with aiomqtt.Client(self.host, self.port, identifier=self.identifier,
+                                          clean_session=False) as client:  # fmt: skip
+                    if not self.workers:
+                        await client.subscribe(REPORTS_FILTER, qos=1)
+                        await client.subscribe(STATUS_FILTER, qos=1)
+                        logger.info("Ingest subscribed to mqtt://%s:%s", self.host, self.port)
                     self._client = client
-                    self.subscribed.set()
+                    self._update_ready()
                     backoff = 0.5
+                    if self.workers:
+                        await asyncio.Future()  # stays connected for receipts; MqttError ends it
                     async for message in client.messages:
                         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-                        self._queue.put_nowait((message.topic.value, payload, time.monotonic()))
+                        self._queue.put_nowait((message.topic.value, payload, time.monotonic(), None))
             except aiomqtt.MqttError as e:
                 self._client = None
-                self.subscribed.clear()
+                self._update_ready()
                 self.counters["broker_disconnects"] += 1
                 logger.warning("Lost the MQTT broker (%s); reconnecting in %.1f s", e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
+    def _update_ready(self) -> None:
+        if self._client is not None and len(self._workers_ready) == self.workers:
+            self.subscribed.set()
+        else:
+            self.subscribed.clear()
+
+    async def _supervise_worker(self, index: int) -> None:
+        """Run ingest worker `index` and forward its verdicts to the writer; restart it if it dies."""
+        from coordinator.ingest_worker import run_worker
+
+        context = multiprocessing.get_context("spawn")
+        while True:
+            receiving, sending = context.Pipe(duplex=False)
+            process = context.Process(target=run_worker, args=(index, self.database_url, self.host, self.port, sending),
+                                      name=f"hearth-ingest-worker-{index}", daemon=True)  # fmt: skip
+            process.start()
+            sending.close()
+            try:
+                while True:
+                    received = await asyncio.to_thread(receiving.recv)
+                    if received == "subscribed":
+                        self._workers_ready.add(index)
+                        self._update_ready()
+                        continue
+                    for item in received:
+                        self._queue.put_nowait(item)
+            except (EOFError, OSError):
+                logger.warning("Ingest worker %d stopped (exit code %s); restarting it", index, process.exitcode)
+            finally:
+                self._workers_ready.discard(index)
+                self._update_ready()
+                if process.is_alive():
+                    process.terminate()
+                    process.join(5)
+                receiving.close()
+            await asyncio.sleep(WORKER_RESTART_SECONDS)
+
+    # --- deciding and writing ---------------------------------------------------------------------------------
     async def _write(self) -> None:
         while True:
-            items = [await self._queue.get()]
-            while len(items) < MAX_BATCH and not self._queue.empty():
-                items.append(self._queue.get_nowait())
+            items = await self._next_items()
             batch, granted = Batch(), []
-            for topic, payload, received in items:
-                if await self.handle(topic, payload, batch, received) == "accepted":
-                    granted.append(received)
+            now = time.monotonic()
+            for item in items:
+                for ready in await self._route(item, now):
+                    await self._decide(ready, batch, granted)
+            for ready in self.sequencer.expire(now):
+                await self._decide(ready, batch, granted)
+            self.counters["out_of_order_dropped"] = self.sequencer.dropped
+            if not batch:
+                continue
             try:
                 await self.ledger.write(batch)
             except Exception:
@@ -99,6 +159,126 @@ class Ingestor:
                 self.metrics.latency.observe(committed - received)
             await self._send_receipts(batch)
 
+    async def _next_items(self) -> list[Item]:
+        """What arrived (up to MAX_BATCH), waiting at most until the sequencer's next hold expires."""
+        deadline = self.sequencer.next_deadline()
+        try:
+            if deadline is None:
+                items = [await self._queue.get()]
+            else:
+                items = [await asyncio.wait_for(self._queue.get(), max(0.0, deadline - time.monotonic()))]
+        except asyncio.TimeoutError:
+            return []
+        while len(items) < MAX_BATCH and not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        return items
+
+    async def _route(self, item: Item, now: float) -> list[Item]:
+        """Verify the item if no worker did, then hand reports to the sequencer: the items ready to decide."""
+        topic, payload, received, verdict = item
+        if verdict is None:
+            verdict = await self._check(topic, payload)
+            item = (topic, payload, received, verdict)
+        if isinstance(verdict, Verified) and verdict.kind == "report":
+            node_id, swarm_id = verdict.fields["node_id"], verdict.fields["swarm_id"]
+            if swarm_id not in self.ledger.swarms and await self.ledger.refresh_swarm(swarm_id) is None:
+                return [item]  # refused at once as unknown_swarm: no sequence to keep
+            if node_id not in self.ledger.nodes:
+                await self.ledger.refresh_node(node_id)
+            return self.sequencer.offer(node_id, verdict.fields["seq"], item, now)
+        return [item]
+
+    async def _check(self, topic: str, payload: bytes):
+        try:
+            return await self.verifier.check(topic, payload)
+        except Rejected as r:
+            return r
+        except Exception as e:  # a bug must cost one message, never the loop
+            logger.exception("Unexpected error while verifying a message on %s", topic)
+            return Rejected("internal_error", f"{type(e).__name__}: {e}")
+
+    async def handle(self, topic: str, payload: bytes, batch: Batch, received: Optional[float] = None) -> str:
+        """Verify and decide one message into `batch`, in the order given (no sequencing);
+        returns 'accepted', 'status', 'stale' or the rejection reason."""
+        return await self._decide((topic, payload, received, await self._check(topic, payload)), batch)
+
+    async def _decide(self, item: Item, batch: Batch, granted: Optional[list] = None) -> str:
+        topic, payload, received, verdict = item
+        received_at = utcnow()
+        try:
+            if isinstance(verdict, Rejected):
+                raise verdict
+            outcome = await self._apply(verdict, batch, received_at)
+        except Rejected as r:
+            outcome = r.reason
+            self._reject(batch, topic, payload, r, received_at)
+        except Exception as e:  # a bug must cost one message, never the loop
+            logger.exception("Unexpected error while ingesting a message on %s", topic)
+            outcome = "internal_error"
+            self._reject(batch, topic, payload, Rejected(outcome, f"{type(e).__name__}: {e}"), received_at)
+        self.counters[outcome] += 1
+        self.metrics.count(topic, outcome)
+        if outcome == "accepted" and granted is not None and received is not None:
+            granted.append(received)
+        return outcome
+
+    async def _apply(self, verified: Verified, batch: Batch, received_at) -> str:
+        message = verified.message
+        seq = getattr(message, "seq", None)
+        swarm = self.ledger.swarms.get(message.swarm_id) or await self.ledger.refresh_swarm(message.swarm_id)
+        if swarm is None:
+            raise Rejected("unknown_swarm", f"no swarm {message.swarm_id!r}", node_id=message.node_id, seq=seq)
+        node = self.ledger.nodes.get(message.node_id) or await self.ledger.refresh_node(message.node_id)
+        if node is None:
+            raise Rejected("unknown_sender", "the sender is not registered", node_id=message.node_id, seq=seq)
+        if isinstance(message, NodeStatus):
+            return self._status(message, node, batch, received_at)
+        if message.seq <= node.last_seq:
+            raise Rejected("replayed", f"seq {message.seq} is not above the last accepted {node.last_seq}",
+                           node_id=message.node_id, seq=message.seq)  # fmt: skip
+        node.last_seq = message.seq
+        self.sequencer.forget_below(message.node_id, message.seq)
+        batch.grants.append(
+            dict(
+                node_id=message.node_id, volunteer_id=node.volunteer_id, swarm_id=message.swarm_id, seq=message.seq,
+                epoch=message.epoch, samples=message.samples, compute_seconds=message.compute_seconds,
+                device=message.device, loss=message.loss, group_size=message.group_size, status="granted",
+                reason=None, credit=credit_for(message.samples, swarm.flops_per_sample), received_at=received_at,
+            )
+        )  # fmt: skip
+        return "accepted"
+
+    def _status(self, message: NodeStatus, node, batch: Batch, received_at) -> str:
+        if message.time < node.status_time:
+            return "stale"  # an older presence message (e.g. a retained one redelivered after a newer one)
+        node.status_time = message.time
+        values = dict(online=message.state != "offline", last_seen=received_at, swarm_id=message.swarm_id,
+                      status_time=message.time)  # fmt: skip
+        if message.device:
+            values["device"] = message.device
+        batch.statuses.setdefault(message.node_id, {}).update(values)
+        return "status"
+
+    def _last_seq(self, node_id: str) -> int:
+        node = self.ledger.nodes.get(node_id)
+        return 0 if node is None else node.last_seq
+
+    def _reject(self, batch: Batch, topic: str, payload: bytes, r: Rejected, received_at) -> None:
+        logger.warning("Rejected message on %s: %s (%s)", topic, r.reason, r.detail)
+        batch.rejections.append(
+            dict(
+                reason=r.reason, detail=r.detail[:500], topic=topic[:300], node_id=r.node_id, seq=r.seq,
+                payload_sha256=hashlib.sha256(payload).hexdigest(), size=len(payload), received_at=received_at,
+            )
+        )  # fmt: skip
+
+    async def _reload_after_failure(self) -> None:
+        try:
+            await self.ledger.load()
+        except Exception:
+            logger.exception("Could not reload the ledger caches")
+
+    # --- receipts ---------------------------------------------------------------------------------------------
     async def _send_receipts(self, batch: Batch) -> None:
         """Tell each node which of its reports are in the ledger (retained), so its outbox can let them go.
         Without a receipt a node re-sends, so a lost receipt only costs a duplicate, rejected as a replay."""
@@ -125,84 +305,3 @@ class Ingestor:
         for outcome in outcomes:
             if isinstance(outcome, Exception) and not isinstance(outcome, aiomqtt.MqttError):
                 raise outcome
-
-    async def _reload_after_failure(self) -> None:
-        try:
-            await self.ledger.load()
-        except Exception:
-            logger.exception("Could not reload the ledger caches")
-
-    async def handle(self, topic: str, payload: bytes, batch: Batch, received: Optional[float] = None) -> str:
-        """Decide one message into `batch`; returns 'accepted', 'status', 'stale' or the rejection reason."""
-        received_at = utcnow()
-        try:
-            outcome = await self._decide(topic, payload, batch, received_at)
-        except Rejected as r:
-            outcome = r.reason
-            self._reject(batch, topic, payload, r, received_at)
-        except Exception as e:  # a bug must cost one message, never the loop
-            logger.exception("Unexpected error while ingesting a message on %s", topic)
-            outcome = "internal_error"
-            self._reject(batch, topic, payload, Rejected(outcome, f"{type(e).__name__}: {e}"), received_at)
-        self.counters[outcome] += 1
-        self.metrics.count(topic, outcome)
-        return outcome
-
-    async def _decide(self, topic: str, payload: bytes, batch: Batch, received_at) -> str:
-        parsed = parse_node_topic(topic)
-        if parsed is None:
-            raise Rejected("malformed", "topic is not a Hearth node topic")
-        if parsed.node_id not in self.ledger.nodes:
-            await self.ledger.refresh_node(parsed.node_id)
-        model = ContributionReport if parsed.kind == "report" else NodeStatus
-        try:
-            message = verify_envelope(payload, model, public_key_for=self._public_key_for)
-        except ProtocolError as e:
-            raise Rejected(e.reason, str(e), node_id=parsed.node_id) from e
-        seq = getattr(message, "seq", None)
-        if message.node_id != parsed.node_id or message.swarm_id != parsed.swarm_id:
-            raise Rejected("topic_mismatch", f"signed for {message.swarm_id}/{message.node_id}, sent on {topic}",
-                           node_id=message.node_id, seq=seq)  # fmt: skip
-        swarm = self.ledger.swarms.get(message.swarm_id) or await self.ledger.refresh_swarm(message.swarm_id)
-        if swarm is None:
-            raise Rejected("unknown_swarm", f"no swarm {message.swarm_id!r}", node_id=message.node_id, seq=seq)
-        node = self.ledger.nodes[message.node_id]
-        if isinstance(message, NodeStatus):
-            return self._status(message, node, batch, received_at)
-        if message.seq <= node.last_seq:
-            raise Rejected("replayed", f"seq {message.seq} is not above the last accepted {node.last_seq}",
-                           node_id=message.node_id, seq=message.seq)  # fmt: skip
-        node.last_seq = message.seq
-        batch.grants.append(
-            dict(
-                node_id=message.node_id, volunteer_id=node.volunteer_id, swarm_id=message.swarm_id, seq=message.seq,
-                epoch=message.epoch, samples=message.samples, compute_seconds=message.compute_seconds,
-                device=message.device, loss=message.loss, group_size=message.group_size, status="granted",
-                reason=None, credit=credit_for(message.samples, swarm.flops_per_sample), received_at=received_at,
-            )
-        )  # fmt: skip
-        return "accepted"
-
-    def _status(self, message: NodeStatus, node, batch: Batch, received_at) -> str:
-        if message.time < node.status_time:
-            return "stale"  # an older presence message (e.g. a retained one redelivered after a newer one)
-        node.status_time = message.time
-        values = dict(online=message.state != "offline", last_seen=received_at, swarm_id=message.swarm_id,
-                      status_time=message.time)  # fmt: skip
-        if message.device:
-            values["device"] = message.device
-        batch.statuses.setdefault(message.node_id, {}).update(values)
-        return "status"
-
-    def _public_key_for(self, message) -> Optional[str]:
-        node = self.ledger.nodes.get(message.node_id)
-        return None if node is None else node.public_key
-
-    def _reject(self, batch: Batch, topic: str, payload: bytes, r: Rejected, received_at) -> None:
-        logger.warning("Rejected message on %s: %s (%s)", topic, r.reason, r.detail)
-        batch.rejections.append(
-            dict(
-                reason=r.reason, detail=r.detail[:500], topic=topic[:300], node_id=r.node_id, seq=r.seq,
-                payload_sha256=hashlib.sha256(payload).hexdigest(), size=len(payload), received_at=received_at,
-            )
-        )  # fmt: skip

@@ -1,6 +1,7 @@
 """Ed25519 identities: the only module that touches cryptography primitives."""
 
 import base64
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -78,10 +79,17 @@ class SigningKey:
 
 def verify(public_key: str, signature: str, data: bytes) -> None:
     """Raise BadSignature unless `signature` is `public_key`'s signature of exactly `data`."""
-    raw_key, raw_sig = b64decode(public_key), b64decode(signature)
-    if len(raw_key) != PUBLIC_KEY_BYTES or len(raw_sig) != SIGNATURE_BYTES:
+    raw_sig = b64decode(signature)
+    key = _public_key(public_key)
+    if key is None or len(raw_sig) != SIGNATURE_BYTES:
         raise BadSignature("public key or signature has the wrong length")
     try:
-        Ed25519PublicKey.from_public_bytes(raw_key).verify(raw_sig, data)
+        key.verify(raw_sig, data)
     except InvalidSignature as e:
         raise BadSignature("signature does not match the message") from e
+
+
+@functools.lru_cache(maxsize=100_000)  # a receiver sees the same few keys over and over
+def _public_key(public_key: str) -> Ed25519PublicKey | None:
+    raw_key = b64decode(public_key)
+    return Ed25519PublicKey.from_public_bytes(raw_key) if len(raw_key) == PUBLIC_KEY_BYTES else None

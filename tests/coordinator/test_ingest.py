@@ -35,7 +35,7 @@ def test_ingestion_through_the_broker(tmp_path):
             await broker.start()
             await asyncio.wait_for(ingestor.subscribed.wait(), 20)
             async with aiomqtt.Client("127.0.0.1", port) as client:
-                await client.publish(report_topic("spirals", key.node_id), seal(report(key, seq=7), key), qos=1)
+                await client.publish(report_topic("spirals", key.node_id), seal(report(key, seq=3), key), qos=1)
             await wait_for(_async(lambda: ingestor.counters["accepted"] == 3), what="a grant after reconnecting")
         finally:
             await ingestor.stop()
@@ -80,7 +80,7 @@ async def _exercise(ledger, ingestor: Ingestor, port: int) -> SigningKey:
         await client.publish(topic, good, qos=1)
         for _, bad_topic, payload in bad:
             await client.publish(bad_topic, payload, qos=1)
-        await client.publish(topic, seal(report(alice, seq=6, samples=7), alice), qos=1)
+        await client.publish(topic, seal(report(alice, seq=2, samples=7), alice), qos=1)  # the next in sequence
         await client.publish(status_topic("spirals", alice.node_id), seal(status(alice), alice), qos=1, retain=True)
 
         async def settled() -> bool:
@@ -93,7 +93,7 @@ async def _exercise(ledger, ingestor: Ingestor, port: int) -> SigningKey:
         async with ledger.engine.connect() as conn:
             granted = (await conn.execute(select(db.reports.c.seq))).scalars().all()
             node = (await conn.execute(select(db.nodes.c.online).where(db.nodes.c.node_id == alice.node_id))).scalar()
-        return sorted(granted) == [1, 6] and node is True
+        return sorted(granted) == [1, 2] and node is True
 
     await wait_for(written, what="the ledger to hold both grants")
     for reason, _, _ in bad:
@@ -105,7 +105,7 @@ async def _exercise(ledger, ingestor: Ingestor, port: int) -> SigningKey:
     assert sorted(r.reason for r in rejected) == sorted(reason for reason, _, _ in bad)
     replay = next(r for r in rejected if r.reason == "replayed")
     assert replay.node_id == alice.node_id and replay.seq == 1 and len(replay.payload_sha256) == 64
-    assert [(r.seq, r.status, r.credit) for r in reports] == [(1, "granted", credit_for(5000, FLOPS)), (6, "granted", credit_for(7, FLOPS))]
+    assert [(r.seq, r.status, r.credit) for r in reports] == [(1, "granted", credit_for(5000, FLOPS)), (2, "granted", credit_for(7, FLOPS))]
     assert len(totals) == 1 and totals[0].samples == 5007 and totals[0].reports == 2
     assert totals[0].credit == credit_for(5000, FLOPS) + credit_for(7, FLOPS)
 

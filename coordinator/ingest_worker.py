@@ -1,0 +1,96 @@
+"""An ingest worker process: one MQTT 5 client on the shared subscriptions `$share/hearth-ingest/…`, so the
+broker spreads messages over all workers; it verifies each message (coordinator/verify.py) and sends the
+verdicts, in batches, to the coordinator, which orders, decides and writes them.
+
+A worker acknowledges messages to the broker as they arrive: what it holds when it dies is sent again by the
+nodes' outboxes (no receipt covers it), so nothing is lost. It exits when the coordinator is gone.
+"""
+
+import asyncio
+import logging
+import os
+import time
+
+import aiomqtt
+
+from coordinator import db
+from coordinator.ledger import Ledger
+from coordinator.verify import Rejected, Verifier
+from protocol.topics import REPORTS_FILTER, STATUS_FILTER, shared
+
+logger = logging.getLogger(__name__)
+
+GROUP = "hearth-ingest"
+
+
+def run_worker(index: int, database_url: str, host: str, port: int, connection) -> None:
+    """Process entry point (multiprocessing, spawn)."""
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s ingest-worker-{index} %(levelname)s %(message)s")
+    try:
+        asyncio.run(_work(index, database_url, host, port, connection))
+    except (BrokenPipeError, EOFError, KeyboardInterrupt):
+        pass  # the coordinator stopped
+
+
+async def _work(index: int, database_url: str, host: str, port: int, connection) -> None:
+    engine = db.create_engine(database_url)
+    ledger = Ledger(engine)
+    await ledger.load()
+    verifier = Verifier(ledger)
+    parent = os.getppid()
+    pending: list = []
+    arrived = asyncio.Event()
+
+    async def forward() -> None:
+        nonlocal pending
+        while True:
+            await arrived.wait()
+            arrived.clear()
+            out, pending = pending, []
+            await asyncio.to_thread(connection.send, out)  # blocks when the coordinator falls behind
+
+    async def watch_parent() -> None:
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        raise BrokenPipeError("the coordinator is gone")
+
+    async def receive(client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            topic = message.topic.value
+            try:
+                verdict = await verifier.check(topic, payload)
+            except Rejected as r:
+                verdict = r
+            except Exception as e:  # a bug must cost one message, never the worker
+                logger.exception("Unexpected error while verifying a message on %s", topic)
+                verdict = Rejected("internal_error", f"{type(e).__name__}: {e}")
+            pending.append((topic, payload, time.monotonic(), verdict))
+            arrived.set()
+
+    backoff = 0.5
+    watcher = asyncio.create_task(watch_parent())
+    try:
+        while True:
+            try:
+                async with aiomqtt.Client(host, port, identifier=f"hearth-ingest-{index}-{os.getpid()}",
+                                          protocol=aiomqtt.ProtocolVersion.V5) as client:  # fmt: skip
+                    await client.subscribe(shared(REPORTS_FILTER, GROUP), qos=1)
+                    await client.subscribe(shared(STATUS_FILTER, GROUP), qos=1)
+                    connection.send("subscribed")
+                    backoff = 0.5
+                    tasks = {asyncio.create_task(receive(client)), asyncio.create_task(forward())}
+                    try:
+                        done, _ = await asyncio.wait(tasks | {watcher}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for task in tasks:
+                            task.cancel()
+                    for task in done:
+                        task.result()  # MqttError: reconnect; BrokenPipeError: the coordinator is gone
+            except aiomqtt.MqttError as e:
+                logger.warning("Lost the MQTT broker (%s); reconnecting in %.1f s", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+    finally:
+        watcher.cancel()
+        await engine.dispose()
