@@ -116,7 +116,8 @@ class Coordinator:
             port = self.broker.port
             self.broker_url = f"mqtt://{config.advertised_host}:{port}"
         await ensure_default_swarm(ledger, config.default_task)
-        self.ingestor = Ingestor(ledger, host, port, metrics=self.metrics)
+        self.ingestor = Ingestor(ledger, host, port, metrics=self.metrics, workers=config.ingest_workers,
+                                 database_url=config.database_url)  # fmt: skip
         await self.ingestor.start()
         await asyncio.wait_for(self.ingestor.subscribed.wait(), SUBSCRIBE_TIMEOUT)
 

@@ -31,17 +31,19 @@ def coordinator() -> None:
 @click.option("--broker-host", default="127.0.0.1", show_default=True, help="Interface of the embedded MQTT broker.")
 @click.option("--broker-port", type=int, default=DEFAULT_BROKER_PORT, show_default=True,
               help="Port of the embedded MQTT broker (0: any free port).")
+@click.option("--ingest-workers", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Verify reports in N worker processes sharing the broker subscription (needs --broker; 0: in-process).")
 @click.option("--dht-host", default="127.0.0.1", show_default=True, help="Interface of the bootstrap DHT peer.")
 @click.option("--dht-port", type=int, default=0, show_default=True, help="Port of the bootstrap DHT peer (0: any free port).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON file (url, broker_url, initial_peers, data_dir) once everything listens.")
-def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, broker_port, dht_host, dht_port,
+def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, broker_port, ingest_workers, dht_host, dht_port,
           ready_file) -> None:  # fmt: skip
     """Start the coordinator in this process; Ctrl+C stops it (twice: at once)."""
     try:
         config = CoordinatorConfig(
             data_dir=data_dir, db_url=db_url, host=host, port=port, public_host=public_host, broker_url=broker_url,
-            broker_host=broker_host, broker_port=broker_port, dht_host=dht_host, dht_port=dht_port,
+            broker_host=broker_host, broker_port=broker_port, ingest_workers=ingest_workers, dht_host=dht_host, dht_port=dht_port,
             ready_file=ready_file,
         )  # fmt: skip
     except ValueError as e:

@@ -57,6 +57,8 @@ class CoordinatorConfig:
     """Port of the embedded broker on 127.0.0.1; 0 picks a free one."""
     broker_host: str = "127.0.0.1"
     """Interface the embedded broker listens on."""
+    ingest_workers: int = 0
+    """Ingest worker processes sharing the MQTT 5 subscriptions ($share/hearth-ingest/…); 0: ingest in-process."""
     dht_host: str = "127.0.0.1"
     """Interface the monitor's bootstrap DHT peer listens on."""
     dht_port: int = 0
@@ -83,6 +85,10 @@ class CoordinatorConfig:
         _check_port("--dht-port", self.dht_port)
         if self.broker_url is not None:
             parse_mqtt_url(self.broker_url)
+        if self.ingest_workers < 0:
+            raise ValueError("--ingest-workers must be 0 or more")
+        if self.ingest_workers and self.broker_url is None:
+            raise ValueError("--ingest-workers needs --broker: an MQTT 5 broker with shared subscriptions (Mosquitto)")
         if self.db_url is not None and "://" not in self.db_url:
             raise ValueError(f"--db must be a SQLAlchemy URL such as sqlite+aiosqlite:///path.db, got {self.db_url!r}")
         if self.monitor_interval <= 0:
