@@ -1,8 +1,19 @@
 """The ledger's schema and engine: the only module that knows SQL dialects.
 
-Tables are SQLAlchemy Core; `metadata.create_all` builds them, and one in-place upgrade brings ledgers from
-before grants and recent average credit up to date (Alembic migrations come later). Upserts
-are the one dialect-specific statement, so `upsert()` picks the right `insert` construct here.
+Tables are SQLAlchemy Core, for SQLite (the default) and PostgreSQL. The schema in the database is built by
+the Alembic migrations in coordinator/migrations, run as `upgrade head` at every coordinator start
+(`create_schema`), never by `metadata.create_all`. Upserts are the one dialect-specific statement, so
+`upsert()` picks the right `insert` construct here.
+
+To change the schema (a table, a column, an index):
+  1. edit the tables below;
+  2. `python -m coordinator.migrations revision -m "add accounts" --autogenerate` writes
+     coordinator/migrations/versions/<date>_<rev>_add_accounts.py from the difference; read and fix it (name
+     constraints and indexes; a NOT NULL column added to a table with rows needs a server_default or a data
+     step; SQLite alters tables through `op.batch_alter_table`, which autogenerate already uses);
+  3. `python -m coordinator.migrations check` must then report no difference, and
+     tests/coordinator/test_migrations.py checks the same on SQLite and PostgreSQL.
+Never edit a revision that has been released: add another one on top.
 """
 
 import logging
@@ -162,10 +173,11 @@ team_totals = _totals("team_totals", Column("team", String(100), primary_key=Tru
 swarm_totals = _totals("swarm_totals", Column("swarm_id", String(63), ForeignKey("swarms.swarm_id"), primary_key=True))
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine; SQLite files get WAL, a busy timeout and enforced foreign keys."""
+def create_engine(url: str, **options) -> AsyncEngine:
+    """An async engine; SQLite files get WAL, a busy timeout and enforced foreign keys. `options` go to
+    SQLAlchemy (tests pass poolclass=NullPool so no connection outlives their event loop)."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **options)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -176,60 +188,15 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    return create_async_engine(url, pool_pre_ping=True, **options)
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    async with engine.begin() as connection:
-        await connection.run_sync(metadata.create_all)
-        await connection.run_sync(_upgrade_ledger_without_grants)
-        await connection.run_sync(_add_missing_teams)
+    """Bring the ledger to the newest migration (creating it if new, adopting one from before migrations)."""
+    from coordinator.migrations import upgrade_head
 
-
-def _add_missing_teams(connection) -> None:
-    """Ledgers from before the teams table named teams only in volunteers.team: give each such team its row,
-    founded by its earliest member. Idempotent (runs at every start, cheap once done)."""
-    from sqlalchemy import text
-
-    connection.execute(text(
-        "INSERT INTO teams (name, founder_id, created_at) SELECT v.team, MIN(v.id), MIN(v.created_at) "
-        "FROM volunteers v WHERE v.team IS NOT NULL AND v.team NOT IN (SELECT name FROM teams) GROUP BY v.team"
-    ))  # fmt: skip
-
-
-# Columns that ledgers written before grants, per-node/team/swarm totals and recent average credit lack;
-# create_all adds the new tables but never columns to an existing one.
-_ADDED_VOLUNTEER_TOTALS_COLUMNS = {
-    "rac": "FLOAT NOT NULL DEFAULT 0", "rac_updated_at": "TIMESTAMP",
-    "pending_credit": "FLOAT NOT NULL DEFAULT 0", "pending_reports": "BIGINT NOT NULL DEFAULT 0",
-}  # fmt: skip
-
-
-def _upgrade_ledger_without_grants(connection) -> None:
-    """Bring such a ledger up to date in place: add the columns, then derive the grants rows and the node, team
-    and swarm totals from its granted reports. Recent average credit starts at 0: the old ledger kept no history
-    of it. (Alembic migrations replace this when the schema next changes.)"""
-    from sqlalchemy import inspect, text
-
-    present = {column["name"] for column in inspect(connection).get_columns("volunteer_totals")}
-    missing = {name: ddl for name, ddl in _ADDED_VOLUNTEER_TOTALS_COLUMNS.items() if name not in present}
-    if not missing:
-        return
-    logger.warning("Upgrading a ledger written by an older Hearth: adding grants and node/team/swarm totals")
-    for name, ddl in missing.items():
-        connection.execute(text(f"ALTER TABLE volunteer_totals ADD COLUMN {name} {ddl}"))
-    granted = "FROM reports r WHERE r.status = 'granted'"
-    connection.execute(text(f"INSERT INTO grants (report_id, rule, credit, granted_at) "
-                            f"SELECT r.id, 'flops-v1', r.credit, r.received_at {granted}"))  # fmt: skip
-    sums = "SUM(r.credit), SUM(r.samples), COUNT(*), MAX(r.received_at), 0"
-    columns = "credit, samples, reports, last_report_at, rac"
-    connection.execute(text(f"INSERT INTO node_totals (node_id, {columns}) SELECT r.node_id, {sums} {granted} "
-                            f"GROUP BY r.node_id"))  # fmt: skip
-    connection.execute(text(f"INSERT INTO swarm_totals (swarm_id, {columns}) SELECT r.swarm_id, {sums} {granted} "
-                            f"GROUP BY r.swarm_id"))  # fmt: skip
-    connection.execute(text(f"INSERT INTO team_totals (team, {columns}) SELECT v.team, {sums} "
-                            f"FROM reports r JOIN volunteers v ON v.id = r.volunteer_id "
-                            f"WHERE r.status = 'granted' AND v.team IS NOT NULL GROUP BY v.team"))  # fmt: skip
+    async with engine.connect() as connection:
+        await connection.run_sync(upgrade_head)
 
 
 def upsert(engine_or_dialect_name: str, table: Table):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import httpx
+from sqlalchemy.pool import NullPool
 
 from coordinator import db
 from coordinator.api import Services
@@ -25,8 +26,11 @@ SWARM = {
 }  # fmt: skip
 
 
-async def make_ledger(tmp_path: Path) -> Ledger:
-    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.sqlite3'}")
+async def make_ledger(tmp_path: Path, url: str | None = None) -> Ledger:
+    """A ledger at the newest migration with the spirals swarm: a SQLite file in tmp_path, or `url` (the
+    `ledger_url` fixture). No PostgreSQL connection outlives the test's event loop (NullPool)."""
+    url = url or f"sqlite+aiosqlite:///{tmp_path / 'ledger.sqlite3'}"
+    engine = db.create_engine(url, **({"poolclass": NullPool} if url.startswith("postgresql") else {}))
     await db.create_schema(engine)
     ledger = Ledger(engine)
     await ledger.load()

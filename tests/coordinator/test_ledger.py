@@ -1,4 +1,5 @@
-"""The credit ledger over a real SQLite file: reports → grants → maintained totals, in one transaction."""
+"""The credit ledger on real SQLite and PostgreSQL (`ledger_url`): reports → grants → maintained totals, in one
+transaction."""
 
 import asyncio
 import math
@@ -7,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
-from coordinator import db
+from coordinator import db, migrations
 from coordinator import ledger as ledger_module
 from coordinator import queries
 from coordinator.ingest import Ingestor
@@ -22,9 +23,9 @@ def topic(key: SigningKey) -> str:
     return f"hearth/v1/swarms/spirals/nodes/{key.node_id}/reports"
 
 
-async def setup(tmp_path, *people: tuple[str, str | None]):
+async def setup(tmp_path, url, *people: tuple[str, str | None]):
     """A ledger, a decisions-only ingestor and registered volunteers: (ledger, ingestor, {name: key})."""
-    ledger = await make_ledger(tmp_path)
+    ledger = await make_ledger(tmp_path, url)
     keys = {name: SigningKey.generate() for name, _ in people}
     async with api_client(ledger) as client:
         for name, team in people:
@@ -45,9 +46,9 @@ async def count(ledger, table, *where) -> int:
         return (await conn.execute(select(func.count()).select_from(table).where(*where))).scalar_one()
 
 
-def test_a_grant_is_one_grant_row_tied_to_its_report_and_rule(tmp_path):
+def test_a_grant_is_one_grant_row_tied_to_its_report_and_rule(tmp_path, ledger_url):
     async def scenario():
-        ledger, ingestor, keys = await setup(tmp_path, ("ada", "lovelace"))
+        ledger, ingestor, keys = await setup(tmp_path, ledger_url, ("ada", "lovelace"))
         await ledger.write(await ingest(ingestor, keys["ada"], (1, 1000), (2, 24)))
         async with ledger.engine.connect() as conn:
             rows = (await conn.execute(
@@ -63,9 +64,9 @@ def test_a_grant_is_one_grant_row_tied_to_its_report_and_rule(tmp_path):
     asyncio.run(scenario())
 
 
-def test_a_replayed_report_changes_nothing(tmp_path):
+def test_a_replayed_report_changes_nothing(tmp_path, ledger_url):
     async def scenario():
-        ledger, ingestor, keys = await setup(tmp_path, ("ada", "lovelace"))
+        ledger, ingestor, keys = await setup(tmp_path, ledger_url, ("ada", "lovelace"))
         key = keys["ada"]
         payload = seal(report(key, 1, 1000), key)
         batch = Batch()
@@ -95,9 +96,9 @@ async def totals(ledger) -> dict:
         return {t.name: [dict(r._mapping) for r in await conn.execute(select(t))] for t in TOTALS}
 
 
-def test_a_grant_updates_all_four_totals_with_recent_average_credit(tmp_path):
+def test_a_grant_updates_all_four_totals_with_recent_average_credit(tmp_path, ledger_url):
     async def scenario():
-        ledger, ingestor, keys = await setup(tmp_path, ("ada", "lovelace"), ("bob", "lovelace"), ("cy", None))
+        ledger, ingestor, keys = await setup(tmp_path, ledger_url, ("ada", "lovelace"), ("bob", "lovelace"), ("cy", None))
         await ledger.write(await ingest(ingestor, keys["ada"], (1, 1000), (2, 24)), now=T0)
         await ledger.write(await ingest(ingestor, keys["bob"], (1, 500)), now=T0 + timedelta(days=1))
         await ledger.write(await ingest(ingestor, keys["cy"], (1, 7)), now=T0 + timedelta(days=1))
@@ -122,9 +123,9 @@ def test_a_grant_updates_all_four_totals_with_recent_average_credit(tmp_path):
     asyncio.run(scenario())
 
 
-def test_a_failure_mid_transaction_changes_nothing(tmp_path, monkeypatch):
+def test_a_failure_mid_transaction_changes_nothing(tmp_path, ledger_url, monkeypatch):
     async def scenario():
-        ledger, ingestor, keys = await setup(tmp_path, ("ada", "lovelace"))
+        ledger, ingestor, keys = await setup(tmp_path, ledger_url, ("ada", "lovelace"))
         await ledger.write(await ingest(ingestor, keys["ada"], (1, 1000)), now=T0)
         before = await totals(ledger), await count(ledger, db.reports), await count(ledger, db.grants)
         real = ledger_module._upsert_totals
@@ -142,9 +143,9 @@ def test_a_failure_mid_transaction_changes_nothing(tmp_path, monkeypatch):
     asyncio.run(scenario())
 
 
-def test_pending_reports_count_as_pending_until_granted(tmp_path):
+def test_pending_reports_count_as_pending_until_granted(tmp_path, ledger_url):
     async def scenario():
-        ledger, ingestor, keys = await setup(tmp_path, ("ada", "lovelace"))
+        ledger, ingestor, keys = await setup(tmp_path, ledger_url, ("ada", "lovelace"))
         batch = await ingest(ingestor, keys["ada"], (1, 1000), (2, 24))
         batch.grants[1]["status"] = "pending"  # e.g. its epoch is not confirmed yet
         await ledger.write(batch, now=T0)
@@ -167,9 +168,9 @@ def test_pending_reports_count_as_pending_until_granted(tmp_path):
     asyncio.run(scenario())
 
 
-def test_team_leaderboard_and_page_show_recent_average_credit(tmp_path):
+def test_team_leaderboard_and_page_show_recent_average_credit(tmp_path, ledger_url):
     async def scenario():
-        ledger, ingestor, keys = await setup(tmp_path, ("ada", "lovelace"), ("bob", "lovelace"), ("cy", "babbage"))
+        ledger, ingestor, keys = await setup(tmp_path, ledger_url, ("ada", "lovelace"), ("bob", "lovelace"), ("cy", "babbage"))
         day = datetime.now(timezone.utc) - timedelta(days=7)  # granted a week ago, idle since: RAC has halved
         await ledger.write(await ingest(ingestor, keys["ada"], (1, 1000)), now=day)
         await ledger.write(await ingest(ingestor, keys["bob"], (1, 1000)), now=day)
@@ -191,19 +192,26 @@ def test_team_leaderboard_and_page_show_recent_average_credit(tmp_path):
     asyncio.run(scenario())
 
 
-def test_a_ledger_from_before_grants_and_totals_is_upgraded_in_place(tmp_path):
+def test_a_ledger_from_before_grants_and_totals_is_upgraded_in_place(tmp_path, ledger_url):
     async def scenario():
-        ledger, ingestor, keys = await setup(tmp_path, ("ada", "lovelace"), ("bob", None))
+        ledger, ingestor, keys = await setup(tmp_path, ledger_url, ("ada", "lovelace"), ("bob", None))
         await ledger.write(await ingest(ingestor, keys["ada"], (1, 1000), (2, 24)), now=T0)
         await ledger.write(await ingest(ingestor, keys["bob"], (1, 500)), now=T0)
         expected = await totals(ledger)
-        async with ledger.engine.begin() as conn:  # turn it back into a ledger of the previous schema
-            for table in ("grants", "node_totals", "team_totals", "swarm_totals"):
+        async with ledger.engine.connect() as conn:  # back to a ledger from before migrations, grants, totals, teams
+            await conn.run_sync(migrations.downgrade_to, migrations.BASELINE)
+        async with ledger.engine.begin() as conn:
+            for table in ("alembic_version", "grants", "node_totals", "team_totals", "swarm_totals", "team_actions",
+                          "teams"):  # fmt: skip
                 await conn.exec_driver_sql(f"DROP TABLE {table}")
             for column in ("rac", "rac_updated_at", "pending_credit", "pending_reports"):
                 await conn.exec_driver_sql(f"ALTER TABLE volunteer_totals DROP COLUMN {column}")
 
         await db.create_schema(ledger.engine)
+        async with ledger.engine.connect() as conn:
+            assert await conn.run_sync(migrations.current_revision) == migrations.head_revision()
+            founders = (await conn.execute(select(db.teams.c.name, db.teams.c.founder_id))).all()
+        assert [(name, founder) for name, founder in founders] == [("lovelace", 1)]  # ada, its earliest member
         got = await totals(ledger)
         for table, key in (("node_totals", "node_id"), ("team_totals", "team"), ("swarm_totals", "swarm_id")):
             assert {r[key]: (round(r["credit"], 9), r["samples"], r["reports"]) for r in got[table]} == \
