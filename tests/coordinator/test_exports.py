@@ -1,4 +1,4 @@
-"""Stats exports (coordinator/exports.py): files read back with gzip + json/csv over a real SQLite ledger, the
+"""Stats exports (coordinator/exports.py): files read back with gzip + json/csv over a real SQLite and PostgreSQL ledger, the
 routes in-process, the scheduler, and the export of a real `hearth coordinator serve` process."""
 
 import asyncio
@@ -58,9 +58,9 @@ def read_export(directory, kind: str) -> tuple[list[dict], list[dict]]:
     return document[kind], csv_rows
 
 
-def test_exports_match_the_ledger(tmp_path):
+def test_exports_match_the_ledger(tmp_path, ledger_url):
     async def scenario():
-        ledger = await make_ledger(tmp_path)
+        ledger = await make_ledger(tmp_path, ledger_url)
         async with api_client(ledger) as client:
             keys = await seed(client, ledger)
         out = tmp_path / "exports"
@@ -110,9 +110,9 @@ def test_exports_match_the_ledger(tmp_path):
     assert b"12D3KooWsecret" not in everything and b"k" * 64 not in everything
 
 
-def test_routes_and_scheduler(tmp_path):
+def test_routes_and_scheduler(tmp_path, ledger_url):
     async def scenario():
-        ledger = await make_ledger(tmp_path)
+        ledger = await make_ledger(tmp_path, ledger_url)
         async with api_client(ledger) as client:
             assert_error(await client.get("/api/v1/exports/"), 503, "exports_unavailable")
             out = tmp_path / "exports"
