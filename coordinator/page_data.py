@@ -1,0 +1,284 @@
+"""What each web page shows, composed from the ledger queries (coordinator/queries.py), the in-memory rankings
+(coordinator/rankings.py) and the DHT monitor's live progress. Every query here reads an index or a totals
+table: none scans reports or all volunteers, so pages stay fast at a million volunteers."""
+
+import functools
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import Integer, cast, desc, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator import db, queries
+from coordinator.queries import iso, rac_now
+from coordinator.rankings import SORTS, rankings_for
+
+logger = logging.getLogger(__name__)
+
+SEARCH_LIMIT = 50
+CREDIT_SERIES_REPORTS = 2000  # a volunteer's credit-over-time chart covers their latest this-many grants
+ROUNDS_SHOWN = 200  # epochs on the loss chart
+RECENT_REPORTS = 20
+
+
+async def leaderboard(engine: AsyncEngine, sort: str = "credit", offset: int = 0, limit: int = 50,
+                      search: Optional[str] = None) -> dict[str, Any]:  # fmt: skip
+    """A page of volunteers in `sort` order (credit, rac or samples), or those whose name starts with `search`
+    (by name, at most SEARCH_LIMIT), each with their rank by credit as of the rankings snapshot."""
+    if sort not in SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}")
+    snapshot = await rankings_for(engine).current()
+    v = db.volunteers
+    if search:
+        async with engine.connect() as conn:
+            ids = list((await conn.execute(
+                select(v.c.id).where(v.c.name >= search, v.c.name < search + "\U0010ffff").order_by(v.c.name)
+                .limit(SEARCH_LIMIT)
+            )).scalars())  # fmt: skip
+        total = len(ids)
+    else:
+        ids = snapshot.page(sort, offset, limit)
+        total = snapshot.total
+    rows = await volunteer_rows(engine, ids)
+    entries = []
+    for position, volunteer_id in enumerate(ids):
+        row = rows.get(volunteer_id)
+        if row is None:  # deleted since the snapshot (never today); skip rather than show a hole
+            continue
+        rank = snapshot.rank(volunteer_id, sort) if search else offset + position + 1
+        entries.append({**row, "rank": rank, "credit_rank": snapshot.rank(volunteer_id, "credit")})
+    return {"entries": entries, "total": total, "sort": sort, "offset": offset, "limit": limit, "search": search,
+            "ranked_at": snapshot.built_at}  # fmt: skip
+
+
+async def volunteer_rows(engine: AsyncEngine, ids: list[int]) -> dict[int, dict]:
+    """Leaderboard rows (live values) for the given volunteer ids."""
+    if not ids:
+        return {}
+    v, t, n = db.volunteers, db.volunteer_totals, db.nodes
+    async with engine.connect() as conn:
+        rows = list(await conn.execute(
+            select(v.c.id, v.c.name, v.c.team, t.c.credit, t.c.samples, t.c.reports, t.c.last_report_at, t.c.rac,
+                   t.c.rac_updated_at).join(t, t.c.volunteer_id == v.c.id).where(v.c.id.in_(ids))
+        ))  # fmt: skip
+        activity = {r.volunteer_id: r for r in await conn.execute(
+            select(n.c.volunteer_id, func.sum(cast(n.c.online, Integer)).label("online"),
+                   func.max(n.c.last_seen).label("last_seen"))
+            .where(n.c.volunteer_id.in_(ids)).group_by(n.c.volunteer_id)
+        )}  # fmt: skip
+    now = time.time()
+    out = {}
+    for r in rows:
+        a = activity.get(r.id)
+        out[r.id] = {
+            "name": r.name, "team": r.team, "credit": r.credit, "samples": r.samples, "reports": r.reports,
+            "last_seen": iso(_latest(r.last_report_at, a.last_seen if a else None)),
+            "nodes_online": int(a.online or 0) if a else 0, "recent_average_credit": rac_now(r.rac, r.rac_updated_at, now),
+        }  # fmt: skip
+    return out
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def _latest(*values: Optional[datetime]) -> Optional[datetime]:
+    return max((_utc(v) for v in values if v is not None), default=None)
+
+
+async def team_board(engine: AsyncEngine, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+    """Teams by credit (team_totals), each with its member count (index on volunteers.team)."""
+    t, v = db.team_totals, db.volunteers
+    members = select(func.count()).select_from(v).where(v.c.team == t.c.team).scalar_subquery()
+    async with engine.connect() as conn:
+        rows = list(await conn.execute(
+            select(t, members.label("members")).order_by(desc(t.c.credit), t.c.team).limit(limit).offset(offset)
+        ))  # fmt: skip
+        total = (await conn.execute(select(func.count()).select_from(t))).scalar_one()
+    now = time.time()
+    entries = [
+        {"rank": offset + i + 1, "team": r.team, "members": int(r.members or 0), "credit": r.credit,
+         "samples": r.samples, "reports": r.reports, "last_report_at": iso(r.last_report_at),
+         "recent_average_credit": rac_now(r.rac, r.rac_updated_at, now)}  # fmt: skip
+        for i, r in enumerate(rows)
+    ]
+    return {"entries": entries, "total": total, "offset": offset, "limit": limit}
+
+
+async def _credit_series(conn, where, total_credit: float, limit: int = CREDIT_SERIES_REPORTS) -> list[list[float]]:
+    """[[unix seconds, cumulative credit], …] oldest first, over the latest `limit` granted reports matching
+    `where`; earlier credit is the starting level, so the last point equals the total."""
+    r, g = db.reports, db.grants
+    rows = list(await conn.execute(
+        select(g.c.granted_at, g.c.credit).join(g, g.c.report_id == r.c.id).where(*where)
+        .order_by(desc(r.c.id)).limit(limit)
+    ))  # fmt: skip
+    series, level = [], total_credit
+    for row in rows:  # newest first: walk back from the total
+        series.append([_utc(row.granted_at).timestamp(), level])
+        level -= row.credit
+    if rows:
+        series.append([series[-1][0] - 1.0, max(level, 0.0)])
+    series.reverse()
+    return _by_time(series)
+
+
+def _by_time(series: list[list[float]]) -> list[list[float]]:
+    """Points sorted by time, one per timestamp (uPlot needs strictly increasing x)."""
+    out: list[list[float]] = []
+    for at, value in sorted(series, key=lambda point: point[0]):
+        if out and at <= out[-1][0]:
+            out[-1][1] = value
+        else:
+            out.append([at, value])
+    return out
+
+
+async def volunteer_page(engine: AsyncEngine, name: str) -> Optional[dict[str, Any]]:
+    """The volunteer API detail, plus rank, credit over time and each node's totals and recent throughput."""
+    detail = await queries.volunteer_detail(engine, name)
+    if detail is None:
+        return None
+    v, n, nt, r = db.volunteers, db.nodes, db.node_totals, db.reports
+    async with engine.connect() as conn:
+        volunteer_id = (await conn.execute(select(v.c.id).where(v.c.name == name))).scalar_one()
+        detail["credit_series"] = await _credit_series(conn, [r.c.volunteer_id == volunteer_id], detail["credit"])
+        totals = {row.node_id: row for row in await conn.execute(
+            select(nt).join(n, n.c.node_id == nt.c.node_id).where(n.c.volunteer_id == volunteer_id)
+        )}  # fmt: skip
+        for node in detail["nodes"]:
+            latest = (select(r.c.samples, r.c.compute_seconds).where(r.c.node_id == node["node_id"])
+                      .order_by(desc(r.c.seq)).limit(20).subquery())  # fmt: skip
+            recent = (await conn.execute(select(func.sum(latest.c.samples), func.sum(latest.c.compute_seconds)))).one()
+            node["samples_per_second"] = (recent[0] / recent[1]) if recent[1] else None
+            total = totals.get(node["node_id"])
+            node["credit"] = total.credit if total else 0.0
+            node["samples"] = total.samples if total else 0
+    detail["rank"] = (await rankings_for(engine).current()).rank(volunteer_id)
+    return detail
+
+
+async def team_page(engine: AsyncEngine, name: str, member_limit: int = 100) -> Optional[dict[str, Any]]:
+    """The team API detail, plus its rank, its top members by credit and credit over time (its members'
+    latest grants)."""
+    detail = await queries.team_detail(engine, name, member_limit=0)
+    if detail is None:
+        return None
+    v, t, tt, r = db.volunteers, db.volunteer_totals, db.team_totals, db.reports
+    async with engine.connect() as conn:
+        members = list(await conn.execute(
+            select(v.c.id, v.c.name, t.c.credit, t.c.samples, t.c.rac, t.c.rac_updated_at)
+            .join(t, t.c.volunteer_id == v.c.id).where(v.c.team == name).order_by(desc(t.c.credit), v.c.id)
+            .limit(member_limit)
+        ))  # fmt: skip
+        ids = [m.id for m in members]
+        detail["credit_series"] = await _credit_series(conn, [r.c.volunteer_id.in_(ids)], detail["credit"]) if ids else []
+        detail["rank"] = 1 + (await conn.execute(
+            select(func.count()).select_from(tt).where(tt.c.credit > detail["credit"])
+        )).scalar_one()  # fmt: skip
+    now = time.time()
+    detail["top_members"] = [
+        {"name": m.name, "credit": m.credit, "samples": m.samples, "recent_average_credit": rac_now(m.rac, m.rac_updated_at, now)}
+        for m in members
+    ]  # fmt: skip
+    return detail
+
+
+@functools.lru_cache(maxsize=64)
+def task_info(task_name: str) -> dict[str, Any]:
+    """What a task trains, in plain words, and its model's size (built once per task and cached)."""
+    try:
+        from hearth.tasks import load_task
+
+        task = load_task(task_name)
+        parameters = sum(p.numel() for p in task.build_model().parameters())
+        return {"name": task_name, "description": task.description, "parameters": parameters}
+    except Exception as e:  # a plugin this coordinator lacks, or one that fails to build
+        logger.warning("Cannot describe task %s: %s", task_name, e)
+        return {"name": task_name, "description": None, "parameters": None}
+
+
+def live_progress(monitor: Any, swarm_id: str, target_batch_size: int) -> dict[str, Any]:
+    """The monitor's latest view of a swarm: epoch, peers, samples/s and the expected end of this epoch."""
+    snapshot = monitor.progress.get(swarm_id) if monitor is not None else None
+    if snapshot is None:
+        return {"epoch": None, "peers_online": 0, "samples_per_second": 0.0, "eta_seconds": None,
+                "updated_at": None, "peers": []}  # fmt: skip
+    p = snapshot.progress
+    current = [peer for peer in p.peers if peer.epoch == p.epoch]
+    remaining = max(target_batch_size - sum(peer.samples_accumulated for peer in current), 0)
+    speed = p.samples_per_second
+    return {
+        "epoch": p.epoch, "peers_online": len(p.peers), "samples_per_second": speed,
+        "eta_seconds": remaining / speed if speed > 0 else None, "updated_at": snapshot.updated_at,
+        "peers": [{"peer_id": peer.peer_id, "epoch": peer.epoch, "samples_per_second": peer.samples_per_second,
+                   "client_mode": peer.client_mode} for peer in p.peers],
+    }  # fmt: skip
+
+
+async def swarm_rounds(conn, swarm_id: str, epochs: int = ROUNDS_SHOWN) -> list[dict[str, Any]]:
+    """Per epoch of the latest `epochs`: reports, volunteers' mean loss, largest averaging group, samples
+    (index on reports (swarm_id, epoch))."""
+    r = db.reports
+    latest = (await conn.execute(select(func.max(r.c.epoch)).where(r.c.swarm_id == swarm_id))).scalar()
+    if latest is None:
+        return []
+    rows = await conn.execute(
+        select(r.c.epoch, func.count().label("reports"), func.avg(r.c.loss).label("loss"),
+               func.max(r.c.group_size).label("group_size"), func.sum(r.c.samples).label("samples"),
+               func.max(r.c.received_at).label("at"))
+        .where(r.c.swarm_id == swarm_id, r.c.epoch > latest - epochs, r.c.status != "rejected")
+        .group_by(r.c.epoch).order_by(r.c.epoch)
+    )  # fmt: skip
+    return [{"epoch": row.epoch, "reports": row.reports, "loss": row.loss, "group_size": row.group_size,
+             "samples": int(row.samples or 0), "at": iso(row.at)} for row in rows]  # fmt: skip
+
+
+async def swarm_page(engine: AsyncEngine, monitor: Any, swarm_id: str) -> Optional[dict[str, Any]]:
+    r, st, v = db.reports, db.swarm_totals, db.volunteers
+    async with engine.connect() as conn:
+        swarm = (await conn.execute(select(db.swarms).where(db.swarms.c.swarm_id == swarm_id))).first()
+        if swarm is None:
+            return None
+        rounds = await swarm_rounds(conn, swarm_id)
+        totals = (await conn.execute(select(st).where(st.c.swarm_id == swarm_id))).first()
+        since = rounds[-1]["epoch"] - 2 if rounds else 0
+        recent = list(await conn.execute(
+            select(r.c.node_id, r.c.epoch, r.c.samples, r.c.loss, r.c.status, r.c.reason, r.c.credit, r.c.received_at,
+                   v.c.name).join(v, v.c.id == r.c.volunteer_id)
+            .where(r.c.swarm_id == swarm_id, r.c.epoch >= since).order_by(desc(r.c.id)).limit(RECENT_REPORTS)
+        ))  # fmt: skip
+    hyper = dict(swarm.hyperparameters)
+    return {
+        "swarm_id": swarm.swarm_id, "title": swarm.title, "task": task_info(swarm.task), "hyperparameters": hyper,
+        "flops_per_sample": swarm.flops_per_sample, "created_at": iso(swarm.created_at),
+        "progress": live_progress(monitor, swarm_id, int(hyper.get("target_batch_size") or 0)),
+        "rounds": rounds,
+        "loss_series": [[row["epoch"], row["loss"]] for row in rounds if row["loss"] is not None],
+        "credit": totals.credit if totals else 0.0, "samples": totals.samples if totals else 0,
+        "reports": totals.reports if totals else 0,
+        "recent_reports": [
+            {"volunteer": row.name, "node_id": row.node_id, "epoch": row.epoch, "samples": row.samples,
+             "loss": row.loss, "status": row.status, "reason": row.reason, "credit": row.credit,
+             "received_at": iso(row.received_at)}  # fmt: skip
+            for row in recent
+        ],
+    }
+
+
+async def swarms_overview(engine: AsyncEngine, monitor: Any) -> list[dict[str, Any]]:
+    st = db.swarm_totals
+    async with engine.connect() as conn:
+        totals = {row.swarm_id: row for row in await conn.execute(select(st))}
+    out = []
+    for row in await queries.list_swarms(engine):
+        hyper = dict(row.hyperparameters)
+        total = totals.get(row.swarm_id)
+        out.append({
+            "swarm_id": row.swarm_id, "title": row.title, "task": task_info(row.task),
+            "progress": live_progress(monitor, row.swarm_id, int(hyper.get("target_batch_size") or 0)),
+            "credit": total.credit if total else 0.0, "samples": total.samples if total else 0,
+        })  # fmt: skip
+    return out
