@@ -21,7 +21,7 @@ from node.metrics import MetricsError, MetricsServer
 from node.outbox import Outbox
 from node.policy import Policy
 from node.reachability import ReachabilityCheck
-from node import resources
+from node import resources, warmup
 from node.reporter import Reporter
 from node.resources import MachineFacts, ResourceError, Resources
 from node.swarm import SwarmMember, SwarmSettings
@@ -101,12 +101,15 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
         client_mode=config.reachability == "client", identity_path=config.data_dir / "p2p.key",
         check_reachability=reachability,
     )  # fmt: skip
-    swarm = SwarmMember(manifest, settings)  # its DHT process boots while this one sizes the task (imports ~2 s)
+    swarm = SwarmMember(manifest, settings)  # its DHT process boots while this one goes on
+    # Every torch optimizer imports torch._dynamo (~2 s): import it while waiting on the DHT and the coordinator.
+    # (Only now: the DHT process is forked already, so it cannot inherit a half-done import.)
+    warmup.import_in_background("torch._dynamo")
     try:
-        decided = resources.decide(config, task, manifest.hyperparameters.batch_size, facts)
-        resources.apply(decided)
         swarm.connect()
         name = register(client, identity, config, swarm.peer_id)
+        decided = resources.decide(config, task, manifest.hyperparameters.batch_size, facts)  # before the model
+        resources.apply(decided)
         return train(config, identity, manifest, task, swarm, decided, name, stop, reachability)
     except ResourceError as e:  # the task does not fit this PC's limits, or the batch not even at 1 on the GPU
         raise NodeError(str(e)) from None

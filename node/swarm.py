@@ -12,11 +12,17 @@ from typing import Callable, Optional
 
 import psutil
 import torch
-from hivemind.dht import DHT
-from hivemind.optim import Optimizer
-from hivemind.optim.grad_averager import GradientAverager
-from hivemind.optim.progress_tracker import ProgressTracker
-from hivemind.optim.state_averager import TrainingStateAverager
+
+from node import warmup
+
+for _module in warmup.HIVEMIND_DEFERRABLE:  # before hivemind imports them: ~1 s off every join
+    warmup.defer(_module)
+
+from hivemind.dht import DHT  # noqa: E402
+from hivemind.optim import Optimizer  # noqa: E402
+from hivemind.optim.grad_averager import GradientAverager  # noqa: E402
+from hivemind.optim.progress_tracker import ProgressTracker  # noqa: E402
+from hivemind.optim.state_averager import TrainingStateAverager  # noqa: E402
 
 from protocol.messages import SwarmManifest
 
@@ -159,6 +165,7 @@ class SwarmMember:
         self._retired: tuple = ()
 
     def _launch_dht(self) -> DHT:
+        warmup.finish()  # the DHT process is forked
         settings = self.settings
         if settings.client_mode:
             # No identity check: it would dial this identity's last (unreachable) address and wait for a timeout;

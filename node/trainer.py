@@ -13,6 +13,7 @@ import torch
 from hearth.tasks import Task
 from node.accounting import Accountant, EpochContribution
 from node.resources import Resources, fit_batch
+from node import warmup
 from node.swarm import SwarmMember
 from node.wake import SleepDetector
 
@@ -124,6 +125,7 @@ class Trainer:
         self.stats.step_seconds += time.perf_counter() - step_started
         if self.stats.first_step_at is None:
             self.stats.first_step_at = time.time()
+            warmup.load_deferred_in_background()  # needed from the first averaging round on
         self.accountant.add_batch(len(targets), compute_seconds, loss.item())
         self._update_throughput(len(targets))
 
