@@ -102,6 +102,7 @@ class SwarmCreate(BaseModel):
     learning_rate: Optional[float] = Field(default=None, gt=0)
     matchmaking_time: Optional[float] = Field(default=None, gt=0)
     averaging_timeout: Optional[float] = Field(default=None, gt=0)
+    average_state_every: Optional[int] = Field(default=None, ge=1, le=10**6)
 
 
 def services(request: Request) -> Services:

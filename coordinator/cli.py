@@ -128,12 +128,14 @@ def _request(method: str, url: str, **kwargs: Any) -> Any:
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True))
 @click.option("--matchmaking-time", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
 @click.option("--averaging-timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
+@click.option("--average-state-every", type=click.IntRange(min=1),
+              help="Average parameters and optimizer statistics every N epochs (gradients: every epoch).")
 @_coordinator_option
 @click.option("--token", help="Operator token (default: read from --token-file).")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=default_token_file,
               show_default="<default data dir>/operator-token")  # fmt: skip
 def create(swarm_id, task, title, target_batch_size, batch_size, learning_rate, matchmaking_time, averaging_timeout,
-           url, token, token_file) -> None:  # fmt: skip
+           average_state_every, url, token, token_file) -> None:  # fmt: skip
     """Create swarm SWARM_ID on the coordinator (needs the operator token)."""
     if token is None:
         try:
@@ -144,7 +146,7 @@ def create(swarm_id, task, title, target_batch_size, batch_size, learning_rate, 
             ) from None
     body = {"swarm_id": swarm_id, "task": task, "title": title, "target_batch_size": target_batch_size,
             "batch_size": batch_size, "learning_rate": learning_rate, "matchmaking_time": matchmaking_time,
-            "averaging_timeout": averaging_timeout}  # fmt: skip
+            "averaging_timeout": averaging_timeout, "average_state_every": average_state_every}  # fmt: skip
     manifest = _request("POST", f"{url.rstrip('/')}/api/v1/swarms", json={k: v for k, v in body.items() if v is not None},
                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip
     click.echo(f"Created swarm {manifest['swarm_id']} (run_id {manifest['run_id']}).")

@@ -12,7 +12,8 @@ from protocol.messages import Hyperparameters, SwarmManifest, is_valid_swarm_id
 logger = logging.getLogger(__name__)
 
 DEFAULT_SWARM_ID = "spirals"
-HYPERPARAMETERS = ("batch_size", "target_batch_size", "learning_rate", "matchmaking_time", "averaging_timeout")
+HYPERPARAMETERS = ("batch_size", "target_batch_size", "learning_rate", "matchmaking_time", "averaging_timeout",
+                   "average_state_every")
 
 
 def new_run_id(swarm_id: str) -> str:
@@ -31,7 +32,8 @@ async def define_swarm(swarm_id: str, task_name: str, title: Optional[str] = Non
     unknown = set(chosen) - set(HYPERPARAMETERS)
     if unknown:
         raise ValueError(f"unknown hyperparameter(s): {', '.join(sorted(unknown))}")
-    chosen["target_batch_size"], chosen["batch_size"] = int(chosen["target_batch_size"]), int(chosen["batch_size"])
+    for name in ("target_batch_size", "batch_size", "average_state_every"):
+        chosen[name] = int(chosen[name])
     for name in ("learning_rate", "matchmaking_time", "averaging_timeout"):
         chosen[name] = float(chosen[name])
     try:

@@ -246,9 +246,10 @@ class SwarmMember:
             averaging_timeout=hp.averaging_timeout,
             averager_opts={"request_timeout": request_timeout},
             grad_averager_factory=partial(RecordingGradientAverager, request_timeout=request_timeout),
-            # Average parameters synchronously at every epoch so that peers end each epoch identical,
-            # even after one of them had to proceed with local gradients.
+            # Average parameters synchronously (every average_state_every epochs) so that peers end those
+            # epochs identical, even after one of them had to proceed with local gradients.
             delay_state_averaging=False,
+            average_state_every=hp.average_state_every,
             average_opt_statistics=ADAM_MOMENTS,
             # Accumulate in the parameters' .grad buffers: no copy per step and no re-allocation after zero_grad();
             # hivemind zeroes them after each epoch and after a state download.

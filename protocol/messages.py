@@ -94,6 +94,8 @@ class Hyperparameters(Message):
     learning_rate: float = Field(gt=0)
     matchmaking_time: float = Field(gt=0)
     averaging_timeout: float = Field(gt=0)
+    # Parameters and optimizer statistics are averaged every this many epochs (gradients every epoch).
+    average_state_every: int = Field(default=1, ge=1, le=10**6)
 
 
 class SwarmManifest(Message):

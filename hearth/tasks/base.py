@@ -19,6 +19,7 @@ class TaskDefaults:
     learning_rate: float
     matchmaking_time: float = 3.0
     averaging_timeout: float = 30.0
+    average_state_every: int = 1
 
 
 class Task(ABC):

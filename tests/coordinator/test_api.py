@@ -120,7 +120,7 @@ def test_manifest_and_operator_swarm_creation(tmp_path):
             progress = (await client.get("/api/v1/swarms/spirals/progress")).json()
             assert progress["peers_online"] == 0
 
-            body = {"swarm_id": "big-spirals", "task": "spirals", "target_batch_size": 8192}
+            body = {"swarm_id": "big-spirals", "task": "spirals", "target_batch_size": 8192, "average_state_every": 4}
             assert_error(await client.post("/api/v1/swarms", json=body), 401, "unauthorized")
             wrong = {"Authorization": "Bearer nope"}
             assert_error(await client.post("/api/v1/swarms", json=body, headers=wrong), 401, "unauthorized")
@@ -129,6 +129,7 @@ def test_manifest_and_operator_swarm_creation(tmp_path):
             assert created.status_code == 201, created.text
             new = SwarmManifest.model_validate_json(created.content)
             assert new.hyperparameters.target_batch_size == 8192 and new.run_id.startswith("hearth-big-spirals-")
+            assert new.hyperparameters.average_state_every == 4 and manifest.hyperparameters.average_state_every == 1
             assert new.flops_per_sample == FLOPS
             assert_error(await client.post("/api/v1/swarms", json=body, headers=auth), 409, "swarm_exists")
             bad_task = {"swarm_id": "x", "task": "no-such-task"}
