@@ -5,7 +5,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import Integer, cast, desc, func, select
+from sqlalchemy import desc, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import db
@@ -46,43 +46,15 @@ async def get_swarm(engine: AsyncEngine, swarm_id: str) -> Optional[Any]:
         return (await conn.execute(select(db.swarms).where(db.swarms.c.swarm_id == swarm_id))).first()
 
 
-def _node_activity():
-    n = db.nodes
-    return (
-        select(
-            n.c.volunteer_id,
-            func.sum(cast(n.c.online, Integer)).label("nodes_online"),
-            func.max(n.c.last_seen).label("node_last_seen"),
-        )
-        .group_by(n.c.volunteer_id)
-        .subquery()
-    )
-
-
 async def leaderboard(engine: AsyncEngine, limit: int = 100, offset: int = 0) -> tuple[list[dict], int]:
-    """Volunteers by credit, highest first: (page of entries, total number of volunteers)."""
-    t, v, activity = db.volunteer_totals, db.volunteers, _node_activity()
-    query = (
-        select(v.c.name, v.c.team, t.c.credit, t.c.samples, t.c.reports, t.c.last_report_at, t.c.rac,
-               t.c.rac_updated_at, activity.c.nodes_online, activity.c.node_last_seen)  # fmt: skip
-        .select_from(t.join(v, v.c.id == t.c.volunteer_id).outerjoin(activity, activity.c.volunteer_id == v.c.id))
-        .order_by(desc(t.c.credit), v.c.id)
-        .limit(limit)
-        .offset(offset)
-    )
-    async with engine.connect() as conn:
-        rows = list(await conn.execute(query))
-        total = (await conn.execute(select(func.count()).select_from(t))).scalar_one()
-    now = time.time()
-    entries = [
-        {
-            "rank": offset + i + 1, "name": r.name, "team": r.team, "credit": r.credit, "samples": r.samples,
-            "reports": r.reports, "last_seen": iso(_latest(r.last_report_at, r.node_last_seen)),
-            "nodes_online": int(r.nodes_online or 0), "recent_average_credit": rac_now(r.rac, r.rac_updated_at, now),
-        }  # fmt: skip
-        for i, r in enumerate(rows)
-    ]
-    return entries, total
+    """Volunteers by credit, highest first: (page of entries, total number of volunteers). The order comes from
+    the in-memory rankings (coordinator/rankings.py: any offset in microseconds, no OFFSET walk over a million
+    rows); the values are live."""
+    from coordinator import page_data  # composes this module's queries with the rankings
+
+    board = await page_data.leaderboard(engine, "credit", offset, limit)
+    entries = [{key: value for key, value in entry.items() if key != "credit_rank"} for entry in board["entries"]]
+    return entries, board["total"]
 
 
 async def volunteer_detail(engine: AsyncEngine, name: str, limit: int = AUDIT_LIMIT) -> Optional[dict]:

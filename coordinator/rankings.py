@@ -4,9 +4,11 @@ rebuilt from volunteer_totals in the background when stale.
 Why: OFFSET on a 1M-row index walks every skipped row (~45 ms at rank 1,000,000 on SQLite) and a rank needs a
 COUNT over the same range. A snapshot answers any page and any volunteer's rank in microseconds (numpy arrays,
 ~40 bytes per volunteer). Pages read the live values of the rows they show; only the *order* is as of the
-snapshot. Rebuilding costs ~2 µs per volunteer, so the allowed age grows with the ledger (1 s for small ledgers,
-at most 2 minutes), keeping the rebuild under ~5 % of one core. A stale snapshot keeps serving while the next
-one builds; the first request waits for the first build.
+snapshot. Every credit change writes a grants row and every volunteer a volunteers row, so (highest grant id,
+highest volunteer id) tells in two index lookups whether the snapshot is still exact. When it is not: a small
+ledger (a build under 50 ms) is rebuilt before answering; a large one keeps serving the previous order while
+the next builds in the background, at most every 20 build-times (≤ 2 minutes), keeping rebuilds under ~5 % of
+one core. The first request waits for the first build.
 
 Recent average credit decays on read, but its order does not change with time: rac·2^(−(now−t)/T½) orders
 like log2(rac) + t/T½, which is what the snapshot sorts by.
@@ -22,7 +24,7 @@ from datetime import timezone
 from typing import Optional
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import db
@@ -31,7 +33,7 @@ from protocol.credit import RAC_HALF_LIFE_SECONDS
 logger = logging.getLogger(__name__)
 
 SORTS = ("credit", "rac", "samples")
-MIN_AGE, MAX_AGE, AGE_PER_BUILD_SECOND = 1.0, 120.0, 20.0
+MAX_AGE, AGE_PER_BUILD_SECOND = 120.0, 20.0
 WAIT_FOR_BUILDS_UNDER = 0.05  # seconds: a request that finds the snapshot stale waits for a rebuild this quick
 CHUNK = 5000  # rows converted between yields to the event loop while building
 
@@ -43,6 +45,7 @@ class Snapshot:
     positions: dict[str, np.ndarray]  # sort → each id's 0-based place in that order
     built_at: float
     build_seconds: float
+    version: tuple = ()  # ledger_version() when the build started
 
     @property
     def total(self) -> int:
@@ -76,8 +79,17 @@ def _orders(ids: np.ndarray, keys: dict[str, np.ndarray]) -> tuple[dict, dict]:
     return orders, positions
 
 
+async def ledger_version(engine: AsyncEngine) -> tuple:
+    """Changes whenever any volunteer's credit, samples or RAC can have changed, or a volunteer was added."""
+    async with engine.connect() as conn:
+        grant = (await conn.execute(select(func.max(db.grants.c.id)))).scalar()
+        volunteer = (await conn.execute(select(func.max(db.volunteers.c.id)))).scalar()
+    return (grant, volunteer)
+
+
 async def build(engine: AsyncEngine) -> Snapshot:
     started = time.perf_counter()
+    version = await ledger_version(engine)
     t = db.volunteer_totals
     ids, credit, samples, rac = [], [], [], []
     query = select(t.c.volunteer_id, t.c.credit, t.c.samples, t.c.rac, t.c.rac_updated_at).order_by(t.c.volunteer_id)
@@ -97,11 +109,11 @@ async def build(engine: AsyncEngine) -> Snapshot:
     seconds = time.perf_counter() - started
     if seconds > 0.5:
         logger.info("Rankings of %d volunteers rebuilt in %.2f s", len(ids), seconds)
-    return Snapshot(id_array, orders, positions, time.time(), seconds)
+    return Snapshot(id_array, orders, positions, time.time(), seconds, version)
 
 
 class Rankings:
-    """The current snapshot for one engine, rebuilt (once at a time) when older than its allowed age."""
+    """The current snapshot for one engine, rebuilt (once at a time) when the ledger changed."""
 
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
@@ -109,23 +121,21 @@ class Rankings:
         self._building: Optional[asyncio.Task] = None
 
     def max_age(self) -> float:
-        if self.snapshot is None:
-            return 0.0
-        return min(MAX_AGE, max(MIN_AGE, self.snapshot.build_seconds * AGE_PER_BUILD_SECOND))
+        return 0.0 if self.snapshot is None else min(MAX_AGE, self.snapshot.build_seconds * AGE_PER_BUILD_SECOND)
 
     async def current(self) -> Snapshot:
-        if self.snapshot is None:
+        snapshot = self.snapshot
+        if snapshot is None:
             return await self._rebuild()
-        if time.time() - self.snapshot.built_at > self.max_age():
-            building = self._rebuild_soon()
-            if self.snapshot.build_seconds < WAIT_FOR_BUILDS_UNDER:  # small ledger: show the order as of now
-                await asyncio.shield(building)
-        return self.snapshot
-
-    async def fresh(self) -> Snapshot:
-        """A snapshot built after this call (tests and operators who just changed the ledger)."""
-        self.snapshot = None
-        return await self._rebuild()
+        if await ledger_version(self.engine) == snapshot.version:
+            return snapshot
+        if snapshot.build_seconds < WAIT_FOR_BUILDS_UNDER:  # small ledger: answer with the order as of now
+            if self._building is not None and not self._building.done():  # it may have started before the change
+                await asyncio.shield(self._building)
+            return await self._rebuild()
+        if time.time() - snapshot.built_at > self.max_age():
+            self._rebuild_soon()
+        return snapshot
 
     def _rebuild_soon(self) -> asyncio.Task:
         if self._building is None or self._building.done():
