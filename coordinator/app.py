@@ -21,6 +21,8 @@ from coordinator.api import Services
 from coordinator.broker import EmbeddedBroker, check_reachable
 from coordinator.config import CoordinatorConfig, parse_mqtt_url
 from coordinator.exports import ExportScheduler
+from coordinator.checkpoint_api import router as checkpoints_router
+from coordinator.checkpoints import CheckpointScheduler, CheckpointStore
 from coordinator.exports import router as exports_router
 from coordinator.ingest import Ingestor
 from coordinator.ledger import Ledger
@@ -52,6 +54,7 @@ def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None)
         nodes_online = (await queries.ledger_stats(services.ledger.engine))["nodes_online"]
         return Response(metrics.exposition(nodes_online, services.monitor), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(checkpoints_router)
     return app
 
 
@@ -102,6 +105,8 @@ class Coordinator:
         token = load_or_create_token(config.token_file)
         self.engine = db.create_engine(config.database_url)
         await db.create_schema(self.engine)
+        self.checkpoints = CheckpointStore(config.checkpoints_dir, config.keep_checkpoints)
+        self.checkpointer: Optional[CheckpointScheduler] = None
         ledger = Ledger(self.engine)
         await ledger.load()
 
@@ -136,6 +141,9 @@ class Coordinator:
         logger.info("Hearth coordinator ready: %s", self.url)
 
     async def _serve_http(self, app: FastAPI) -> None:
+            self.checkpointer = CheckpointScheduler(self.checkpoints, self.engine, self.monitor,
+                                                    config.checkpoint_every, self.metrics)  # fmt: skip
+            self.checkpointer.start()
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -147,6 +155,7 @@ class Coordinator:
         port = sock.getsockname()[1]
         uv_config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
         self.server = _Server(uv_config)
+        app.state.checkpoints = self.checkpoints  # served by coordinator/checkpoint_api.py
         self._server_task = asyncio.create_task(self.server.serve(sockets=[sock]), name="http")
         while not self.server.started:
             if self._server_task.done():
@@ -185,6 +194,8 @@ class Coordinator:
         if self.config.ready_file is not None:
             with contextlib.suppress(OSError):
                 self.config.ready_file.unlink()
+        if self.checkpointer is not None:
+            await _bounded(self.checkpointer.stop(), timeout, "checkpoints")
         logger.info("Hearth coordinator stopped")
 
     def force_stop(self) -> None:

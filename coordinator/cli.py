@@ -37,14 +37,18 @@ def coordinator() -> None:
 @click.option("--dht-port", type=int, default=0, show_default=True, help="Port of the bootstrap DHT peer (0: any free port).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON file (url, broker_url, initial_peers, data_dir) once everything listens.")
+@click.option("--checkpoint-every", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+              metavar="SECONDS", help="Download each training swarm's state from its peers this often.")
+@click.option("--keep-checkpoints", type=click.IntRange(min=1), default=5, show_default=True, metavar="K",
+              help="Checkpoints kept per swarm (the newest) in DATA_DIR/checkpoints.")
 def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, broker_port, ingest_workers, dht_host, dht_port,
-          ready_file) -> None:  # fmt: skip
+          ready_file, checkpoint_every, keep_checkpoints) -> None:  # fmt: skip
     """Start the coordinator in this process; Ctrl+C stops it (twice: at once)."""
     try:
         config = CoordinatorConfig(
             data_dir=data_dir, db_url=db_url, host=host, port=port, public_host=public_host, broker_url=broker_url,
             broker_host=broker_host, broker_port=broker_port, ingest_workers=ingest_workers, dht_host=dht_host, dht_port=dht_port,
-            ready_file=ready_file,
+            ready_file=ready_file, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from e

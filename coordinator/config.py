@@ -75,6 +75,10 @@ class CoordinatorConfig:
     """Task of the swarm created at first start when no swarm exists."""
     export_interval_seconds: float = 3600.0
     """Seconds between regenerations of the public stats exports in data_dir/exports (the first: shortly after start)."""
+    checkpoint_every: float = 300.0
+    """Seconds between checkpoints of each swarm's state (taken only while a peer is online and the epoch advanced)."""
+    keep_checkpoints: int = 5
+    """How many checkpoints per swarm stay in data_dir/checkpoints/<swarm_id> (the newest)."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -99,6 +103,10 @@ class CoordinatorConfig:
             raise ValueError("shutdown timeout must be positive")
         for name, value in (("--host", self.host), ("--dht-host", self.dht_host)):
             if not value.strip():
+        if self.checkpoint_every <= 0:
+            raise ValueError("--checkpoint-every must be positive")
+        if self.keep_checkpoints < 1:
+            raise ValueError("--keep-checkpoints must be at least 1")
                 raise ValueError(f"{name} must not be empty")
         try:
             ipaddress.ip_address(self.dht_host)
@@ -129,5 +137,9 @@ class CoordinatorConfig:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             os.chmod(self.data_dir, 0o700)
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.data_dir / "checkpoints"
+
         except OSError:
             pass

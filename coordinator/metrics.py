@@ -18,6 +18,7 @@ from protocol.topics import parse_node_topic
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 INGEST_REASONS = ("topic_mismatch", "unknown_swarm", "internal_error")  # decided by coordinator/ingest.py
 NOT_REPORTS = ("status", "stale")  # presence messages: not reports
+CHECKPOINT_FAILURE_REASONS = ("no_state", "mismatch", "timeout", "disk", "error")  # see coordinator/checkpoints.py
 
 
 def rejection_reasons() -> list[str]:
@@ -36,6 +37,12 @@ class CoordinatorMetrics:
         self.received = Counter("hearth_reports_received", "Report messages the coordinator decided.",
                                 registry=self.registry)  # fmt: skip
         self.accepted = Counter("hearth_reports_accepted", "Reports granted credit.", registry=self.registry)
+        self.checkpoints_saved = Counter("hearth_checkpoints_saved", "Swarm checkpoints written to disk.",
+                                         registry=self.registry)  # fmt: skip
+        self.checkpoint_failures = Counter("hearth_checkpoint_failures", "Checkpoints that failed, by reason.",
+                                           ["reason"], registry=self.registry)  # fmt: skip
+        for reason in CHECKPOINT_FAILURE_REASONS:
+            self.checkpoint_failures.labels(reason)
         self.rejected = Counter("hearth_reports_rejected", "Reports rejected, by the reason written in the ledger.",
                                 ["reason"], registry=self.registry)  # fmt: skip
         for reason in rejection_reasons():  # every series exists from the start, so rate() sees the first one

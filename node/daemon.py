@@ -11,6 +11,7 @@ import time
 
 from hearth.tasks import load_task
 from node.accounting import EpochContribution
+from node.checkpoint import CoordinatorCheckpoints
 from node.config import NodeConfig
 from node.control import ControlServer, socket_path
 from node.controller import NodeController
@@ -101,6 +102,7 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
         client_mode=config.reachability == "client", identity_path=config.data_dir / "p2p.key",
         check_reachability=reachability,
     )  # fmt: skip
+        resume_from_checkpoint=CoordinatorCheckpoints(config.coordinator_url, manifest.swarm_id, config.data_dir),
     swarm = SwarmMember(manifest, settings)  # its DHT process boots while this one goes on
     # Every torch optimizer imports torch._dynamo (~2 s): import it while waiting on the DHT and the coordinator.
     # (Only now: the DHT process is forked already, so it cannot inherit a half-done import.)

@@ -29,6 +29,22 @@ from protocol.messages import SwarmManifest
 logger = logging.getLogger(__name__)
 
 
+class DroppedRequestFilter(logging.Filter):
+    """When an averager process stops (pause, leave, shutdown), a DHT request it had just sent can no longer be
+    read, and hivemind's DHT process logs that harmless drop as an ERROR with a traceback. Keep it as one debug
+    line instead; every other record passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.funcName != "_run" or not isinstance(error, OSError):
+            return True
+        logger.debug("The DHT dropped a request from a stopped process (%s)", error)
+        return False
+
+
+logging.getLogger("hivemind.dht.dht").addFilter(DroppedRequestFilter())  # the DHT process inherits it
+
+
 ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")  # optimizer statistics averaged along with the parameters
 TORCH_SHM_MANAGER = "torch_shm_manager"  # torch's own helper for shared tensors: the process still needs it
 
