@@ -1,14 +1,16 @@
 """Benchmark of the node daemon on this machine, in one run:
 
-- node_vs_plain: samples/s of a Hearth node training in a 2-peer swarm (reporting on), divided by samples/s of
-  the task's plain torch loop (same model, batch and threads). On a volunteer's PC the other peers and the
-  coordinator run elsewhere, so the measured node and everything it starts (DHT, p2pd, averagers) get one core
-  to themselves, and the other peer and the coordinator run on the remaining cores. The plain loop gets the
-  same core while a second plain loop keeps the other cores as busy.
-  The swarm's target batch is sized so an epoch lasts --epoch-seconds (real swarms run epochs of minutes).
-- join_to_first_step_s: from starting `hearth join` next to a peer that already trains, to its first optimizer
-  step: start-up, DHT, registration and the download of the swarm's state (loopback coordinator).
-- paused_cpu_core_fraction: CPU used by a paused node's whole process tree, in cores.
+Everything is measured on one volunteer node, as on a volunteer's PC: the measured node and everything it starts
+(DHT, p2pd, averagers) get one core to themselves, while the rest of the swarm (a peer that already trains, and
+the coordinator) runs on the remaining cores, as it would run elsewhere.
+
+- join_to_first_step_s: from starting `hearth join` next to the peer that already trains, to the volunteer's
+  first optimizer step: start-up, DHT, reachability check, registration and the download of the swarm's state.
+- node_vs_plain: the volunteer's samples/s in the 2-peer swarm (reporting on) divided by samples/s of the task's
+  plain torch loop (same model, batch and threads) on the same core, while a second plain loop keeps the other
+  cores as busy. The swarm's target batch is sized so an epoch lasts --epoch-seconds (real swarms run epochs
+  of minutes).
+- paused_cpu_core_fraction: CPU used by the paused volunteer's whole process tree, in cores.
 
 The last stdout line is JSON. Usage: python scripts/bench_node.py [--epochs 3] [--epoch-seconds 30] [--keep DIR]
 """
@@ -110,26 +112,28 @@ def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: s
                                              str(work / name), "--threads", "1", "--view", "log"),
                                       env=env, stdout=node_log, stderr=node_log, preexec_fn=pinned_to(cores))  # fmt: skip
 
-        # n1 is the measured volunteer, alone on its core. n2 joins the swarm n1 already trains: its join is timed.
-        join("n1", volunteer)
-        wait_until(lambda: _first_step(work / "n1"), 180, what="n1's first step")
-        imports_seconds = import_seconds(others)
-        join("n2", others)
-        join_seconds = wait_until(lambda: _first_step(work / "n2"), 180, what="n2's first step") - launched["n2"]
+        # "peer" is the rest of the swarm, on the other cores; "volunteer" joins it on its own core and is measured.
+        join("peer", others)
+        wait_until(lambda: _first_step(work / "peer"), 180, what="the peer's first step")
+        imports_seconds = import_seconds(volunteer)
+        join("volunteer", volunteer)
+        join_seconds = wait_until(lambda: _first_step(work / "volunteer"), 180,
+                                  what="the volunteer's first step") - launched["volunteer"]  # fmt: skip
         # Contributed samples grow when an epoch closes: measure from one epoch boundary to another, so the
         # window holds whole epochs, their averaging rounds included.
         def epoch_closed_after(epoch: int) -> dict:
-            return wait_until(lambda: (t := status(work / "n1")["training"])["epoch"] > epoch and t, 600,
-                              interval=0.05, what=f"n1's epoch {epoch + 1}")  # fmt: skip
+            return wait_until(lambda: (t := status(work / "volunteer")["training"])["epoch"] > epoch and t, 600,
+                              interval=0.05, what=f"the volunteer's epoch {epoch + 1}")  # fmt: skip
 
-        wait_until(lambda: status(work / "n2")["training"]["epoch"] >= 1, 600, what="n2 to train an epoch")
-        first = epoch_closed_after(status(work / "n1")["training"]["epoch"])
+        wait_until(lambda: status(work / "volunteer")["training"]["epochs_contributed"] >= 1, 600,
+                   what="the volunteer to train an epoch")  # fmt: skip
+        first = epoch_closed_after(status(work / "volunteer")["training"]["epoch"])
         since = time.monotonic()
         training = epoch_closed_after(first["epoch"] + epochs - 1)
         elapsed, samples_before = time.monotonic() - since, first["samples_total"]
         node_rate = (training["samples_total"] - samples_before) / elapsed
-        request(socket_path(work / "n2"), "pause")
-        worker = psutil.Process(nodes["n2"].pid).children()[0]
+        request(socket_path(work / "volunteer"), "pause")
+        worker = psutil.Process(nodes["volunteer"].pid).children()[0]
         wait_until(lambda: len(worker.children()) <= 1, 30, what="the paused node to leave the swarm")
         cpu, wall = tree_cpu_seconds(worker.pid), time.monotonic()
         time.sleep(10)  # measurement window
