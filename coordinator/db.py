@@ -35,6 +35,8 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 logger = logging.getLogger(__name__)
@@ -173,11 +175,30 @@ team_totals = _totals("team_totals", Column("team", String(100), primary_key=Tru
 swarm_totals = _totals("swarm_totals", Column("swarm_id", String(63), ForeignKey("swarms.swarm_id"), primary_key=True))
 
 
+class LedgerUnavailable(OSError):
+    """The ledger database cannot be used; the message is one line meant for the operator."""
+
+
+# The async driver for a URL that names none (`postgresql://…` would otherwise mean psycopg2, not installed).
+_ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+
+
 def create_engine(url: str, **options) -> AsyncEngine:
     """An async engine; SQLite files get WAL, a busy timeout and enforced foreign keys. `options` go to
     SQLAlchemy (tests pass poolclass=NullPool so no connection outlives their event loop)."""
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **options)
+    try:
+        parsed = make_url(url)
+        parsed = parsed.set(drivername=_ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername))
+        if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError("only SQLite and PostgreSQL are supported")
+        if parsed.get_backend_name() == "sqlite":
+            engine = create_async_engine(parsed, connect_args={"timeout": 30}, **options)
+        else:
+            engine = create_async_engine(parsed, pool_pre_ping=True, **options)
+    except (ArgumentError, ImportError, ValueError) as e:
+        raise ValueError(f"--db {_safe(url)} cannot be used: {_first_line(e)} "
+                         f"(e.g. sqlite+aiosqlite:///ledger.sqlite3 or postgresql+asyncpg://user@host/db)") from None  # fmt: skip
+    if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -187,16 +208,32 @@ def create_engine(url: str, **options) -> AsyncEngine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
-        return engine
-    return create_async_engine(url, pool_pre_ping=True, **options)
+    return engine
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Bring the ledger to the newest migration (creating it if new, adopting one from before migrations)."""
+    """Bring the ledger to the newest migration (creating it if new, adopting one from before migrations).
+    Raises LedgerUnavailable when the database cannot be reached or refuses."""
     from coordinator.migrations import upgrade_head
 
-    async with engine.connect() as connection:
-        await connection.run_sync(upgrade_head)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(upgrade_head)
+    except (DBAPIError, OSError) as e:
+        where = engine.url.render_as_string(hide_password=True)
+        raise LedgerUnavailable(f"cannot open the ledger database {where}: {_first_line(e.orig if isinstance(e, DBAPIError) else e)}") from e
+
+
+def _safe(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return repr(url)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
 
 
 def upsert(engine_or_dialect_name: str, table: Table):

@@ -27,8 +27,8 @@ class CoordinatorProcess:
         self.data_dir = data_dir
         self.ready_file = data_dir / "ready.json"
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
-        broker = extra_args if "--broker" in extra_args else ("--broker-port", "0")
-        argv = hearth_argv("coordinator", "serve", "--data-dir", str(data_dir), "--port", "0", *broker,
+        broker = () if "--broker" in extra_args else ("--broker-port", "0")  # else the embedded broker
+        argv = hearth_argv("coordinator", "serve", "--data-dir", str(data_dir), "--port", "0", *broker, *extra_args,
                            "--dht-port", "0", "--ready-file", str(self.ready_file))  # fmt: skip
         self.process = spawn_group(argv, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
         self.info = wait_until(self._ready, COORDINATOR_START_TIMEOUT, what="the coordinator to start")
