@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coordinator import queries
+from coordinator.accounts import AccountRefused
 from coordinator.ledger import Ledger, NameTaken, SwarmExists
 from coordinator.reachability import CheckRefused, ReachabilityAnswer
 from coordinator.swarms import define_swarm, manifest
@@ -91,6 +92,8 @@ class VolunteerOut(BaseModel):
 class RegistrationOut(BaseModel):
     volunteer: VolunteerOut
     node_id: str
+    account_key: Optional[str] = None  # only in the answer that creates the account (or claims its keys), once
+    attach_key: Optional[str] = None
 
 
 class SwarmCreate(BaseModel):
@@ -103,6 +106,12 @@ class SwarmCreate(BaseModel):
     matchmaking_time: Optional[float] = Field(default=None, gt=0)
     averaging_timeout: Optional[float] = Field(default=None, gt=0)
     average_state_every: Optional[int] = Field(default=None, ge=1, le=10**6)
+
+
+def bearer(authorization: Optional[str]) -> Optional[str]:
+    """The token of an `Authorization: Bearer …` header, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def services(request: Request) -> Services:
@@ -139,8 +148,12 @@ async def register_volunteer(request: Request) -> JSONResponse:
         record, created = await services(request).ledger.register(registration)
     except NameTaken as e:
         raise ApiError(409, "name_taken", str(e)) from e
-    body = RegistrationOut(volunteer=VolunteerOut(name=record["name"], team=record["team"]), node_id=record["node_id"])
-    return JSONResponse(body.model_dump(), status_code=201 if created else 200)
+    except AccountRefused as e:
+        raise ApiError(e.status, e.code, e.message) from e
+    body = RegistrationOut(volunteer=VolunteerOut(name=record["name"], team=record["team"]), node_id=record["node_id"],
+                           account_key=record.get("account_key"), attach_key=record.get("attach_key"))  # fmt: skip
+    return JSONResponse(body.model_dump(exclude={"account_key", "attach_key"} if body.account_key is None else None),
+                        status_code=201 if created else 200)  # fmt: skip
 
 
 @router.get("/swarms")
@@ -219,9 +232,10 @@ async def teams(request: Request, limit: int = Query(100, ge=1, le=1000), offset
 
 
 @router.post("/teams/actions")
-async def team_action(request: Request) -> JSONResponse:
+async def team_action(request: Request, authorization: Optional[str] = Header(None)) -> JSONResponse:
     """Body: a sealed TeamAction {action: create|join|leave, team, public_key, time}, signed by the node key of a
-    registered volunteer. `time` must be within 5 minutes of the coordinator's clock, and a signed action is
+    registered volunteer, with that volunteer's account key as `Authorization: Bearer acct-…` (401/403 without
+    it: a node key alone cannot change team; see coordinator/accounts.py). `time` must be within 5 minutes of the coordinator's clock, and a signed action is
     applied once (a replayed copy gets 409 "replayed").
 
     create: 201, the volunteer founds and joins the team (409 "team_exists" if the name is taken). join: 200
@@ -237,7 +251,7 @@ async def team_action(request: Request) -> JSONResponse:
     except ProtocolError as e:
         raise ApiError(400, e.reason, f"invalid team action: {e}") from e
     try:
-        result = await apply_team_action(services(request).ledger.engine, action, opened.body)
+        result = await apply_team_action(services(request).ledger.engine, action, opened.body, bearer(authorization))
     except TeamRefused as e:
         raise ApiError(e.status, e.code, e.message) from e
     return JSONResponse(result, status_code=201 if action.action == "create" else 200)

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from coordinator import api, db, queries, web
+from coordinator.accounts_api import router as accounts_router
 from coordinator.api import Services
 from coordinator.broker import EmbeddedBroker, check_reachable
 from coordinator.config import CoordinatorConfig, parse_mqtt_url
@@ -42,6 +43,7 @@ def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None)
     app.state.services = services
     api.install_error_handlers(app)
     app.include_router(api.router)
+    app.include_router(accounts_router)
     app.include_router(exports_router)
     app.include_router(web.router)
 

@@ -61,6 +61,9 @@ volunteers = Table(
     Column("name", String(100), nullable=False, unique=True),
     Column("team", String(100)),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # the account's secrets, as SHA-256 hex (coordinator/accounts.py); NULL until a pre-accounts volunteer claims them
+    Column("account_key_hash", String(64)),
+    Column("attach_key_hash", String(64)),
 )
 
 teams = Table(  # volunteers.team names a row here; a team outlives its members (its founder may leave)
@@ -97,6 +100,7 @@ nodes = Table(
     Column("status_time", Float),
     Column("last_seq", BigInteger, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("detached_at", DateTime(timezone=True)),  # set when its account detached it: the key may report no more
 )
 
 reports = Table(

@@ -12,6 +12,7 @@ volunteer's pending credit, until `grant_pending` grants it.
 """
 
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,10 +22,10 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator import db
+from coordinator import accounts, db
 from coordinator.teams import join_or_create
 from protocol.credit import CREDIT_RULE, FLOPS_PER_CREDIT, credit_for, recent_average  # noqa: F401 (the shared rule; ingest imports it from here)
-from protocol.messages import VolunteerRegistration
+from protocol.messages import MAX_CLOCK_SKEW, VolunteerRegistration
 from protocol.signing import node_id_for
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class Ledger:
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 select(db.nodes.c.node_id, db.nodes.c.public_key, db.nodes.c.volunteer_id, db.nodes.c.last_seq,
-                       db.nodes.c.status_time)
+                       db.nodes.c.status_time).where(db.nodes.c.detached_at.is_(None))
             )  # fmt: skip
             self.nodes = {r.node_id: NodeInfo(r.public_key, r.volunteer_id, r.last_seq, r.status_time or 0.0) for r in rows}
             rows = await conn.execute(select(db.swarms.c.swarm_id, db.swarms.c.run_id, db.swarms.c.flops_per_sample))
@@ -90,7 +91,7 @@ class Ledger:
         """Cache miss path: a node registered through another replica of the coordinator."""
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(db.nodes).where(db.nodes.c.node_id == node_id))).first()
-        if row is None:
+        if row is None or row.detached_at is not None:  # a detached node's key is revoked
             return None
         info = NodeInfo(row.public_key, row.volunteer_id, row.last_seq, row.status_time or 0.0)
         self.nodes[node_id] = info
@@ -110,7 +111,7 @@ class Ledger:
         async with self.engine.begin() as conn:
             existing = await _registered(conn, node_id)
             if existing is not None:
-                return existing, False
+                return {**existing, **await _keys_for_registered(conn, node_id, reg)}, False
             taken = (await conn.execute(select(db.volunteers.c.id).where(db.volunteers.c.name == reg.name))).first()
             if taken is not None:
                 raise NameTaken(f"the name {reg.name!r} is already taken")
@@ -121,6 +122,7 @@ class Ledger:
                 if reg.team is not None:  # joins the team, creating it (founded by this volunteer) if new
                     await join_or_create(conn, self.engine.dialect.name, volunteer_id, reg.team, now)
                 await conn.execute(insert(db.volunteer_totals).values(volunteer_id=volunteer_id))
+                keys = await accounts.issue_keys(conn, volunteer_id)
                 await conn.execute(
                     insert(db.nodes).values(
                         node_id=node_id, public_key=reg.public_key, volunteer_id=volunteer_id, peer_id=reg.peer_id,
@@ -131,7 +133,7 @@ class Ledger:
                 raise NameTaken(f"the name {reg.name!r} is already taken") from e
         self.nodes[node_id] = NodeInfo(reg.public_key, volunteer_id, 0)
         logger.info("Registered volunteer %s (node %s)", reg.name, node_id)
-        return {"name": reg.name, "team": reg.team, "node_id": node_id}, True
+        return {"name": reg.name, "team": reg.team, "node_id": node_id, **keys}, True
 
     async def create_swarm(self, values: dict[str, Any]) -> None:
         async with self.engine.begin() as conn:
@@ -188,6 +190,16 @@ async def _registered(conn, node_id: str) -> Optional[dict]:
         )
     ).first()
     return None if row is None else {"name": row.name, "team": row.team, "node_id": node_id}
+
+
+async def _keys_for_registered(conn, node_id: str, reg: VolunteerRegistration) -> dict:
+    """A registered node registering again: refused if detached; an account from before accounts gets its keys
+    now, once, if the signed registration is fresh (an old captured copy claims nothing)."""
+    node = await accounts.node_state(conn, node_id)
+    accounts.refuse_if_detached(node)
+    if node.account_key_hash is not None or abs(reg.time - time.time()) > MAX_CLOCK_SKEW:
+        return {}
+    return await accounts.claim_keys(conn, node.volunteer_id) or {}
 
 
 async def _receive(conn, reports: list[dict]) -> list[int]:

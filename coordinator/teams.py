@@ -15,10 +15,14 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from coordinator import db
+from coordinator.accounts import AccountRefused, require_account_key
 from protocol.messages import TeamAction
 from protocol.signing import node_id_for
 
 logger = logging.getLogger(__name__)
+
+
+DOING = {"create": "creating", "join": "joining", "leave": "leaving"}
 
 
 class TeamRefused(Exception):
@@ -38,8 +42,10 @@ async def join_or_create(conn, dialect: str, volunteer_id: int, name: str, now: 
     )
 
 
-async def apply(engine, action: TeamAction, body: bytes, now: Optional[datetime] = None) -> dict[str, Any]:
+async def apply(engine, action: TeamAction, body: bytes, account_key: Optional[str],
+                now: Optional[datetime] = None) -> dict[str, Any]:  # fmt: skip
     """Apply a verified, fresh TeamAction whose signed bytes are `body`, in one transaction; raise TeamRefused.
+    `account_key` must be the account key of the signing node's account: a node key alone cannot change team.
     Answers {"volunteer", "action", "team", "previous_team", "founder"} (founder: of the team now joined)."""
     now = now or datetime.now(timezone.utc)
     digest = hashlib.sha256(body).hexdigest()
@@ -51,6 +57,10 @@ async def apply(engine, action: TeamAction, body: bytes, now: Optional[datetime]
         )).first()  # fmt: skip
         if volunteer is None:
             raise TeamRefused(403, "not_registered", "this node is not registered here; run `hearth join URL` first")
+        try:
+            await require_account_key(conn, account_key, volunteer.id, f"{DOING[action.action]} a team")
+        except AccountRefused as e:
+            raise TeamRefused(e.status, e.code, e.message) from e
         if (await conn.execute(select(db.team_actions.c.id).where(db.team_actions.c.body_sha256 == digest))).first():
             raise TeamRefused(409, "replayed", "this signed team action was already applied (replay refused)")
         team = await _change(conn, volunteer, action, now)

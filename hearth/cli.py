@@ -13,6 +13,7 @@ SUBCOMMANDS = {  # name: (module, attribute, one-line help shown by `hearth --he
     "coordinator": ("coordinator.cli", "coordinator", "Run a coordinator (operators)."),
     "swarm": ("coordinator.cli", "swarm", "Create and list swarms on a coordinator (operators)."),
     "team": ("node.team_cli", "team", "Create, join or leave a team on a coordinator."),
+    "account": ("node.account_cli", "account", "Your account: its PCs, attach key, name; detach a PC."),
     "leaderboard": ("coordinator.cli", "leaderboard", "Print a coordinator's credit leaderboard."),
     "demo": ("hearth.demo", "demo", "Run a local swarm demo: a coordinator and a few nodes on this machine."),
     "tasks": ("hearth.tasks.cli", "tasks", "List the training tasks this installation knows and describe one."),

@@ -71,8 +71,11 @@ def _build_config(**options) -> NodeConfig:
 @click.option("--battery-resume-above", "policy__battery_resume_above", type=int,
               help="After a battery pause, resume at this charge (%) (default: pause level + 10).")
 @click.option("--schedule", "policy__schedule", help='When to compute, e.g. "mon-fri 22:00-07:00, sat-sun *".')
+@click.option("--attach", "attach_key", envvar="HEARTH_ATTACH_KEY", metavar="KEY",
+              help="Attach this PC to your existing account with its attach key (`hearth account show` on your "
+                   "first PC prints it); env HEARTH_ATTACH_KEY.")
 @click.pass_context
-def join(ctx: click.Context, coordinator_url: str | None, **options) -> None:
+def join(ctx: click.Context, coordinator_url: str | None, attach_key: str | None, **options) -> None:
     """Join a training swarm: create your identity, register, and train until Ctrl+C.
 
     COORDINATOR_URL may be left out once saved with `hearth node config set coordinator_url URL`.
@@ -80,6 +83,10 @@ def join(ctx: click.Context, coordinator_url: str | None, **options) -> None:
     from hearth.processes import python_argv, run_supervised
 
     config = _build_config(coordinator_url=coordinator_url, **options)
+    if attach_key:
+        from node.account_cli import attach_this_node
+
+        attach_this_node(config.coordinator_url, config.data_dir, attach_key)  # before the worker registers
     verbosity = ctx.find_root().params.get("verbose", 0)
     click.echo(f"Joining {config.coordinator_url} (data in {config.data_dir}); Ctrl+C to stop.", err=True)
     code = run_supervised(python_argv("node.worker", json.dumps(config.to_json_dict()), str(verbosity)))

@@ -1,4 +1,5 @@
-"""HTTP calls from the node to its coordinator: register the volunteer, fetch swarm manifests.
+"""HTTP calls from the node to its coordinator: register the volunteer, attach to an account, account and team
+actions, fetch swarm manifests.
 An unreachable coordinator is retried with exponential backoff, then reported in one clear sentence."""
 
 import logging
@@ -8,7 +9,7 @@ from typing import Callable, Optional
 import httpx
 
 from protocol.envelope import seal
-from protocol.messages import SwarmManifest, TeamAction, VolunteerRegistration
+from protocol.messages import NodeAttach, SwarmManifest, TeamAction, VolunteerRegistration
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,36 @@ class CoordinatorClient:
     def register(self, registration: VolunteerRegistration, key) -> dict:
         return self._post_signed("/api/v1/volunteers", registration, key, "registration refused")
 
-    def team_action(self, action: TeamAction, key) -> dict:
-        """Create, join or leave a team; the coordinator's answer, or CoordinatorError with its reason."""
-        return self._post_signed("/api/v1/teams/actions", action, key, f"cannot {action.action} the team")
+    def team_action(self, action: TeamAction, key, account_key: Optional[str] = None) -> dict:
+        """Create, join or leave a team (signed by the node key, with the account key beside it); the coordinator's
+        answer, or CoordinatorError with its reason."""
+        return self._post_signed("/api/v1/teams/actions", action, key, f"cannot {action.action} the team", account_key)
 
-    def _post_signed(self, path: str, message, key, refused: str) -> dict:
-        response = self._request("POST", path, content=seal(message, key), headers={"content-type": "application/json"})
+    def attach(self, message: NodeAttach, key, attach_key: str) -> dict:
+        """Attach this node (signed by its key) to the account of `attach_key` (or an account key)."""
+        return self._post_signed("/api/v1/accounts/nodes", message, key, "cannot attach this node", attach_key)
+
+    def account(self, account_key: str) -> dict:
+        return self._account_call("GET", "/api/v1/accounts/me", account_key, "cannot read the account")
+
+    def rotate_attach_key(self, account_key: str) -> dict:
+        return self._account_call("POST", "/api/v1/accounts/attach-key", account_key, "cannot rotate the attach key")
+
+    def detach(self, account_key: str, node_id: str) -> dict:
+        return self._account_call("DELETE", f"/api/v1/accounts/nodes/{node_id}", account_key, "cannot detach the node")
+
+    def rename(self, account_key: str, name: str) -> dict:
+        return self._account_call("POST", "/api/v1/accounts/name", account_key, "cannot rename", json={"name": name})
+
+    def _post_signed(self, path: str, message, key, refused: str, bearer: Optional[str] = None) -> dict:
+        headers = {"content-type": "application/json", **_authorization(bearer)}
+        response = self._request("POST", path, content=seal(message, key), headers=headers)
+        if response.status_code not in (200, 201):
+            raise CoordinatorError(f"{refused}: {_error_message(response)}")
+        return response.json()
+
+    def _account_call(self, method: str, path: str, bearer: str, refused: str, **kwargs) -> dict:
+        response = self._request(method, path, headers=_authorization(bearer), **kwargs)
         if response.status_code not in (200, 201):
             raise CoordinatorError(f"{refused}: {_error_message(response)}")
         return response.json()
@@ -71,6 +96,10 @@ class CoordinatorClient:
         if response.status_code != 200:
             raise CoordinatorError(f"cannot fetch swarm {swarm_id!r}: {_error_message(response)}")
         return SwarmManifest.model_validate_json(response.content)
+
+
+def _authorization(bearer: Optional[str]) -> dict:
+    return {"authorization": f"Bearer {bearer}"} if bearer else {}
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -11,6 +11,7 @@ import time
 
 from hearth.tasks import load_task
 from node.accounting import EpochContribution
+from node.accounts import save_keys
 from node.checkpoint import CoordinatorCheckpoints
 from node.config import NodeConfig
 from node.control import ControlServer, socket_path
@@ -126,10 +127,13 @@ def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConf
         name=name, team=config.team, public_key=identity.key.public_key, peer_id=peer_id, time=time.time()
     )
     try:
-        client.register(registration, identity.key)
+        answer = client.register(registration, identity.key)
     except CoordinatorError as e:
         raise NodeError(f"{e} (name {name!r}; choose another with --name)") from None
-    identity.remember(name, config.team)
+    save_keys(config.data_dir, answer)  # a new account's keys (or an old account's, claimed once): shown only now
+    volunteer = answer.get("volunteer", {})  # an attached node registers under its account's name and team
+    name = volunteer.get("name", name)
+    identity.remember(name, volunteer.get("team", config.team))
     logger.info("Registered as %s (node %s)", name, identity.node_id)
     return name
 

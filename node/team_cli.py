@@ -1,4 +1,5 @@
-"""`hearth team create NAME | join NAME | leave`: signed team actions with this PC's node key. Credit earned from
+"""`hearth team create NAME | join NAME | leave`: team actions signed with this PC's node key and sent with the
+account key (node/accounts.py), so a node key alone cannot change team. Credit earned from
 now on counts for the new team; credit already earned stays with the team it was earned in."""
 
 import time
@@ -45,6 +46,7 @@ def leave(coordinator_url: str | None, data_dir: str | None) -> None:
 
 
 def _act(action: str, name: str | None, coordinator_url: str | None, data_dir: str | None) -> None:
+    from node.account_cli import account_key_for
     from node.cli import _load_settings
     from node.coordinator_client import CoordinatorClient, CoordinatorError
     from node.identity import NodeIdentity
@@ -62,7 +64,8 @@ def _act(action: str, name: str | None, coordinator_url: str | None, data_dir: s
         raise click.UsageError(f"invalid team name: {_first_error(e)}") from None
     client = CoordinatorClient(url, connect_timeout=10.0)
     try:
-        result = client.team_action(message, identity.key)
+        account_key = account_key_for(client, identity, identity.profile_path.parent)  # a node key alone cannot
+        result = client.team_action(message, identity.key, account_key)
     except CoordinatorError as e:
         raise click.ClickException(str(e)) from None
     finally:

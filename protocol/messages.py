@@ -52,6 +52,17 @@ class VolunteerRegistration(Message):
         return None if value is None or not value.strip() else clean_display_name(value)
 
 
+class NodeAttach(Message):
+    """Attach this node's key to an existing account. Signed by the new node key (proof of possession); the
+    account's attach key (or account key) travels beside it as `Authorization: Bearer …`, never in the body."""
+
+    kind: Literal["attach"] = "attach"
+    protocol_version: int = PROTOCOL_VERSION
+    public_key: str = Field(min_length=43, max_length=43)
+    peer_id: Optional[str] = Field(default=None, max_length=128)
+    time: float
+
+
 TeamActionKind = Literal["create", "join", "leave"]
 
 

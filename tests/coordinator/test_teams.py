@@ -25,15 +25,26 @@ def action(key: SigningKey, kind: str, team: str | None = None, at: float | None
     return seal(message, signer or key)
 
 
+async def post_action(client, body: bytes):
+    """POST a signed team action with the account key of the signing node's account, as `hearth team` sends it."""
+    try:
+        public_key = json.loads(json.loads(body)["body"]).get("public_key")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        public_key = None
+    account_key = client.account_keys.get(public_key)
+    return await client.post(ACTIONS, content=body, headers={"authorization": f"Bearer {account_key}"} if account_key else {})
+
+
 def run(tmp_path, scenario):
     async def main():
         ledger = await make_ledger(tmp_path)
         async with api_client(ledger) as client:
-            keys = {}
+            keys, client.account_keys = {}, {}
             for name in ("alice", "bob", "carol"):
                 keys[name] = SigningKey.generate()
                 registered = await client.post("/api/v1/volunteers", content=registration(keys[name], name))
                 assert registered.status_code == 201
+                client.account_keys[keys[name].public_key] = registered.json()["account_key"]
             await scenario(client, keys, ledger)
         await ledger.engine.dispose()
 
@@ -42,27 +53,27 @@ def run(tmp_path, scenario):
 
 def test_create_join_leave_and_founder(tmp_path):
     async def scenario(client, keys, ledger):
-        created = await client.post(ACTIONS, content=action(keys["alice"], "create", " Red  "))
+        created = await post_action(client, action(keys["alice"], "create", " Red  "))
         assert created.status_code == 201, created.text
         assert created.json() == {"volunteer": "alice", "action": "create", "team": "Red", "previous_team": None,
                                   "founder": True}  # fmt: skip
-        joined = await client.post(ACTIONS, content=action(keys["bob"], "join", "Red"))
+        joined = await post_action(client, action(keys["bob"], "join", "Red"))
         assert joined.status_code == 200 and joined.json()["founder"] is False
         team = (await client.get("/api/v1/teams/Red")).json()
         assert team["founder"] == "alice" and team["members"] == ["alice", "bob"] and team["members_total"] == 2
         assert team["credit"] == 0.0 and team["recent_average_credit"] == 0.0 and team["created_at"]
 
         # The founder may leave; the team and its founder stay.
-        left = await client.post(ACTIONS, content=action(keys["alice"], "leave"))
+        left = await post_action(client, action(keys["alice"], "leave"))
         assert left.status_code == 200 and left.json()["team"] is None and left.json()["previous_team"] == "Red"
         team = (await client.get("/api/v1/teams/Red")).json()
         assert team["founder"] == "alice" and team["members"] == ["bob"]
         assert (await client.get("/api/v1/volunteers/alice")).json()["team"] is None
-        assert_error(await client.post(ACTIONS, content=action(keys["alice"], "leave")), 409, "not_in_team")
+        assert_error(await post_action(client, action(keys["alice"], "leave")), 409, "not_in_team")
 
         # At most one team: joining another leaves the first.
-        assert (await client.post(ACTIONS, content=action(keys["carol"], "create", "Blue"))).status_code == 201
-        moved = await client.post(ACTIONS, content=action(keys["bob"], "join", "Blue"))
+        assert (await post_action(client, action(keys["carol"], "create", "Blue"))).status_code == 201
+        moved = await post_action(client, action(keys["bob"], "join", "Blue"))
         assert moved.json()["previous_team"] == "Red" and moved.json()["team"] == "Blue"
         assert (await client.get("/api/v1/teams/Red")).json()["members"] == []
         assert (await client.get("/api/v1/teams/Blue")).json()["members"] == ["bob", "carol"]
@@ -72,25 +83,25 @@ def test_create_join_leave_and_founder(tmp_path):
 
 def test_refusals_use_the_error_shape(tmp_path):
     async def scenario(client, keys, ledger):
-        assert (await client.post(ACTIONS, content=action(keys["alice"], "create", "Red"))).status_code == 201
-        assert_error(await client.post(ACTIONS, content=action(keys["bob"], "create", "Red")), 409, "team_exists")
-        assert_error(await client.post(ACTIONS, content=action(keys["bob"], "join", "Nope")), 404, "unknown_team")
+        assert (await post_action(client, action(keys["alice"], "create", "Red"))).status_code == 201
+        assert_error(await post_action(client, action(keys["bob"], "create", "Red")), 409, "team_exists")
+        assert_error(await post_action(client, action(keys["bob"], "join", "Nope")), 404, "unknown_team")
         assert_error(await client.get("/api/v1/teams/Nope"), 404, "unknown_team")
 
         # Signed by another key than the one named: forged.
         forged = action(keys["bob"], "leave", signer=SigningKey.generate())
-        assert_error(await client.post(ACTIONS, content=forged), 400, "bad_signature")
+        assert_error(await post_action(client, forged), 400, "bad_signature")
         # A valid signature by a key nobody registered.
-        assert_error(await client.post(ACTIONS, content=action(SigningKey.generate(), "join", "Red")), 403,
+        assert_error(await post_action(client, action(SigningKey.generate(), "join", "Red")), 403,
                      "not_registered")  # fmt: skip
         # Stale or from the future (more than 5 minutes off).
         for at in (time.time() - 301, time.time() + 301):
-            assert_error(await client.post(ACTIONS, content=action(keys["bob"], "join", "Red", at=at)), 400, "stale")
+            assert_error(await post_action(client, action(keys["bob"], "join", "Red", at=at)), 400, "stale")
         # A replay of an applied action is refused, even after the state it set changed back.
         signed = action(keys["bob"], "join", "Red")
-        assert (await client.post(ACTIONS, content=signed)).status_code == 200
-        assert (await client.post(ACTIONS, content=action(keys["bob"], "leave"))).status_code == 200
-        assert_error(await client.post(ACTIONS, content=signed), 409, "replayed")
+        assert (await post_action(client, signed)).status_code == 200
+        assert (await post_action(client, action(keys["bob"], "leave"))).status_code == 200
+        assert_error(await post_action(client, signed), 409, "replayed")
         assert (await client.get("/api/v1/volunteers/bob")).json()["team"] is None
 
         # Malformed input: 4xx, never 500.
@@ -99,7 +110,7 @@ def test_refusals_use_the_error_shape(tmp_path):
                                                    "time": time.time()}), "sig": "x"})  # fmt: skip
         for body in (b"", b"not json", b"[]", b'{"body": "{}", "sig": "x"}', bad_name.encode(),
                      action(keys["bob"], "join", "Red").replace(b'\\"join\\"', b'\\"steal\\"')):  # fmt: skip
-            response = await client.post(ACTIONS, content=body)
+            response = await post_action(client, body)
             assert 400 <= response.status_code < 500, (body, response.text)
             assert set(response.json()) == {"error"}
 
@@ -124,7 +135,7 @@ def test_registration_with_a_team_joins_or_creates_it(tmp_path):
         assert (await client.post("/api/v1/volunteers", content=registration(erin, "erin", "Green"))).status_code == 201
         team = (await client.get("/api/v1/teams/Green")).json()
         assert team["founder"] == "dave" and team["members"] == ["dave", "erin"]
-        assert_error(await client.post(ACTIONS, content=action(keys["alice"], "create", "Green")), 409, "team_exists")
+        assert_error(await post_action(client, action(keys["alice"], "create", "Green")), 409, "team_exists")
 
     run(tmp_path, scenario)
 
@@ -139,10 +150,10 @@ def test_credit_stays_with_the_team_it_was_earned_in(tmp_path):
             assert await ingestor.handle(topic, seal(report(alice, seq, 1000), alice), batch) == "accepted"
             await ledger.write(batch)
 
-        assert (await client.post(ACTIONS, content=action(alice, "create", "Red"))).status_code == 201
+        assert (await post_action(client, action(alice, "create", "Red"))).status_code == 201
         await earn(1)
-        assert (await client.post(ACTIONS, content=action(keys["bob"], "create", "Blue"))).status_code == 201
-        assert (await client.post(ACTIONS, content=action(alice, "join", "Blue"))).status_code == 200
+        assert (await post_action(client, action(keys["bob"], "create", "Blue"))).status_code == 201
+        assert (await post_action(client, action(alice, "join", "Blue"))).status_code == 200
         await earn(2)
         red, blue = [(await client.get(f"/api/v1/teams/{n}")).json() for n in ("Red", "Blue")]
         assert red["credit"] == blue["credit"] > 0 and red["reports"] == blue["reports"] == 1

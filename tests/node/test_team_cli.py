@@ -3,6 +3,7 @@
 import os
 import time
 
+from node.accounts import save_keys
 from node.identity import NodeIdentity
 from protocol.envelope import seal
 from protocol.messages import VolunteerRegistration
@@ -16,7 +17,9 @@ def test_team_create_join_leave_through_the_cli(coordinator, tmp_path):
         dirs[name] = tmp_path / name
         key = NodeIdentity.load_or_create(dirs[name]).key
         body = seal(VolunteerRegistration(name=name, public_key=key.public_key, time=time.time()), key)
-        assert coordinator.api.post("/api/v1/volunteers", content=body).status_code == 201
+        registered = coordinator.api.post("/api/v1/volunteers", content=body)
+        assert registered.status_code == 201
+        save_keys(dirs[name], registered.json())  # as `hearth join` keeps them: team actions need the account key
 
     def team(who: str, *args: str):
         return run_hearth("team", *args, "--coordinator", coordinator.url, "--data-dir", str(dirs[who]), env=env)

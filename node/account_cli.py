@@ -1,0 +1,211 @@
+"""`hearth account show | attach KEY | attach-key [--rotate] | detach NODE | rename NAME`, and the attach step of
+`hearth join URL --attach KEY`: one account, several PCs. Keys live in the data dir (node/accounts.py)."""
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from node import accounts
+from node.config import default_data_dir
+
+coordinator_option = click.option("--coordinator", "coordinator_url", metavar="URL",
+                                  help="Coordinator URL (default: the saved coordinator_url setting).")  # fmt: skip
+data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), help="Where this node's keys live.")
+
+
+@click.group()
+def account() -> None:
+    """Your volunteer account: its PCs (nodes), its keys, its name."""
+
+
+@account.command()
+@coordinator_option
+@data_dir_option
+def show(coordinator_url: Optional[str], data_dir: Optional[str]) -> None:
+    """Show the account: name, team, credit, each node, and the attach key for another PC."""
+    with _session(coordinator_url, data_dir) as (client, identity, folder):
+        key = _claim_if_needed(client, identity, folder) or accounts.any_key(folder)
+        if key is None:
+            raise click.ClickException("this PC holds no account or attach key; run `hearth join URL` first")
+        detail = _call(client.account, key)
+    team = f", team {detail['team']!r}" + (" (founder)" if detail["founder"] else "") if detail["team"] else ""
+    click.echo(f"account:    {detail['name']}{team}")
+    click.echo(f"credit:     {detail['credit']:.2f} (recent average {detail['recent_average_credit']:.2f}/day, "
+               f"pending {detail['pending_credit']:.2f})")  # fmt: skip
+    click.echo(f"nodes:      {sum(1 for n in detail['nodes'] if n['detached_at'] is None)}")
+    for n in detail["nodes"]:
+        state = "detached" if n["detached_at"] else ("online" if n["online"] else "offline")
+        here = "  (this PC)" if n["node_id"] == identity.node_id else ""
+        click.echo(f"  {n['node_id'][:12]}  {n['device'] or '-':<10} {state:<8} credit {n['credit']:.2f}{here}")
+    attach_key = accounts.attach_key(folder)
+    click.echo(f"attach key: {attach_key}  (on another PC: hearth join URL --attach KEY)" if attach_key else
+               "attach key: not on this PC (make a new one: hearth account attach-key --rotate)")  # fmt: skip
+
+
+@account.command()
+@click.argument("key", envvar="HEARTH_ATTACH_KEY")
+@coordinator_option
+@data_dir_option
+def attach(key: str, coordinator_url: Optional[str], data_dir: Optional[str]) -> None:
+    """Attach this PC to your account with KEY, the attach key `hearth account show` prints on your first PC (the
+    same as `hearth join URL --attach KEY`, without starting to train)."""
+    session = _session(coordinator_url, data_dir)
+    attach_this_node(session.url, session.folder, key)
+
+
+@account.command("attach-key")
+@click.option("--rotate", is_flag=True, help="Make a new attach key; the old one stops working (needs the account key).")
+@coordinator_option
+@data_dir_option
+def attach_key_command(rotate: bool, coordinator_url: Optional[str], data_dir: Optional[str]) -> None:
+    """Print the attach key that lets another PC join this account, or make a new one."""
+    if not rotate:
+        folder = _data_dir(data_dir)
+        key = accounts.attach_key(folder)
+        if key is None:
+            raise click.ClickException("no attach key on this PC; make one with `hearth account attach-key --rotate`")
+        click.echo(key)
+        return
+    with _session(coordinator_url, data_dir) as (client, identity, folder):
+        answer = _call(client.rotate_attach_key, account_key_for(client, identity, folder))
+    accounts.save_keys(folder, answer)
+    click.echo(answer["attach_key"])
+    click.echo("The old attach key no longer works; PCs already attached keep reporting.", err=True)
+
+
+@account.command()
+@click.argument("node")
+@coordinator_option
+@data_dir_option
+def detach(node: str, coordinator_url: Optional[str], data_dir: Optional[str]) -> None:
+    """Detach NODE (a node id or its first characters, from `hearth account show`) from the account: its key is
+    revoked for good; the credit it earned stays yours."""
+    with _session(coordinator_url, data_dir) as (client, identity, folder):
+        key = account_key_for(client, identity, folder)
+        nodes = [n["node_id"] for n in _call(client.account, key)["nodes"] if n["detached_at"] is None]
+        matches = [node_id for node_id in nodes if node_id.startswith(node.strip().lower())]
+        if len(matches) != 1 or len(node.strip()) < 4:
+            raise click.ClickException(f"no single attached node starts with {node!r}; "
+                                       "`hearth account show` lists them")  # fmt: skip
+        _call(client.detach, key, matches[0])
+    here = " (this PC: it can no longer report)" if matches[0] == identity.node_id else ""
+    click.echo(f"Detached node {matches[0][:12]}{here}.")
+
+
+@account.command()
+@click.argument("name")
+@coordinator_option
+@data_dir_option
+def rename(name: str, coordinator_url: Optional[str], data_dir: Optional[str]) -> None:
+    """Change the account's display name (needs the account key)."""
+    from protocol.messages import clean_display_name
+
+    try:
+        name = clean_display_name(name)
+    except ValueError as e:
+        raise click.UsageError(f"invalid name: {e}") from None
+    with _session(coordinator_url, data_dir) as (client, identity, folder):
+        answer = _call(client.rename, account_key_for(client, identity, folder), name)
+    profile_team = _profile_team(identity)
+    identity.remember(answer["name"], profile_team)
+    click.echo(f"{answer['previous_name']} is now {answer['name']}.")
+
+
+def attach_this_node(url: str, data_dir: Path, key: str) -> dict:
+    """`hearth join URL --attach KEY`: register this PC's node key under the account KEY opens (an attach key, or the
+    account key), keep the key, remember the account's name. Raises click.ClickException with the reason."""
+    from node.coordinator_client import CoordinatorClient, CoordinatorError
+    from node.identity import NodeIdentity
+    from protocol.messages import NodeAttach
+
+    identity = NodeIdentity.load_or_create(Path(data_dir))
+    client = CoordinatorClient(url, connect_timeout=30.0)
+    try:
+        answer = client.attach(NodeAttach(public_key=identity.key.public_key, time=time.time()), identity.key, key.strip())
+    except CoordinatorError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        client.close()
+    kind = "account_key" if key.strip().startswith("acct-") else "attach_key"
+    accounts.save_keys(data_dir, {kind: key.strip()})
+    identity.remember(answer["volunteer"]["name"], answer["volunteer"]["team"])
+    click.echo(f"This PC (node {identity.node_id[:12]}) is attached to account {answer['volunteer']['name']!r}.",
+               err=True)  # fmt: skip
+    return answer
+
+
+def account_key_for(client, identity, data_dir: Path) -> str:
+    """The account key for account-level actions (teams too); ClickException when this PC has none."""
+    key = accounts.account_key(data_dir) or _claim_if_needed(client, identity, data_dir)
+    if not key:
+        raise click.ClickException(accounts.NO_ACCOUNT_KEY)
+    return key
+
+
+def _claim_if_needed(client, identity, data_dir: Path) -> Optional[str]:
+    """An account from before accounts has no keys yet: a fresh registration signed by this node key fetches them,
+    once. Only for a node registered before (never creates an account here). The account key, or None."""
+    from node.coordinator_client import CoordinatorError
+    from protocol.messages import VolunteerRegistration
+
+    name = identity.registered_name()
+    if name is None or accounts.any_key(data_dir) is not None:
+        return None
+    registration = VolunteerRegistration(name=name, public_key=identity.key.public_key, time=time.time())
+    try:
+        answer = client.register(registration, identity.key)
+    except CoordinatorError as e:
+        raise click.ClickException(str(e)) from None
+    accounts.save_keys(data_dir, answer)
+    return answer.get("account_key")
+
+
+def _profile_team(identity) -> Optional[str]:
+    import json
+
+    try:
+        return json.loads(identity.profile_path.read_text()).get("team")
+    except (OSError, ValueError):
+        return None
+
+
+def _call(function, *args):
+    from node.coordinator_client import CoordinatorError
+
+    try:
+        return function(*args)
+    except CoordinatorError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _data_dir(data_dir: Optional[str]) -> Path:
+    from node.cli import _load_settings
+
+    settings = _load_settings(data_dir=data_dir)
+    return Path(settings.values.get("data_dir") or default_data_dir())
+
+
+class _session:
+    """(client, identity, data dir) for one command; the client is closed on the way out."""
+
+    def __init__(self, coordinator_url: Optional[str], data_dir: Optional[str]):
+        from node.cli import _load_settings
+
+        settings = _load_settings(coordinator_url=coordinator_url, data_dir=data_dir)
+        self.url = settings.values.get("coordinator_url")
+        if not self.url:
+            raise click.UsageError("no coordinator URL: give --coordinator URL, "
+                                   "or save it with `hearth node config set coordinator_url URL`")  # fmt: skip
+        self.folder = Path(settings.values.get("data_dir") or default_data_dir())
+
+    def __enter__(self):
+        from node.coordinator_client import CoordinatorClient
+        from node.identity import NodeIdentity
+
+        self.client = CoordinatorClient(self.url, connect_timeout=10.0)
+        return self.client, NodeIdentity.load_or_create(self.folder), self.folder
+
+    def __exit__(self, *exc) -> None:
+        self.client.close()
