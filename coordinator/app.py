@@ -132,6 +132,9 @@ class Coordinator:
             self.monitor = DHTMonitor(config.dht_host, config.dht_port, config.monitor_interval, config.public_host)
             await self.monitor.start(lambda: [(sid, info.run_id) for sid, info in ledger.swarms.items()])
             self.prober = ReachabilityProber(own_scopes(self.monitor.initial_peers))
+            self.checkpointer = CheckpointScheduler(self.checkpoints, self.engine, self.monitor,
+                                                    config.checkpoint_every, self.metrics)  # fmt: skip
+            self.checkpointer.start()
 
         services = Services(ledger, self.broker_url, token, counters=self.ingestor.counters, monitor=self.monitor,
                             reachability=self.prober, exports_dir=config.exports_dir)  # fmt: skip
@@ -143,9 +146,7 @@ class Coordinator:
         logger.info("Hearth coordinator ready: %s", self.url)
 
     async def _serve_http(self, app: FastAPI) -> None:
-            self.checkpointer = CheckpointScheduler(self.checkpoints, self.engine, self.monitor,
-                                                    config.checkpoint_every, self.metrics)  # fmt: skip
-            self.checkpointer.start()
+        app.state.checkpoints = self.checkpoints  # served by coordinator/checkpoint_api.py
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -157,7 +158,6 @@ class Coordinator:
         port = sock.getsockname()[1]
         uv_config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
         self.server = _Server(uv_config)
-        app.state.checkpoints = self.checkpoints  # served by coordinator/checkpoint_api.py
         self._server_task = asyncio.create_task(self.server.serve(sockets=[sock]), name="http")
         while not self.server.started:
             if self._server_task.done():

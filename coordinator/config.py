@@ -99,14 +99,14 @@ class CoordinatorConfig:
             raise ValueError("monitor interval must be positive")
         if self.export_interval_seconds <= 0:
             raise ValueError("export interval must be positive")
-        if self.shutdown_timeout <= 0:
-            raise ValueError("shutdown timeout must be positive")
-        for name, value in (("--host", self.host), ("--dht-host", self.dht_host)):
-            if not value.strip():
         if self.checkpoint_every <= 0:
             raise ValueError("--checkpoint-every must be positive")
         if self.keep_checkpoints < 1:
             raise ValueError("--keep-checkpoints must be at least 1")
+        if self.shutdown_timeout <= 0:
+            raise ValueError("shutdown timeout must be positive")
+        for name, value in (("--host", self.host), ("--dht-host", self.dht_host)):
+            if not value.strip():
                 raise ValueError(f"{name} must not be empty")
         try:
             ipaddress.ip_address(self.dht_host)
@@ -130,6 +130,10 @@ class CoordinatorConfig:
         return self.data_dir / "exports"
 
     @property
+    def checkpoints_dir(self) -> Path:
+        return self.data_dir / "checkpoints"
+
+    @property
     def token_file(self) -> Path:
         return self.data_dir / OPERATOR_TOKEN_FILE
 
@@ -137,9 +141,5 @@ class CoordinatorConfig:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             os.chmod(self.data_dir, 0o700)
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.data_dir / "checkpoints"
-
         except OSError:
             pass

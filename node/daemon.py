@@ -102,8 +102,8 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
         host=config.host, port=config.port, announce_host=config.announce_host,
         client_mode=config.reachability == "client", identity_path=config.data_dir / "p2p.key",
         check_reachability=reachability,
-    )  # fmt: skip
         resume_from_checkpoint=CoordinatorCheckpoints(config.coordinator_url, manifest.swarm_id, config.data_dir),
+    )  # fmt: skip
     swarm = SwarmMember(manifest, settings)  # its DHT process boots while this one goes on
     # Every torch optimizer imports torch._dynamo (~2 s): import it while waiting on the DHT and the coordinator.
     # (Only now: the DHT process is forked already, so it cannot inherit a half-done import.)

@@ -166,6 +166,8 @@ class SwarmSettings:
     check_reachability: Optional[Callable[[str, list[str]], bool]] = None
     """Asked with a listening peer's ID and visible addresses whether others can dial it; False switches these
     settings to client mode and restarts the peer so (node/reachability.py)."""
+    resume_from_checkpoint: Optional[Callable[[Optimizer], bool]] = None
+    """Asked by catch_up() when peers gave no newer state; True if it loaded a checkpoint (node/checkpoint.py)."""
 
 
 class SwarmMember:
@@ -281,13 +283,16 @@ class SwarmMember:
         return self.optimizer.grad_averager
 
     def catch_up(self) -> bool:
-        """Download the swarm's latest state when other peers are training; True if it did."""
-        progress = self.optimizer.tracker.global_progress
-        if progress.num_peers == 0:
-            return False
-        logger.info("Loading the swarm's state from %d peer(s)", progress.num_peers)
-        self.optimizer.load_state_from_peers()
-        return True
+        """Download the swarm's latest state when other peers are training, else the coordinator's checkpoint if
+        it is newer than ours (every node had left); True if either did."""
+        epoch, progress = self.optimizer.local_epoch, self.optimizer.tracker.global_progress
+        if progress.num_peers > 0:
+            logger.info("Loading the swarm's state from %d peer(s)", progress.num_peers)
+            self.optimizer.load_state_from_peers()
+        resume = self.settings.resume_from_checkpoint
+        if self.optimizer.local_epoch == epoch and resume is not None and resume(self.optimizer):
+            return True
+        return progress.num_peers > 0
 
     def wait_for_peers(self, count: int, timeout: float, stop) -> bool:
         """Wait until `count` peers (this one included) report training progress; False on timeout."""
