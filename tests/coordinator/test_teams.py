@@ -1,4 +1,4 @@
-"""Teams through the JSON API, in-process (httpx ASGI client) over a real SQLite ledger."""
+"""Teams through the JSON API, in-process (httpx ASGI client) over a real SQLite and PostgreSQL ledger."""
 
 import asyncio
 import json
@@ -35,9 +35,9 @@ async def post_action(client, body: bytes):
     return await client.post(ACTIONS, content=body, headers={"authorization": f"Bearer {account_key}"} if account_key else {})
 
 
-def run(tmp_path, scenario):
+def run(tmp_path, url, scenario):
     async def main():
-        ledger = await make_ledger(tmp_path)
+        ledger = await make_ledger(tmp_path, url)
         async with api_client(ledger) as client:
             keys, client.account_keys = {}, {}
             for name in ("alice", "bob", "carol"):
@@ -51,7 +51,7 @@ def run(tmp_path, scenario):
     asyncio.run(main())
 
 
-def test_create_join_leave_and_founder(tmp_path):
+def test_create_join_leave_and_founder(tmp_path, ledger_url):
     async def scenario(client, keys, ledger):
         created = await post_action(client, action(keys["alice"], "create", " Red  "))
         assert created.status_code == 201, created.text
@@ -78,10 +78,10 @@ def test_create_join_leave_and_founder(tmp_path):
         assert (await client.get("/api/v1/teams/Red")).json()["members"] == []
         assert (await client.get("/api/v1/teams/Blue")).json()["members"] == ["bob", "carol"]
 
-    run(tmp_path, scenario)
+    run(tmp_path, ledger_url, scenario)
 
 
-def test_refusals_use_the_error_shape(tmp_path):
+def test_refusals_use_the_error_shape(tmp_path, ledger_url):
     async def scenario(client, keys, ledger):
         assert (await post_action(client, action(keys["alice"], "create", "Red"))).status_code == 201
         assert_error(await post_action(client, action(keys["bob"], "create", "Red")), 409, "team_exists")
@@ -114,7 +114,7 @@ def test_refusals_use_the_error_shape(tmp_path):
             assert 400 <= response.status_code < 500, (body, response.text)
             assert set(response.json()) == {"error"}
 
-    run(tmp_path, scenario)
+    run(tmp_path, ledger_url, scenario)
 
 
 def test_join_needs_a_name_and_names_are_validated():
@@ -128,7 +128,7 @@ def test_join_needs_a_name_and_names_are_validated():
     assert TeamAction(action="leave", public_key=key.public_key, time=1.0).team is None
 
 
-def test_registration_with_a_team_joins_or_creates_it(tmp_path):
+def test_registration_with_a_team_joins_or_creates_it(tmp_path, ledger_url):
     async def scenario(client, keys, ledger):
         dave, erin = SigningKey.generate(), SigningKey.generate()
         assert (await client.post("/api/v1/volunteers", content=registration(dave, "dave", "Green"))).status_code == 201
@@ -137,10 +137,10 @@ def test_registration_with_a_team_joins_or_creates_it(tmp_path):
         assert team["founder"] == "dave" and team["members"] == ["dave", "erin"]
         assert_error(await post_action(client, action(keys["alice"], "create", "Green")), 409, "team_exists")
 
-    run(tmp_path, scenario)
+    run(tmp_path, ledger_url, scenario)
 
 
-def test_credit_stays_with_the_team_it_was_earned_in(tmp_path):
+def test_credit_stays_with_the_team_it_was_earned_in(tmp_path, ledger_url):
     async def scenario(client, keys, ledger):
         ingestor, alice = Ingestor(ledger, "127.0.0.1", 1), keys["alice"]
         topic = f"hearth/v1/swarms/spirals/nodes/{alice.node_id}/reports"
@@ -159,4 +159,4 @@ def test_credit_stays_with_the_team_it_was_earned_in(tmp_path):
         assert red["credit"] == blue["credit"] > 0 and red["reports"] == blue["reports"] == 1
         assert red["members"] == [] and blue["recent_average_credit"] > 0
 
-    run(tmp_path, scenario)
+    run(tmp_path, ledger_url, scenario)
