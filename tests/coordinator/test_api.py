@@ -1,4 +1,4 @@
-"""The JSON API and the page, in-process (httpx ASGI client) over a real SQLite ledger."""
+"""The JSON API and the page, in-process (httpx ASGI client) over a real SQLite and PostgreSQL ledger."""
 
 import asyncio
 import math
@@ -20,9 +20,9 @@ def assert_error(response, status: int, code: str) -> None:
     assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"], body
 
 
-def test_registration(tmp_path):
+def test_registration(tmp_path, ledger_url):
     async def scenario():
-        ledger = await make_ledger(tmp_path)
+        ledger = await make_ledger(tmp_path, ledger_url)
         async with api_client(ledger) as client:
             alice = SigningKey.generate()
             created = await client.post("/api/v1/volunteers", content=registration(alice, "alice", "red"))
@@ -65,9 +65,9 @@ def _reg(public_key: str, name: str):
     return VolunteerRegistration(name=name, public_key=public_key, time=time.time())
 
 
-def test_credit_rule_totals_and_leaderboard(tmp_path):
+def test_credit_rule_totals_and_leaderboard(tmp_path, ledger_url):
     async def scenario():
-        ledger = await make_ledger(tmp_path)
+        ledger = await make_ledger(tmp_path, ledger_url)
         ingestor = Ingestor(ledger, "127.0.0.1", 1)  # decisions only: no broker needed
         async with api_client(ledger) as client:
             keys = {name: SigningKey.generate() for name in ("low", "high", "none")}
@@ -107,9 +107,9 @@ def test_credit_rule_totals_and_leaderboard(tmp_path):
     asyncio.run(scenario())
 
 
-def test_manifest_and_operator_swarm_creation(tmp_path):
+def test_manifest_and_operator_swarm_creation(tmp_path, ledger_url):
     async def scenario():
-        ledger = await make_ledger(tmp_path)
+        ledger = await make_ledger(tmp_path, ledger_url)
         async with api_client(ledger, token="s3cret") as client:
             response = await client.get("/api/v1/swarms/spirals")
             assert response.status_code == 200

@@ -1,4 +1,4 @@
-"""Ingestion through a real embedded amqtt broker into a real SQLite ledger: one good report is granted,
+"""Ingestion through a real embedded amqtt broker into a real SQLite and PostgreSQL ledger: one good report is granted,
 every kind of bad input is rejected once with its reason recorded and counted, and ingestion goes on."""
 
 import asyncio
@@ -17,9 +17,9 @@ from protocol.topics import report_topic, status_topic
 from tests.coordinator.helpers import FLOPS, make_ledger, report, status, wait_for
 
 
-def test_ingestion_through_the_broker(tmp_path):
+def test_ingestion_through_the_broker(tmp_path, ledger_url):
     async def scenario():
-        ledger = await make_ledger(tmp_path)
+        ledger = await make_ledger(tmp_path, ledger_url)
         broker = EmbeddedBroker("127.0.0.1", 0)
         await broker.start()
         ingestor = Ingestor(ledger, "127.0.0.1", broker.port)
