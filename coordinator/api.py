@@ -1,4 +1,5 @@
-"""The JSON API under /api/v1, and the one error shape every failure uses: {"error": {"code", "message"}}."""
+"""The JSON API under /api/v1. Every failure uses the error shape of coordinator/errors.py; every list is paged
+the same way (`limit`, `offset` → {<items>, total, limit, offset, next})."""
 
 import logging
 import secrets
@@ -6,15 +7,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
+from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, FastAPI, Header, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coordinator import queries
+from coordinator.errors import ApiError, error_doc, error_response  # noqa: F401  (ApiError, error_response: re-exported)
 from coordinator.accounts import AccountRefused
 from coordinator.ledger import Ledger, NameTaken, SwarmExists
 from coordinator.reachability import CheckRefused, ReachabilityAnswer
@@ -48,42 +49,6 @@ class Services:
         return list(self.monitor.initial_peers) if self.monitor is not None else []
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _STATUS_CODES.get(exc.status_code, "http_error")
-        message = "not found" if exc.status_code == 404 else str(exc.detail)
-        return error_response(exc.status_code, code, message)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        return error_response(422, "invalid_request", f"{where}: {first.get('msg')}" if where else first.get("msg"))
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("Unhandled error serving %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal server error")
-
-
 class VolunteerOut(BaseModel):
     name: str
     team: Optional[str]
@@ -97,15 +62,34 @@ class RegistrationOut(BaseModel):
 
 
 class SwarmCreate(BaseModel):
+    # Upper bounds keep every value storable (SQLite integers are 64-bit) and JSON-serialisable (no inf/NaN).
     swarm_id: str = Field(pattern=ID_PATTERN)
-    task: str = "spirals"
+    task: str = Field(default="spirals", max_length=64)
     title: Optional[str] = Field(default=None, max_length=200)
-    target_batch_size: Optional[int] = Field(default=None, ge=1)
-    batch_size: Optional[int] = Field(default=None, ge=1)
-    learning_rate: Optional[float] = Field(default=None, gt=0)
-    matchmaking_time: Optional[float] = Field(default=None, gt=0)
-    averaging_timeout: Optional[float] = Field(default=None, gt=0)
+    target_batch_size: Optional[int] = Field(default=None, ge=1, le=10**12)
+    batch_size: Optional[int] = Field(default=None, ge=1, le=10**9)
+    learning_rate: Optional[float] = Field(default=None, gt=0, le=1e6, allow_inf_nan=False)
+    matchmaking_time: Optional[float] = Field(default=None, gt=0, le=86400, allow_inf_nan=False)
+    averaging_timeout: Optional[float] = Field(default=None, gt=0, le=86400, allow_inf_nan=False)
     average_state_every: Optional[int] = Field(default=None, ge=1, le=10**6)
+
+
+MAX_PAGE = 1000
+MAX_OFFSET = 10**9
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Items per page (1 to {MAX_PAGE}).")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")]
+
+
+def page(request: Request, key: str, items: list, total: int, limit: int, offset: int) -> dict:
+    """One page of a list, the same for every list endpoint: `next` is the relative URL of the next page (None
+    on the last one), with the request's other query parameters kept."""
+    following = None
+    if offset + limit < total:
+        raw_path = request.scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else quote(request.url.path)
+        query = {**request.query_params, "limit": str(limit), "offset": str(offset + limit)}
+        following = f"{path}?{urlencode(query)}"
+    return {key: items, "total": total, "limit": limit, "offset": offset, "next": following}
 
 
 def bearer(authorization: Optional[str]) -> Optional[str]:
@@ -135,7 +119,8 @@ def progress_json(svc: Services, swarm_id: str) -> dict:
 router = APIRouter(prefix="/api/v1")
 
 
-@router.post("/volunteers", response_model=RegistrationOut, status_code=201)
+@router.post("/volunteers", response_model=RegistrationOut, status_code=201,
+             responses={409: error_doc("The display name belongs to another volunteer")})
 async def register_volunteer(request: Request) -> JSONResponse:
     """Body: a sealed VolunteerRegistration, signed by the key it registers (proof of possession)."""
     try:
@@ -157,16 +142,19 @@ async def register_volunteer(request: Request) -> JSONResponse:
 
 
 @router.get("/swarms")
-async def list_swarms(request: Request) -> JSONResponse:
+async def list_swarms(request: Request, limit: Limit = 100, offset: Offset = 0) -> JSONResponse:
+    """Swarms, oldest first, each with its manifest and live progress."""
     svc = services(request)
-    rows = await queries.list_swarms(svc.ledger.engine)
-    return JSONResponse({"swarms": [
+    rows, total = await queries.list_swarms_page(svc.ledger.engine, limit, offset)
+    swarms = [
         {**manifest(row, svc.initial_peers, svc.broker_url).model_dump(mode="json"), "progress": progress_json(svc, row.swarm_id)}
         for row in rows
-    ]})  # fmt: skip
+    ]  # fmt: skip
+    return JSONResponse(page(request, "swarms", swarms, total, limit, offset))
 
 
-@router.post("/swarms", response_model=SwarmManifest, status_code=201)
+@router.post("/swarms", response_model=SwarmManifest, status_code=201,
+             responses={401: error_doc("No or a wrong operator token"), 409: error_doc("The swarm id is taken")})
 async def create_swarm(request: Request, body: SwarmCreate, authorization: Optional[str] = Header(None)) -> SwarmManifest:
     svc = services(request)
     scheme, _, token = (authorization or "").partition(" ")
@@ -193,7 +181,7 @@ async def get_swarm(request: Request, swarm_id: str) -> SwarmManifest:
     svc = services(request)
     row = await queries.get_swarm(svc.ledger.engine, swarm_id)
     if row is None:
-        raise ApiError(404, "unknown_swarm", f"no swarm {swarm_id!r}")
+        raise ApiError(404, "unknown_swarm", f"no swarm {_shown(swarm_id)}")
     return manifest(row, svc.initial_peers, svc.broker_url)
 
 
@@ -201,11 +189,12 @@ async def get_swarm(request: Request, swarm_id: str) -> SwarmManifest:
 async def swarm_progress(request: Request, swarm_id: str) -> JSONResponse:
     svc = services(request)
     if await queries.get_swarm(svc.ledger.engine, swarm_id) is None:
-        raise ApiError(404, "unknown_swarm", f"no swarm {swarm_id!r}")
+        raise ApiError(404, "unknown_swarm", f"no swarm {_shown(swarm_id)}")
     return JSONResponse(progress_json(svc, swarm_id))
 
 
-@router.post("/reachability", response_model=ReachabilityAnswer)
+@router.post("/reachability", response_model=ReachabilityAnswer,
+             responses={503: error_doc("This coordinator runs no DHT peer")})
 async def reachability(request: Request) -> JSONResponse:
     """Body {peer_id, addrs}: dial the node back at the TCP addresses it announces (policy and limits:
     coordinator/reachability.py). Answers {reachable, addr, detail}."""
@@ -220,18 +209,21 @@ async def reachability(request: Request) -> JSONResponse:
 
 
 @router.get("/leaderboard")
-async def leaderboard(request: Request, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> JSONResponse:
+async def leaderboard(request: Request, limit: Limit = 100, offset: Offset = 0) -> JSONResponse:
+    """Volunteers by granted credit, highest first."""
     entries, total = await queries.leaderboard(services(request).ledger.engine, limit, offset)
-    return JSONResponse({"volunteers": entries, "total": total, "limit": limit, "offset": offset})
+    return JSONResponse(page(request, "volunteers", entries, total, limit, offset))
 
 
 @router.get("/teams")
-async def teams(request: Request, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> JSONResponse:
+async def teams(request: Request, limit: Limit = 100, offset: Offset = 0) -> JSONResponse:
+    """Teams by credit, highest first."""
     entries, total = await queries.team_leaderboard(services(request).ledger.engine, limit, offset)
-    return JSONResponse({"teams": entries, "total": total, "limit": limit, "offset": offset})
+    return JSONResponse(page(request, "teams", entries, total, limit, offset))
 
 
-@router.post("/teams/actions")
+@router.post("/teams/actions", status_code=200,
+             responses={201: {"description": "Team created"}, 409: error_doc("Team exists, not in a team, or replayed")})
 async def team_action(request: Request, authorization: Optional[str] = Header(None)) -> JSONResponse:
     """Body: a sealed TeamAction {action: create|join|leave, team, public_key, time}, signed by the node key of a
     registered volunteer, with that volunteer's account key as `Authorization: Bearer acct-…` (401/403 without
@@ -257,22 +249,48 @@ async def team_action(request: Request, authorization: Optional[str] = Header(No
     return JSONResponse(result, status_code=201 if action.action == "create" else 200)
 
 
+# The paged sub-lists come first: names may contain "/", and `{name:path}` would swallow "/members".
+@router.get("/teams/{name:path}/members")
+async def team_members(request: Request, name: str, limit: Limit = 100, offset: Offset = 0) -> JSONResponse:
+    """A team's members by name: {members: [{name, credit, samples, reports}], total, limit, offset, next}."""
+    found = await queries.team_members(services(request).ledger.engine, name, limit, offset)
+    if found is None:
+        raise ApiError(404, "unknown_team", f"no team named {_shown(name)}")
+    return JSONResponse(page(request, "members", *found, limit, offset))
+
+
 @router.get("/teams/{name:path}")
 async def team(request: Request, name: str) -> JSONResponse:
-    """A team: {name, founder, created_at, members (names), members_total, credit, samples, reports,
-    last_report_at, recent_average_credit}. Totals are the credit granted while volunteers were members."""
+    """A team: {name, founder, created_at, members (the first 1000 names; all of them, paged, at
+    …/members), members_total, credit, samples, reports, last_report_at, recent_average_credit}. Totals are the
+    credit granted while volunteers were members."""
     detail = await queries.team_detail(services(request).ledger.engine, name)
     if detail is None:
-        raise ApiError(404, "unknown_team", f"no team named {name!r}")
+        raise ApiError(404, "unknown_team", f"no team named {_shown(name)}")
     return JSONResponse(detail)
+
+
+@router.get("/volunteers/{name:path}/reports")
+async def volunteer_reports(request: Request, name: str, limit: Limit = 100, offset: Offset = 0) -> JSONResponse:
+    """A volunteer's reports, newest first, with status, reason and the rule that granted them."""
+    found = await queries.volunteer_reports(services(request).ledger.engine, name, limit, offset)
+    if found is None:
+        raise ApiError(404, "unknown_volunteer", f"no volunteer named {_shown(name)}")
+    return JSONResponse(page(request, "reports", *found, limit, offset))
 
 
 @router.get("/volunteers/{name:path}")
 async def volunteer(request: Request, name: str) -> JSONResponse:
+    """A volunteer's totals, nodes, and latest 100 reports (`audit`; all of them, paged, at …/reports)."""
     detail = await queries.volunteer_detail(services(request).ledger.engine, name)
     if detail is None:
-        raise ApiError(404, "unknown_volunteer", f"no volunteer named {name!r}")
+        raise ApiError(404, "unknown_volunteer", f"no volunteer named {_shown(name)}")
     return JSONResponse(detail)
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    """A name as quoted in an error message, cut short: a 10 kB path must not come back as a 10 kB message."""
+    return repr(name) if len(name) <= limit else repr(name[:limit]) + "…"
 
 
 @router.get("/stats")

@@ -8,8 +8,9 @@ import logging
 import os
 import secrets
 import socket
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import uvicorn
 from fastapi import FastAPI
@@ -21,6 +22,7 @@ from coordinator.accounts_api import router as accounts_router
 from coordinator.api import Services
 from coordinator.broker import EmbeddedBroker, check_reachable
 from coordinator.config import CoordinatorConfig, parse_mqtt_url
+from coordinator.errors import DEFAULT_MAX_BODY_BYTES, ERROR_RESPONSES, BodySizeLimit, install_error_handlers
 from coordinator.exports import ExportScheduler
 from coordinator.checkpoint_api import router as checkpoints_router
 from coordinator.checkpoints import CheckpointScheduler, CheckpointStore
@@ -29,6 +31,7 @@ from coordinator.ingest import Ingestor
 from coordinator.ledger import Ledger
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.monitor import DHTMonitor
+from coordinator.ratelimit import RateLimiter, RateLimitMiddleware
 from coordinator.reachability import ReachabilityProber, own_scopes
 from coordinator.swarms import ensure_default_swarm
 
@@ -37,11 +40,17 @@ logger = logging.getLogger(__name__)
 SUBSCRIBE_TIMEOUT = 15.0
 
 
-def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None) -> FastAPI:
+def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None, rate_limit: float = 0.0,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, clock: Callable[[], float] = time.monotonic) -> FastAPI:  # fmt: skip
+    """The HTTP app; `rate_limit`: requests/s per client IP on public endpoints (0: no limit), timed by `clock`."""
     metrics = metrics or CoordinatorMetrics()
-    app = FastAPI(title="Hearth coordinator", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    app = FastAPI(title="Hearth coordinator", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json",
+                  responses=ERROR_RESPONSES)  # fmt: skip
     app.state.services = services
-    api.install_error_handlers(app)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    if rate_limit > 0:  # added last: runs first, before any body is read
+        app.add_middleware(RateLimitMiddleware, limiter=RateLimiter(rate_limit, clock=clock), on_limited=metrics.rate_limited.inc)
     app.include_router(api.router)
     app.include_router(accounts_router)
     app.include_router(exports_router)
@@ -140,7 +149,7 @@ class Coordinator:
                             reachability=self.prober, exports_dir=config.exports_dir)  # fmt: skip
         self.exporter = ExportScheduler(self.engine, config.exports_dir, config.export_interval_seconds)
         self.exporter.start()
-        await self._serve_http(create_app(services, self.metrics))
+        await self._serve_http(create_app(services, self.metrics, config.rate_limit, config.max_body_bytes))
         if config.ready_file is not None:
             write_ready_file(config.ready_file, self.ready_info())
         logger.info("Hearth coordinator ready: %s", self.url)

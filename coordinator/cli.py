@@ -41,14 +41,20 @@ def coordinator() -> None:
               metavar="SECONDS", help="Download each training swarm's state from its peers this often.")
 @click.option("--keep-checkpoints", type=click.IntRange(min=1), default=5, show_default=True, metavar="K",
               help="Checkpoints kept per swarm (the newest) in DATA_DIR/checkpoints.")
+@click.option("--rate-limit", "rate_limit", default="20/s", show_default=True, metavar="N/s",
+              help="Requests per second each client IP may make to the website and API (bursts of 5 s worth; "
+                   "also N/min); 0 disables.")  # fmt: skip
 def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, broker_port, ingest_workers, dht_host, dht_port,
-          ready_file, checkpoint_every, keep_checkpoints) -> None:  # fmt: skip
+          ready_file, checkpoint_every, keep_checkpoints, rate_limit) -> None:  # fmt: skip
     """Start the coordinator in this process; Ctrl+C stops it (twice: at once)."""
+    from coordinator.ratelimit import parse_rate
+
     try:
         config = CoordinatorConfig(
             data_dir=data_dir, db_url=db_url, host=host, port=port, public_host=public_host, broker_url=broker_url,
             broker_host=broker_host, broker_port=broker_port, ingest_workers=ingest_workers, dht_host=dht_host, dht_port=dht_port,
             ready_file=ready_file, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+            rate_limit=parse_rate(rate_limit),
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from e
@@ -118,8 +124,9 @@ def _request(method: str, url: str, **kwargs: Any) -> Any:
     except ValueError:
         raise click.ClickException(f"{url} answered {response.status_code} without JSON; is it a Hearth coordinator?") from None
     if response.status_code >= 400:
-        message = body.get("error", {}).get("message", response.text) if isinstance(body, dict) else response.text
-        raise click.ClickException(f"the coordinator refused ({response.status_code}): {message}")
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        raise click.ClickException(f"the coordinator refused ({response.status_code}): {message or response.text[:200]}")
     return body
 
 
@@ -176,17 +183,27 @@ def list_swarms(url) -> None:
 
 @click.command()
 @_coordinator_option
-@click.option("--limit", type=click.IntRange(1, 1000), default=25, show_default=True)
-def leaderboard(url, limit) -> None:
+@click.option("--limit", type=click.IntRange(1, 1000), default=25, show_default=True, help="Volunteers to show.")
+@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True, help="Page of --limit volunteers.")
+def leaderboard(url, limit, page) -> None:
     """Show the volunteers' leaderboard."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    board = _request("GET", f"{url.rstrip('/')}/api/v1/leaderboard", params={"limit": limit})
+    offset = (page - 1) * limit
+    board = _request("GET", f"{url.rstrip('/')}/api/v1/leaderboard", params={"limit": limit, "offset": offset})
+    try:
+        entries, total = board["volunteers"], board["total"]
+    except (KeyError, TypeError):
+        raise click.ClickException(f"{url} answered without a leaderboard; is it a Hearth coordinator?") from None
     table = Table("#", "volunteer", "team", "credit", "samples", "last seen", "online", title="Hearth leaderboard")
-    for e in board["volunteers"]:
+    for e in entries:
         last_seen = (e["last_seen"] or "never")[:19].replace("T", " ")
-        table.add_row(str(e["rank"]), e["name"], e["team"] or "", f"{e['credit']:,.2f}", f"{e['samples']:,}",
-                      last_seen, str(e["nodes_online"]))  # fmt: skip
+        # Names are volunteers' own text: Text() shows "[bold]" as typed instead of reading it as rich markup.
+        table.add_row(str(e["rank"]), Text(e["name"]), Text(e["team"] or ""), f"{e['credit']:,.2f}",
+                      f"{e['samples']:,}", last_seen, str(e["nodes_online"]))  # fmt: skip
     Console().print(table)
-    Console(stderr=True).print(f"{len(board['volunteers'])} of {board['total']} volunteers")
+    shown = f"{offset + 1}–{offset + len(entries)}" if entries else "none"
+    more = f"; next: --page {page + 1}" if board.get("next") else ""
+    Console(stderr=True).print(f"{shown} of {total} volunteers{more}", highlight=False)

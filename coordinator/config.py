@@ -79,6 +79,10 @@ class CoordinatorConfig:
     """Seconds between checkpoints of each swarm's state (taken only while a peer is online and the epoch advanced)."""
     keep_checkpoints: int = 5
     """How many checkpoints per swarm stay in data_dir/checkpoints/<swarm_id> (the newest)."""
+    rate_limit: float = 20.0
+    """Requests per second each client IP may make to the website and API (bursts of 5 s worth); 0 disables."""
+    max_body_bytes: int = 64 * 1024
+    """Largest HTTP request body accepted; larger ones get 413."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -99,6 +103,10 @@ class CoordinatorConfig:
             raise ValueError("monitor interval must be positive")
         if self.export_interval_seconds <= 0:
             raise ValueError("export interval must be positive")
+        if self.rate_limit < 0:
+            raise ValueError("--rate-limit must be 0 (off) or positive")
+        if self.max_body_bytes < 1:
+            raise ValueError("the request body limit must be positive")
         if self.checkpoint_every <= 0:
             raise ValueError("--checkpoint-every must be positive")
         if self.keep_checkpoints < 1:

@@ -50,6 +50,8 @@ class CoordinatorMetrics:
         self.latency = Histogram("hearth_ingest_latency_seconds",
                                  "From a report's arrival at the coordinator to its grant being committed.",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
+        self.rate_limited = Counter("hearth_http_rate_limited", "HTTP requests refused with 429 by the per-IP rate limit.",
+                                    registry=self.registry)  # fmt: skip
         self._live = _LiveCollector()
         self.registry.register(self._live)
 

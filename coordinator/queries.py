@@ -41,6 +41,15 @@ async def list_swarms(engine: AsyncEngine) -> list[Any]:
         return list(await conn.execute(select(db.swarms).order_by(db.swarms.c.created_at, db.swarms.c.swarm_id)))
 
 
+async def list_swarms_page(engine: AsyncEngine, limit: int, offset: int = 0) -> tuple[list[Any], int]:
+    """A page of swarms, oldest first, and how many there are."""
+    query = select(db.swarms).order_by(db.swarms.c.created_at, db.swarms.c.swarm_id).limit(limit).offset(offset)
+    async with engine.connect() as conn:
+        rows = list(await conn.execute(query))
+        total = (await conn.execute(select(func.count()).select_from(db.swarms))).scalar_one()
+    return rows, total
+
+
 async def get_swarm(engine: AsyncEngine, swarm_id: str) -> Optional[Any]:
     async with engine.connect() as conn:
         return (await conn.execute(select(db.swarms).where(db.swarms.c.swarm_id == swarm_id))).first()
@@ -88,19 +97,50 @@ async def volunteer_detail(engine: AsyncEngine, name: str, limit: int = AUDIT_LI
              "last_seen": iso(node.last_seen), "last_seq": node.last_seq}  # fmt: skip
             for node in nodes
         ],
-        "audit": [
-            {"node_id": rep.node_id, "swarm_id": rep.swarm_id, "seq": rep.seq, "epoch": rep.epoch,
-             "samples": rep.samples, "compute_seconds": rep.compute_seconds, "device": rep.device, "loss": rep.loss,
-             "status": rep.status, "reason": rep.reason, "credit": rep.credit, "received_at": iso(rep.received_at),
-             "rule": rep.rule, "granted_at": iso(rep.granted_at)}  # fmt: skip
-            for rep in reports
-        ],
+        "audit": [_report_entry(rep) for rep in reports],
         "rejected_messages": [
             {"node_id": m.node_id, "seq": m.seq, "reason": m.reason, "detail": m.detail, "topic": m.topic,
              "received_at": iso(m.received_at)}  # fmt: skip
             for m in rejected
         ],
     }
+
+
+def _report_entry(rep: Any) -> dict:
+    return {"node_id": rep.node_id, "swarm_id": rep.swarm_id, "seq": rep.seq, "epoch": rep.epoch,
+            "samples": rep.samples, "compute_seconds": rep.compute_seconds, "device": rep.device, "loss": rep.loss,
+            "status": rep.status, "reason": rep.reason, "credit": rep.credit, "received_at": iso(rep.received_at),
+            "rule": rep.rule, "granted_at": iso(rep.granted_at)}  # fmt: skip
+
+
+async def volunteer_reports(engine: AsyncEngine, name: str, limit: int, offset: int = 0) -> Optional[tuple[list[dict], int]]:
+    """A page of a volunteer's reports, newest first, and how many there are; None if no such volunteer."""
+    v, r, g = db.volunteers, db.reports, db.grants
+    async with engine.connect() as conn:
+        volunteer_id = (await conn.execute(select(v.c.id).where(v.c.name == name))).scalar()
+        if volunteer_id is None:
+            return None
+        rows = list(await conn.execute(
+            select(r, g.c.rule, g.c.granted_at).outerjoin(g, g.c.report_id == r.c.id)
+            .where(r.c.volunteer_id == volunteer_id).order_by(desc(r.c.id)).limit(limit).offset(offset)
+        ))  # fmt: skip
+        total = (await conn.execute(select(func.count()).select_from(r).where(r.c.volunteer_id == volunteer_id))).scalar_one()
+    return [_report_entry(rep) for rep in rows], total
+
+
+async def team_members(engine: AsyncEngine, name: str, limit: int, offset: int = 0) -> Optional[tuple[list[dict], int]]:
+    """A page of a team's members by name with their own totals, and how many there are; None if no such team."""
+    v, t = db.volunteers, db.volunteer_totals
+    async with engine.connect() as conn:
+        if (await conn.execute(select(db.teams.c.name).where(db.teams.c.name == name))).first() is None:
+            return None
+        rows = list(await conn.execute(
+            select(v.c.name, t.c.credit, t.c.samples, t.c.reports).outerjoin(t, t.c.volunteer_id == v.c.id)
+            .where(v.c.team == name).order_by(v.c.name).limit(limit).offset(offset)
+        ))  # fmt: skip
+        total = (await conn.execute(select(func.count()).select_from(v).where(v.c.team == name))).scalar_one()
+    members = [{"name": m.name, "credit": m.credit or 0.0, "samples": m.samples or 0, "reports": m.reports or 0} for m in rows]
+    return members, total
 
 
 async def team_leaderboard(engine: AsyncEngine, limit: int = 100, offset: int = 0) -> tuple[list[dict], int]:

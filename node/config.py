@@ -127,6 +127,12 @@ class NodeConfig:
         if not self.coordinator_url.startswith(("http://", "https://")):
             raise ValueError(f"coordinator URL must start with http:// or https://, got {self.coordinator_url!r}")
         self.coordinator_url = self.coordinator_url.rstrip("/")
+        from protocol.messages import check_name
+
+        if self.name is not None:  # refused here, before any network, with the coordinator's own rule
+            self.name = check_name(self.name, "--name")
+        if self.team is not None and self.team.strip():
+            self.team = check_name(self.team, "--team")
         if self.threads < 1:
             raise ValueError("threads must be at least 1")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -20,14 +20,32 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
 
+_REFUSED_CHARACTERS = {"Cc": "control", "Cf": "invisible formatting", "Cs": "surrogate", "Zl": "line break",
+                       "Zp": "paragraph break"}  # fmt: skip
+
+
 def clean_display_name(value: str) -> str:
-    """Display names: 1-40 printable characters, no control or format characters, trimmed."""
+    """Display and team names: NFC-normalised and trimmed, 1 to NAME_MAX_CHARS characters, no control, invisible
+    formatting or line-break characters. HTML characters are plain text: every page escapes them. The refusal
+    (ValueError) never repeats the name, which may be huge."""
     value = unicodedata.normalize("NFC", value).strip()
-    if not 1 <= len(value) <= NAME_MAX_CHARS:
-        raise ValueError(f"must be 1 to {NAME_MAX_CHARS} characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value):
-        raise ValueError("must not contain control characters")
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > NAME_MAX_CHARS:
+        raise ValueError(f"must be at most {NAME_MAX_CHARS} characters, got {len(value)}")
+    for position, ch in enumerate(value, start=1):
+        kind = _REFUSED_CHARACTERS.get(unicodedata.category(ch))
+        if kind is not None:
+            raise ValueError(f"must not contain {kind} characters (U+{ord(ch):04X} at character {position})")
     return value
+
+
+def check_name(value: str, what: str) -> str:
+    """clean_display_name for command lines and settings: the refusal is one sentence naming `what`."""
+    try:
+        return clean_display_name(value)
+    except ValueError as e:
+        raise ValueError(f"{what} {e}") from None
 
 
 class VolunteerRegistration(Message):
