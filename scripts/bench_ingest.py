@@ -157,7 +157,8 @@ def run(work: Path, volunteers: int, reports: int, publishers: int, in_flight: i
     with Mosquitto(work_dir=work / "mosquitto") as broker:
         ready_file, log = work / "ready.json", (work / "coordinator.log").open("w")
         coordinator = spawn_group(python_argv("hearth", "coordinator", "serve", "--data-dir", str(work / "c"),
-                                              "--port", "0", "--broker", broker.url, "--ready-file", str(ready_file)),
+                                              "--port", "0", "--broker", broker.url, "--ready-file", str(ready_file),
+                                              "--rate-limit", "0"),  # every volunteer registers from 127.0.0.1
                                   stdout=log, stderr=log)  # fmt: skip
         workers = []
         try:
