@@ -100,12 +100,12 @@ def detach(node: str, coordinator_url: Optional[str], data_dir: Optional[str]) -
 @data_dir_option
 def rename(name: str, coordinator_url: Optional[str], data_dir: Optional[str]) -> None:
     """Change the account's display name (needs the account key)."""
-    from protocol.messages import clean_display_name
+    from protocol.messages import check_name
 
     try:
-        name = clean_display_name(name)
+        name = check_name(name, "the name")
     except ValueError as e:
-        raise click.UsageError(f"invalid name: {e}") from None
+        raise click.ClickException(str(e)) from None
     with _session(coordinator_url, data_dir) as (client, identity, folder):
         answer = _call(client.rename, account_key_for(client, identity, folder), name)
     profile_team = _profile_team(identity)
@@ -113,23 +113,31 @@ def rename(name: str, coordinator_url: Optional[str], data_dir: Optional[str]) -
     click.echo(f"{answer['previous_name']} is now {answer['name']}.")
 
 
-def attach_this_node(url: str, data_dir: Path, key: str) -> dict:
-    """`hearth join URL --attach KEY`: register this PC's node key under the account KEY opens (an attach key, or the
-    account key), keep the key, remember the account's name. Raises click.ClickException with the reason."""
+def attach_this_node(url: str, data_dir: Path, key: str, on_join: bool = False) -> Optional[dict]:
+    """Register this PC's node key under the account KEY opens (an attach key, or the account key), keep the key,
+    remember the account's name. Raises click.ClickException with the reason. `on_join` (`hearth join --attach`,
+    maybe from HEARTH_ATTACH_KEY at every start): a PC already attached with this key skips the step, and a PC
+    already registered keeps running in its account with a warning when the key is refused (e.g. rotated since)."""
     from node.coordinator_client import CoordinatorClient, CoordinatorError
     from node.identity import NodeIdentity
     from protocol.messages import NodeAttach
 
+    key = key.strip()
     identity = NodeIdentity.load_or_create(Path(data_dir))
+    registered = identity.registered_name()
+    if on_join and registered and key in (accounts.attach_key(data_dir), accounts.account_key(data_dir)):
+        return None
     client = CoordinatorClient(url, connect_timeout=30.0)
     try:
-        answer = client.attach(NodeAttach(public_key=identity.key.public_key, time=time.time()), identity.key, key.strip())
+        answer = client.attach(NodeAttach(public_key=identity.key.public_key, time=time.time()), identity.key, key)
     except CoordinatorError as e:
+        if on_join and registered:
+            click.echo(f"Warning: {e}; this PC stays in account {registered!r}.", err=True)
+            return None
         raise click.ClickException(str(e)) from None
     finally:
         client.close()
-    kind = "account_key" if key.strip().startswith("acct-") else "attach_key"
-    accounts.save_keys(data_dir, {kind: key.strip()})
+    accounts.save_keys(data_dir, {"account_key" if key.startswith("acct-") else "attach_key": key})
     identity.remember(answer["volunteer"]["name"], answer["volunteer"]["team"])
     click.echo(f"This PC (node {identity.node_id[:12]}) is attached to account {answer['volunteer']['name']!r}.",
                err=True)  # fmt: skip

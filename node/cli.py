@@ -86,7 +86,7 @@ def join(ctx: click.Context, coordinator_url: str | None, attach_key: str | None
     if attach_key:
         from node.account_cli import attach_this_node
 
-        attach_this_node(config.coordinator_url, config.data_dir, attach_key)  # before the worker registers
+        attach_this_node(config.coordinator_url, config.data_dir, attach_key, on_join=True)  # before it registers
     verbosity = ctx.find_root().params.get("verbose", 0)
     click.echo(f"Joining {config.coordinator_url} (data in {config.data_dir}); Ctrl+C to stop.", err=True)
     code = run_supervised(python_argv("node.worker", json.dumps(config.to_json_dict()), str(verbosity)))

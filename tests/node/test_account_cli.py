@@ -76,6 +76,7 @@ def test_two_pcs_one_account_through_the_cli(coordinator, tmp_path):
     refused(hearth(pc_b, "account", "attach-key", "--rotate"), "holds no account key")
     refused(hearth(pc_b, "account", "detach", node_a[:8]), "holds no account key")
     refused(hearth(pc_b, "team", "create", "Stolen"), "holds no account key")
+    refused(hearth(pc_b, "account", "rename", "stolen"), "holds no account key")
     refused(hearth(pc_b, "team", "create", "Stolen", extra_env={"HEARTH_ACCOUNT_KEY": attach_key}),
             "the attach key can only attach nodes")  # fmt: skip
 
@@ -89,5 +90,9 @@ def test_two_pcs_one_account_through_the_cli(coordinator, tmp_path):
     refused(hearth(pc_c, "account", "attach", attach_key), "wrong attach key")
     detached = hearth(pc_a, "account", "detach", node_b[:8])
     assert detached.returncode == 0 and f"Detached node {node_b[:12]}" in detached.stdout, detached.stderr
+    renamed = hearth(pc_a, "account", "rename", " Two PCs Person ")
+    assert renamed.returncode == 0 and "two-pcs is now Two PCs Person." in renamed.stdout, renamed.stderr
+    refused(hearth(pc_a, "account", "rename", "bad\tname"), "the name must not contain control characters")
     shown = hearth(pc_a, "account", "show")
-    assert "nodes:      1" in shown.stdout and "detached" in shown.stdout and "team 'Two PCs' (founder)" in shown.stdout
+    assert "account:    Two PCs Person, team 'Two PCs' (founder)" in shown.stdout, shown.stdout
+    assert "nodes:      1" in shown.stdout and "detached" in shown.stdout
