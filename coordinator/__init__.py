@@ -5,6 +5,8 @@ JSON API and website, all in one asyncio process. Never imports `node`.
 - db.py: the schema (SQLAlchemy Core) and engine; the only module that knows SQL dialects.
 - ledger.py: the credit rule, registrations, swarm creation, batched idempotent writes with running totals.
 - teams.py: team create / join / leave (signed actions, replays refused) and registration's join-or-create.
+- accounts.py: accounts with several nodes: account and attach keys (hashed), attach, detach, rotate, rename.
+- accounts_api.py: the account routes under /api/v1/accounts.
 - swarms.py: defining a swarm from a task (FLOPs measured once) and building its manifest.
 - broker.py: the embedded amqtt MQTT broker, or a reachability check of an external one.
 - ingest.py: MQTT reports and presence → verification → the ledger; bad input counted and recorded.

@@ -1,7 +1,9 @@
 """The volunteer's node daemon.
 
 - cli.py: `hearth join URL` (supervised) and `hearth node …`.
-- team_cli.py: `hearth team create NAME | join NAME | leave` (signed with the node key).
+- team_cli.py: `hearth team create NAME | join NAME | leave` (signed with the node key, sent with the account key).
+- account_cli.py: `hearth account show | attach | attach-key | detach | rename`, and `hearth join --attach KEY`.
+- accounts.py: this PC's copies of the account key and attach key (0600, next to the node key).
 - worker.py: the supervised process's entry point.
 - config.py: NodeConfig, the one config object, with its PolicyConfig (when to compute).
 - settings.py: builds NodeConfig from defaults < config.toml < HEARTH_* env < flags; remembers each source.
