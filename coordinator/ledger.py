@@ -229,7 +229,7 @@ async def _bump_sequences(conn, grants: list[dict]) -> None:
     await conn.execute(  # one executemany, not a statement per node
         update(nodes).where(nodes.c.node_id == bindparam("node"), nodes.c.last_seq < bindparam("seq"))
         .values(last_seq=bindparam("seq")),
-        [{"node": node_id, "seq": seq} for node_id, seq in latest.items()],
+        [{"node": node_id, "seq": seq} for node_id, seq in sorted(latest.items())],
     )  # fmt: skip
 
 
@@ -245,7 +245,7 @@ async def _add_pending(conn, reports: list[dict], sign: int) -> None:
     await conn.execute(
         update(t).where(t.c.volunteer_id == bindparam("v"))
         .values(pending_credit=t.c.pending_credit + bindparam("c"), pending_reports=t.c.pending_reports + bindparam("n")),
-        [{"v": v, "c": c, "n": n} for v, (c, n) in sums.items()],
+        [{"v": v, "c": c, "n": n} for v, (c, n) in sorted(sums.items())],
     )  # fmt: skip
 
 
@@ -282,13 +282,15 @@ async def _add_totals(conn, dialect: str, grants: list[dict], now: datetime) -> 
 
 
 async def _upsert_totals(conn, dialect: str, table, sums: dict[Any, dict], now: datetime) -> None:
-    """Create missing rows, lock and read their RAC, then add the sums and the new RAC (one statement each)."""
+    """Create missing rows, lock and read their RAC, then add the sums and the new RAC (one statement each).
+    Rows are taken in key order, so concurrent writers (replicas on one PostgreSQL) cannot deadlock."""
     key = table.primary_key.columns.values()[0]
+    sums = dict(sorted(sums.items()))
     await conn.execute(db.upsert(dialect, table).on_conflict_do_nothing(index_elements=[key]), [{key.name: k} for k in sums])
     current = {
         row[0]: (row[1], _seconds(row[2]))
         for row in await conn.execute(
-            select(key, table.c.rac, table.c.rac_updated_at).where(key.in_(list(sums))).with_for_update()
+            select(key, table.c.rac, table.c.rac_updated_at).where(key.in_(list(sums))).order_by(key).with_for_update()
         )
     }
     at = now.timestamp()
