@@ -94,7 +94,8 @@ async def volunteer_detail(engine: AsyncEngine, name: str, limit: int = AUDIT_LI
         "recent_average_credit": rac_now(row.rac, row.rac_updated_at),
         "nodes": [
             {"node_id": node.node_id, "device": node.device, "online": node.online, "swarm_id": node.swarm_id,
-             "last_seen": iso(node.last_seen), "last_seq": node.last_seq}  # fmt: skip
+             "last_seen": iso(node.last_seen), "last_seq": node.last_seq,
+             "detached": node.detached_at is not None}  # fmt: skip
             for node in nodes
         ],
         "audit": [_report_entry(rep) for rep in reports],

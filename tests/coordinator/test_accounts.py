@@ -203,6 +203,8 @@ def test_rotate_detach_rename(tmp_path, ledger_url):
         by_id = {n["node_id"]: n for n in me["nodes"]}
         assert by_id[node_b.node_id]["detached_at"] and by_id[node_b.node_id]["credit"] > 0  # its credit stays
         assert me["credit"] == pytest.approx(sum(n["credit"] for n in me["nodes"]))
+        public = {n["node_id"]: n["detached"] for n in (await client.get("/api/v1/volunteers/alice")).json()["nodes"]}
+        assert public == {node_a.node_id: False, node_b.node_id: True, node_c.node_id: False}
         await ledger.load()  # a restarted coordinator does not take its reports either
         assert node_b.node_id not in ledger.nodes and node_a.node_id in ledger.nodes
 
