@@ -38,7 +38,8 @@ class StateDownloader:
     async def download(self, run_id: str, timeout: float) -> Optional[tuple[dict, list[torch.Tensor]]]:
         """(metadata, tensors) from the peer with the newest state; None when no peer shared one."""
         averager = await self._averager(run_id)
-        return await asyncio.to_thread(averager.load_state_from_peers, timeout=timeout)
+        # An MPFuture, awaited here: a coordinator stopping mid-download is not held up by a waiting thread.
+        return await asyncio.wait_for(averager.load_state_from_peers(wait=False, timeout=timeout), timeout)
 
     async def _averager(self, run_id: str):
         if run_id not in self._averagers:

@@ -183,3 +183,23 @@ def test_routes_list_and_download_with_the_error_shape(tmp_path):
     for response, status, code in errors:
         assert_error(response, status, code)
     assert not os.path.exists(tmp_path / "etc")
+
+
+def test_a_download_from_a_swarm_without_peers_finds_no_state():
+    from hivemind.dht import DHT
+
+    from coordinator.swarm_state import StateDownloader
+
+    dht = DHT(start=True)
+
+    async def scenario():
+        downloader = StateDownloader(dht)
+        try:
+            return await downloader.download("hearth-nobody-00000000", timeout=20)
+        finally:
+            await downloader.close()
+
+    try:
+        assert asyncio.run(scenario()) is None
+    finally:
+        dht.shutdown()
