@@ -54,30 +54,45 @@ async def leaderboard(engine: AsyncEngine, sort: str = "credit", offset: int = 0
 
 
 async def volunteer_rows(engine: AsyncEngine, ids: list[int]) -> dict[int, dict]:
-    """Leaderboard rows (live values) for the given volunteer ids."""
+    """Leaderboard rows (live values) for the given volunteer ids, in one statement (node activity through the
+    index on nodes.volunteer_id)."""
     if not ids:
         return {}
     v, t, n = db.volunteers, db.volunteer_totals, db.nodes
+    mine = n.c.volunteer_id == v.c.id
+    online = select(func.coalesce(func.sum(cast(n.c.online, Integer)), 0)).where(mine).scalar_subquery()
+    seen = select(func.max(n.c.last_seen)).where(mine).scalar_subquery()
     async with engine.connect() as conn:
         rows = list(await conn.execute(
             select(v.c.id, v.c.name, v.c.team, t.c.credit, t.c.samples, t.c.reports, t.c.last_report_at, t.c.rac,
-                   t.c.rac_updated_at).join(t, t.c.volunteer_id == v.c.id).where(v.c.id.in_(ids))
+                   t.c.rac_updated_at, online.label("online"), seen.label("node_last_seen"))
+            .join(t, t.c.volunteer_id == v.c.id).where(v.c.id.in_(ids))
         ))  # fmt: skip
-        activity = {r.volunteer_id: r for r in await conn.execute(
-            select(n.c.volunteer_id, func.sum(cast(n.c.online, Integer)).label("online"),
-                   func.max(n.c.last_seen).label("last_seen"))
-            .where(n.c.volunteer_id.in_(ids)).group_by(n.c.volunteer_id)
-        )}  # fmt: skip
     now = time.time()
-    out = {}
-    for r in rows:
-        a = activity.get(r.id)
-        out[r.id] = {
+    return {
+        r.id: {
             "name": r.name, "team": r.team, "credit": r.credit, "samples": r.samples, "reports": r.reports,
-            "last_seen": iso(_latest(r.last_report_at, a.last_seen if a else None)),
-            "nodes_online": int(a.online or 0) if a else 0, "recent_average_credit": rac_now(r.rac, r.rac_updated_at, now),
+            "last_seen": iso(_latest(r.last_report_at, r.node_last_seen)), "nodes_online": int(r.online or 0),
+            "recent_average_credit": rac_now(r.rac, r.rac_updated_at, now),
         }  # fmt: skip
-    return out
+        for r in rows
+    }
+
+
+async def site_stats(engine: AsyncEngine) -> dict[str, Any]:
+    """The leaderboard's headline numbers without counting big tables: volunteers from the rankings, nodes online
+    through the index on nodes.online, credit and samples from swarm_totals (one row per swarm)."""
+    n, s = db.nodes, db.swarm_totals
+    query = select(
+        select(func.count()).select_from(n).where(n.c.online == True).scalar_subquery(),  # noqa: E712 (SQL)
+        select(func.coalesce(func.sum(s.c.credit), 0.0)).scalar_subquery(),
+        select(func.coalesce(func.sum(s.c.samples), 0)).scalar_subquery(),
+    )
+    snapshot = await rankings_for(engine).current()
+    async with engine.connect() as conn:
+        nodes_online, credit, samples = (await conn.execute(query)).one()
+    return {"volunteers": snapshot.total, "nodes_online": int(nodes_online), "credit": float(credit),
+            "samples": int(samples)}  # fmt: skip
 
 
 def _utc(value: datetime) -> datetime:

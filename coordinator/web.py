@@ -100,7 +100,7 @@ async def leaderboard(request: Request, view: str = Query("volunteers", pattern=
     svc = services(request)
     size = size if size in PAGE_SIZES else 50
     offset = (page - 1) * size
-    stats = await queries.ledger_stats(svc.ledger.engine)
+    stats = await page_data.site_stats(svc.ledger.engine)
     if view == "teams":
         board = await page_data.team_board(svc.ledger.engine, offset, size)
     else:
@@ -144,7 +144,21 @@ async def swarm(request: Request, swarm_id: str) -> HTMLResponse:
     detail = await page_data.swarm_page(svc.ledger.engine, svc.monitor, swarm_id)
     if detail is None:
         return _not_found(request, f"No swarm has the id “{swarm_id}”.")
-    return _render(request, "swarm.html", title=detail["title"], s=detail, now=time.time())
+    return _render(request, "swarm.html", title=detail["title"], s=detail, now=time.time(),
+                   checkpoints=_checkpoints(request, swarm_id))
+
+
+def _checkpoints(request: Request, swarm_id: str) -> Optional[dict[str, Any]]:
+    """The latest checkpoint of a swarm ({epoch, saved_at, size, url}), from the store that
+    coordinator/checkpoint_api.py serves; None when this coordinator keeps no checkpoints."""
+    store = getattr(request.app.state, "checkpoints", None)
+    if store is None:
+        return None
+    latest = store.latest(swarm_id)
+    if latest is None:
+        return {"latest": None}
+    return {"latest": {"epoch": latest.epoch, "saved_at": latest.saved_at, "size": latest.size, "sha256": latest.sha256,
+                       "url": f"/api/v1/swarms/{swarm_id}/checkpoints/latest"}}  # fmt: skip
 
 
 @router.get("/join", response_class=HTMLResponse)

@@ -25,21 +25,37 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args():
-    """pytest-playwright's launch options: the system Chromium, headless."""
+@pytest.fixture(scope="module")
+def browser():
+    """The system Chromium, headless, driven by playwright's sync API; started and stopped per module so no
+    event loop outlives these tests (pytest-playwright's session-wide one breaks later asyncio.run calls)."""
     path = chromium_path()
     if path is None:
         message = "Chromium is not installed (apt-get install chromium, or set HEARTH_CHROMIUM)"
         if _in_ci():
             pytest.fail(f"CI is set but {message}")
         pytest.skip(f"{message}: browser tests skipped")
-    return {"executable_path": path, "args": CHROMIUM_ARGS, "headless": True}
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    try:
+        launched = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()
+    finally:
+        playwright.stop()
 
 
-@pytest.fixture(scope="session")
-def browser_name():
-    return "chromium"  # never firefox/webkit: they are not installed and the launch hangs
+@pytest.fixture
+def page(browser):
+    """A fresh browser context and page per test (clipboard allowed, for the copy button)."""
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 @pytest.fixture(scope="module")

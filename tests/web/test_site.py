@@ -33,11 +33,6 @@ def seeded(site):
     return site
 
 
-@pytest.fixture(scope="session")
-def browser_context_args(browser_context_args):
-    return {**browser_context_args, "permissions": ["clipboard-read", "clipboard-write"]}
-
-
 def column(page, table: str, index: int) -> list[str]:
     return [text.strip() for text in page.locator(f"{table} tbody tr td:nth-child({index})").all_inner_texts()]
 
