@@ -64,6 +64,7 @@ volunteers = Table(
     # the account's secrets, as SHA-256 hex (coordinator/accounts.py); NULL until a pre-accounts volunteer claims them
     Column("account_key_hash", String(64)),
     Column("attach_key_hash", String(64)),
+    Index("ix_volunteers_team", "team"),  # team pages count and list members without a scan
 )
 
 teams = Table(  # volunteers.team names a row here; a team outlives its members (its founder may leave)
@@ -101,6 +102,7 @@ nodes = Table(
     Column("last_seq", BigInteger, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("detached_at", DateTime(timezone=True)),  # set when its account detached it: the key may report no more
+    Index("ix_nodes_online", "online"),  # the website counts nodes online
 )
 
 reports = Table(
@@ -124,6 +126,7 @@ reports = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("node_id", "seq", name="uq_reports_node_seq"),
     Index("ix_reports_volunteer", "volunteer_id", "id"),
+    Index("ix_reports_swarm_epoch", "swarm_id", "epoch"),  # swarm dashboards read the latest epochs
 )
 
 grants = Table(
