@@ -134,7 +134,8 @@ def main() -> None:
     print(cluster.url, flush=True)
     if args.action == "start":
         return
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell's background job starts with it ignored
+        signal.signal(signum, signal.default_int_handler)
     print("PostgreSQL is running; Ctrl+C stops it and deletes its data", file=sys.stderr, flush=True)
     try:
         while True:
