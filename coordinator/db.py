@@ -11,7 +11,8 @@ To change the schema (a table, a column, an index):
      coordinator/migrations/versions/<date>_<rev>_add_accounts.py from the difference; read and fix it (name
      constraints and indexes; a NOT NULL column added to a table with rows needs a server_default or a data
      step; SQLite alters tables through `op.batch_alter_table`, which autogenerate already uses);
-  3. `python -m coordinator.migrations check` must then report no difference, and
+  3. write its downgrade() too (tests go down to the empty database and back up);
+  4. `python -m coordinator.migrations check` must then report no difference, and
      tests/coordinator/test_migrations.py checks the same on SQLite and PostgreSQL.
 Never edit a revision that has been released: add another one on top.
 """
