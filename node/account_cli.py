@@ -86,9 +86,11 @@ def detach(node: str, coordinator_url: Optional[str], data_dir: Optional[str]) -
         key = account_key_for(client, identity, folder)
         nodes = [n["node_id"] for n in _call(client.account, key)["nodes"] if n["detached_at"] is None]
         matches = [node_id for node_id in nodes if node_id.startswith(node.strip().lower())]
-        if len(matches) != 1 or len(node.strip()) < 4:
-            raise click.ClickException(f"no single attached node starts with {node!r}; "
-                                       "`hearth account show` lists them")  # fmt: skip
+        if len(node.strip()) < 4:
+            raise click.ClickException("give at least 4 characters of the node id (`hearth account show` lists them)")
+        if len(matches) != 1:
+            raise click.ClickException(f"{'no' if not matches else 'more than one'} attached node starts with "
+                                       f"{node!r}; `hearth account show` lists them")  # fmt: skip
         _call(client.detach, key, matches[0])
     here = " (this PC: it can no longer report)" if matches[0] == identity.node_id else ""
     click.echo(f"Detached node {matches[0][:12]}{here}.")
