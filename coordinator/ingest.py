@@ -14,7 +14,7 @@ import logging
 import multiprocessing
 import time
 from collections import Counter
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import aiomqtt
 
@@ -33,8 +33,16 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 2000
 MAX_BACKOFF = 30.0
 WORKER_RESTART_SECONDS = 1.0
+MIN_WAIT = 0.1  # seconds the writer waits for input while a held report is due
 
 Item = tuple  # (topic, payload, received (monotonic), Verified | Rejected | None while unchecked)
+
+
+class CaughtUp(NamedTuple):
+    """Ingest worker `worker` had read everything the broker sent it before `time` (monotonic)."""
+
+    worker: int
+    time: float
 
 
 class Ingestor:
@@ -55,6 +63,7 @@ class Ingestor:
         self._tasks: list[asyncio.Task] = []
         self._client: Optional[aiomqtt.Client] = None
         self._workers_ready: set[int] = set()
+        self._caught_up: dict[int, float] = {}  # per running worker
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._receive(), name="ingest-receive"),
@@ -120,12 +129,17 @@ class Ingestor:
                         self._workers_ready.add(index)
                         self._update_ready()
                         continue
-                    for item in received:
+                    caught_up, items = received
+                    self.counters[f"worker_{index}_messages"] += len(items)
+                    for item in items:
                         self._queue.put_nowait(item)
+                    if caught_up is not None:
+                        self._queue.put_nowait(CaughtUp(index, caught_up))
             except (EOFError, OSError):
                 logger.warning("Ingest worker %d stopped (exit code %s); restarting it", index, process.exitcode)
             finally:
                 self._workers_ready.discard(index)
+                self._caught_up.pop(index, None)  # what it held is lost: its nodes' outboxes send it again
                 self._update_ready()
                 if process.is_alive():
                     process.terminate()
@@ -140,9 +154,14 @@ class Ingestor:
             batch, granted = Batch(), []
             now = time.monotonic()
             for item in items:
+                if isinstance(item, CaughtUp):
+                    self._caught_up[item.worker] = item.time
+                    continue
                 for ready in await self._route(item, now):
                     await self._decide(ready, batch, granted)
-            for ready in self.sequencer.expire(now):
+            # Without workers, everything received is in `items` or before; with them, the slowest one counts.
+            caught_up = min(self._caught_up.values(), default=now) if self.workers else now
+            for ready in self.sequencer.expire(now, caught_up):
                 await self._decide(ready, batch, granted)
             self.counters["out_of_order_dropped"] = self.sequencer.dropped
             if not batch:
@@ -163,10 +182,12 @@ class Ingestor:
         """What arrived (up to MAX_BATCH), waiting at most until the sequencer's next hold expires."""
         deadline = self.sequencer.next_deadline()
         try:
-            if deadline is None:
+            if not self._queue.empty():
+                items = [self._queue.get_nowait()]
+            elif deadline is None:
                 items = [await self._queue.get()]
-            else:
-                items = [await asyncio.wait_for(self._queue.get(), max(0.0, deadline - time.monotonic()))]
+            else:  # a hold may be due; if it waits for a slow worker, that worker's next word wakes us
+                items = [await asyncio.wait_for(self._queue.get(), max(MIN_WAIT, deadline - time.monotonic()))]
         except asyncio.TimeoutError:
             return []
         while len(items) < MAX_BATCH and not self._queue.empty():

@@ -21,6 +21,7 @@ from protocol.topics import REPORTS_FILTER, STATUS_FILTER, shared
 logger = logging.getLogger(__name__)
 
 GROUP = "hearth-ingest"
+HEARTBEAT = 0.5
 
 
 def run_worker(index: int, database_url: str, host: str, port: int, connection) -> None:
@@ -39,15 +40,23 @@ async def _work(index: int, database_url: str, host: str, port: int, connection)
     verifier = Verifier(ledger)
     parent = os.getppid()
     pending: list = []
+    checking = False  # a message is being verified (waiting on a key lookup)
     arrived = asyncio.Event()
 
-    async def forward() -> None:
+    async def forward(client: aiomqtt.Client) -> None:
+        """Send what was verified, with the time this worker has caught up to when it read all it was sent
+        (the coordinator waits for that before it gives up on a gap in a node's sequence); at least every
+        HEARTBEAT seconds."""
         nonlocal pending
         while True:
-            await arrived.wait()
+            try:
+                await asyncio.wait_for(arrived.wait(), HEARTBEAT)
+            except asyncio.TimeoutError:
+                pass
             arrived.clear()
             out, pending = pending, []
-            await asyncio.to_thread(connection.send, out)  # blocks when the coordinator falls behind
+            caught_up = time.monotonic() if len(client.messages) == 0 and not checking else None
+            await asyncio.to_thread(connection.send, (caught_up, out))  # blocks when the coordinator falls behind
 
     async def watch_parent() -> None:
         while os.getppid() == parent:
@@ -55,9 +64,11 @@ async def _work(index: int, database_url: str, host: str, port: int, connection)
         raise BrokenPipeError("the coordinator is gone")
 
     async def receive(client: aiomqtt.Client) -> None:
+        nonlocal checking
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             topic = message.topic.value
+            checking = True
             try:
                 verdict = await verifier.check(topic, payload)
             except Rejected as r:
@@ -65,6 +76,8 @@ async def _work(index: int, database_url: str, host: str, port: int, connection)
             except Exception as e:  # a bug must cost one message, never the worker
                 logger.exception("Unexpected error while verifying a message on %s", topic)
                 verdict = Rejected("internal_error", f"{type(e).__name__}: {e}")
+            finally:
+                checking = False
             pending.append((topic, payload, time.monotonic(), verdict))
             arrived.set()
 
@@ -79,7 +92,7 @@ async def _work(index: int, database_url: str, host: str, port: int, connection)
                     await client.subscribe(shared(STATUS_FILTER, GROUP), qos=1)
                     connection.send("subscribed")
                     backoff = 0.5
-                    tasks = {asyncio.create_task(receive(client)), asyncio.create_task(forward())}
+                    tasks = {asyncio.create_task(receive(client)), asyncio.create_task(forward(client))}
                     try:
                         done, _ = await asyncio.wait(tasks | {watcher}, return_when=asyncio.FIRST_COMPLETED)
                     finally:

@@ -3,8 +3,9 @@
 A node's receipt says "everything up to last_seq is in", and its outbox then forgets those reports, so a report
 must never be accepted while an earlier one may still come: that earlier one would then be refused as a replay
 and lost. Reports that arrive ahead of a gap (several ingest workers on a shared subscription, or a restart that
-lost reports the broker had already handed over) are held for `hold_seconds`. If the gap fills, they go on in
-order. If not, they are dropped unreceipted; the node's outbox sends them again, in order, with the missing ones
+lost reports the broker had already handed over) are held. If the gap fills, they go on in order. If it is still
+open once they waited `hold_seconds` and every receiver has caught up past them (so the missing report is not
+merely queued in a slower ingest worker), they are dropped unreceipted; the node's outbox sends them again, in order, with the missing ones
 first. A report that is dropped this way a second time shows the node has no earlier report (it skipped a
 sequence number): it is then released over the gap.
 """
@@ -35,10 +36,11 @@ class Sequencer:
         held.setdefault(seq, []).append((now, item))
         return []
 
-    def expire(self, now: float) -> list[Any]:
-        """Release or drop what waited `hold_seconds` for a gap to fill; returns the released items, in order."""
-        released = []
-        expired = [n for n, held in self._held.items() if now - min(i[0][0] for i in held.values()) >= self.hold_seconds]
+    def expire(self, now: float, caught_up: float) -> list[Any]:
+        """Release or drop what waited `hold_seconds` for a gap to fill while every receiver has caught up to
+        `caught_up` (monotonic seconds); returns the released items, in order."""
+        released, horizon = [], min(now - self.hold_seconds, caught_up)
+        expired = [n for n, held in self._held.items() if min(i[0][0] for i in held.values()) <= horizon]
         for node_id in expired:
             first = min(self._held[node_id])
             remembered = self._dropped_before[node_id]
@@ -47,7 +49,7 @@ class Sequencer:
                 continue
             held = self._held.pop(node_id)
             for seq, items in held.items():
-                if now - items[0][0] >= self.hold_seconds:
+                if items[0][0] <= horizon:
                     self.dropped += len(items)
                     if len(remembered) < MAX_REMEMBERED:
                         remembered.add(seq)
