@@ -22,7 +22,7 @@ from coordinator.accounts_api import router as accounts_router
 from coordinator.api import Services
 from coordinator.broker import EmbeddedBroker, check_reachable
 from coordinator.config import CoordinatorConfig, parse_mqtt_url
-from coordinator.errors import DEFAULT_MAX_BODY_BYTES, ERROR_RESPONSES, BodySizeLimit, install_error_handlers
+from coordinator.errors import DEFAULT_MAX_BODY_BYTES, ERROR_RESPONSES, BodySizeLimit, ErrorCounter, install_error_handlers
 from coordinator.exports import ExportScheduler
 from coordinator.checkpoint_api import router as checkpoints_router
 from coordinator.checkpoints import CheckpointScheduler, CheckpointStore
@@ -51,6 +51,7 @@ def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None,
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     if rate_limit > 0:  # added last: runs first, before any body is read
         app.add_middleware(RateLimitMiddleware, limiter=RateLimiter(rate_limit, clock=clock), on_limited=metrics.rate_limited.inc)
+    app.add_middleware(ErrorCounter, count=lambda status: metrics.http_errors.labels(str(status)).inc())
     app.include_router(api.router)
     app.include_router(accounts_router)
     app.include_router(exports_router)

@@ -2,7 +2,7 @@
 OpenAPI description, and the request body size limit (413)."""
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -113,6 +113,35 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class ErrorCounter:
+    """ASGI middleware: calls `count(status)` for every answer with a status of 400 or more, whoever sent it
+    (route, handler, body limit, rate limit), so refused input shows in the metrics."""
+
+    def __init__(self, app: ASGIApp, count: Callable[[int], None]):
+        self.app, self.count = app, count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        started = False
+
+        async def counting_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if message["status"] >= 400:
+                    self.count(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        except Exception:
+            if not started:  # the outermost handler answers 500 after this
+                self.count(500)
+            raise
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -52,6 +52,8 @@ class CoordinatorMetrics:
                                  buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
         self.rate_limited = Counter("hearth_http_rate_limited", "HTTP requests refused with 429 by the per-IP rate limit.",
                                     registry=self.registry)  # fmt: skip
+        self.http_errors = Counter("hearth_http_errors", "HTTP answers with an error status (4xx, 5xx), by status.",
+                                   ["status"], registry=self.registry)  # fmt: skip
         self._live = _LiveCollector()
         self.registry.register(self._live)
 

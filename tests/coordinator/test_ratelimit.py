@@ -4,7 +4,7 @@ import pytest
 
 from coordinator.config import CoordinatorConfig
 from coordinator.ratelimit import RateLimiter, TokenBucket, parse_rate
-from tests.conftest import run_hearth
+from tests.conftest import CoordinatorProcess, run_hearth
 from tests.coordinator.live_server import live_server
 
 
@@ -80,9 +80,23 @@ def test_http_429_with_retry_after_then_recovery(tmp_path):
         assert client.get("/healthz").status_code == 200  # operator endpoints are not limited
         metrics = client.get("/metrics").text
         assert "hearth_http_rate_limited_total 2.0" in metrics
+        assert 'hearth_http_errors_total{status="429"} 2.0' in metrics
 
         clock.now += 0.5  # one token back
         assert client.get("/api/v1/leaderboard").status_code == 200
         assert client.get("/api/v1/leaderboard").status_code == 429
         clock.now += 60  # full again, but no more than the burst
         assert [client.get("/api/v1/stats").status_code for _ in range(11)] == [200] * 10 + [429]
+
+
+def test_serve_applies_its_rate_limit_option(tmp_path):
+    coordinator = CoordinatorProcess(tmp_path / "data", "--rate-limit", "60/min")  # 1/s, bursts of 5
+    try:
+        responses = [coordinator.api.get("/api/v1/stats") for _ in range(20)]
+        statuses = [r.status_code for r in responses]
+        assert statuses[:5] == [200] * 5 and 429 in statuses, statuses  # 20 requests take far less than 15 s
+        refused = responses[statuses.index(429)]
+        assert refused.headers["retry-after"] == "1" and refused.json()["error"]["code"] == "rate_limited"
+        assert "hearth_http_rate_limited_total" in coordinator.api.get("/metrics").text
+    finally:
+        assert coordinator.stop() == 0
