@@ -8,6 +8,7 @@ import os
 import aiomqtt
 
 from hearth.processes import wait_until
+from node.account_cli import attach_this_node
 from node.accounts import ACCOUNT_KEY_FILE, ATTACH_KEY_FILE
 from node.config import NodeConfig
 from node.coordinator_client import CoordinatorClient
@@ -18,7 +19,7 @@ from tests.conftest import run_hearth
 from tests.coordinator.helpers import report
 
 
-def test_two_pcs_one_account_through_the_cli(coordinator, tmp_path):
+def test_two_pcs_one_account_through_the_cli(coordinator, tmp_path, capsys):
     from node.daemon import register  # what `hearth join` runs on a PC's first start
 
     env = {k: v for k, v in os.environ.items() if k not in ("HEARTH_ACCOUNT_KEY", "HEARTH_ATTACH_KEY")}
@@ -88,6 +89,11 @@ def test_two_pcs_one_account_through_the_cli(coordinator, tmp_path):
     assert rotated.returncode == 0 and new_key.startswith("attach-") and new_key != attach_key, rotated.stderr
     assert (pc_a / ATTACH_KEY_FILE).read_text().strip() == new_key
     refused(hearth(pc_c, "account", "attach", attach_key), "wrong attach key")
+    # `hearth join --attach` at every start (HEARTH_ATTACH_KEY in a service): B, attached with the old key, skips
+    # the step; given a key that is refused, a registered PC keeps running in its account with a warning.
+    assert attach_this_node(coordinator.url, pc_b, attach_key, on_join=True) is None
+    assert attach_this_node(coordinator.url, pc_b, attach_key[:-3] + "xyz", on_join=True) is None
+    assert "wrong attach key" in capsys.readouterr().err
     detached = hearth(pc_a, "account", "detach", node_b[:8])
     assert detached.returncode == 0 and f"Detached node {node_b[:12]}" in detached.stdout, detached.stderr
     renamed = hearth(pc_a, "account", "rename", " Two PCs Person ")
