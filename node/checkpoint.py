@@ -7,6 +7,7 @@ coordinator/swarm_state.py's: {epoch, model (state_dict), optimizer (state_dict)
 
 import hashlib
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -61,10 +62,17 @@ class CoordinatorCheckpoints:
         if response.status_code != 200:
             raise CheckpointUnavailable(f"listing answered HTTP {response.status_code}")
         try:
-            checkpoints = response.json()["checkpoints"]
-            return max(checkpoints, key=lambda c: int(c["epoch"]), default=None)
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointUnavailable(f"malformed checkpoint listing ({e})") from None
+            listing = [self._checked(entry) for entry in response.json()["checkpoints"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointUnavailable(f"malformed checkpoint listing ({type(e).__name__}: {e})") from None
+        return max(listing, key=lambda entry: entry["epoch"], default=None)
+
+    def _checked(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Only what this node uses, validated: the URL must be a path on this coordinator, never another host."""
+        epoch, sha256, url = int(entry["epoch"]), str(entry["sha256"]), str(entry["url"])
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256) or url != f"/api/v1/swarms/{self.swarm_id}/checkpoints/{epoch}":
+            raise ValueError(f"unexpected checkpoint entry for epoch {epoch}")
+        return {"epoch": epoch, "sha256": sha256, "url": url}
 
     def download(self, listing: dict[str, Any]) -> dict[str, Any]:
         """Stream the file to a temporary file, check its sha256 against the listing, and load it."""
@@ -102,7 +110,8 @@ def apply_checkpoint(optimizer, checkpoint: dict[str, Any]) -> None:
         tensors = [model_state[name] for name in names]
     except (KeyError, TypeError) as e:
         raise CheckpointUnavailable(f"the file lacks {e}") from None
-    if len(tensors) != len(params) or any(t.shape != p.shape for t, p in zip(tensors, params)):
+    if len(tensors) != len(params) or any(not isinstance(t, torch.Tensor) or t.shape != p.shape
+                                          for t, p in zip(tensors, params)):  # fmt: skip
         raise CheckpointUnavailable("its parameters do not fit this task's model")
     with torch.no_grad(), averager.lock_averaged_tensors:
         try:
