@@ -16,6 +16,9 @@ JSON API and website, all in one asyncio process. Never imports `node`.
 - queries.py: read queries shared by the API and the website (leaderboard, volunteer audit trail, stats).
 - exports.py: public stats dumps (gzip JSON/CSV of volunteers, teams, nodes + index.json), regenerated
   periodically and served at /api/v1/exports/.
+- checkpoints.py: swarm checkpoints on disk (atomic writes, sha256 sidecars, last K) and the task taking them.
+- swarm_state.py: a swarm's state downloaded from its peers (download-only hivemind averager) → a checkpoint.
+- checkpoint_api.py: GET /api/v1/swarms/{id}/checkpoints (list) and …/checkpoints/{epoch|latest} (download).
 - api.py: the JSON API (/api/v1) and its single error shape.
 - web.py + templates/: the server-rendered leaderboard page.
 - app.py: wiring: the FastAPI app and the start/stop sequence of every part.

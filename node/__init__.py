@@ -17,6 +17,7 @@
 - swarm.py: the only hivemind import: DHT, Optimizer, round outcomes.
 - reachability.py: asks the coordinator to dial the listening peer back; unreachable: client mode with relays.
 - trainer.py: the training loop and epoch transitions.
+- checkpoint.py: when no peer had newer state at join, resume from the coordinator's latest checkpoint.
 - accounting.py: samples and compute time per epoch.
 - outbox.py: durable SQLite outbox and the report sequence counter.
 - reporter.py: aiomqtt reports (QoS 1) and retained presence with an "offline" last will.
