@@ -15,7 +15,11 @@ logger = logging.getLogger(__name__)
 
 
 class CoordinatorError(RuntimeError):
-    """A failure to show the volunteer as it is: one sentence, no traceback."""
+    """A failure to show the volunteer as it is: one sentence, no traceback. `code`: the API's error code, if any."""
+
+    def __init__(self, message: str, code: Optional[str] = None):
+        super().__init__(message)
+        self.code = code
 
 
 class CoordinatorClient:
@@ -71,7 +75,7 @@ class CoordinatorClient:
         headers = {"content-type": "application/json", **_authorization(bearer)}
         response = self._request("POST", path, content=seal(message, key), headers=headers)
         if response.status_code not in (200, 201):
-            raise CoordinatorError(f"{refused}: {_error_message(response)}")
+            raise CoordinatorError(f"{refused}: {_error_message(response)}", _error_code(response))
         return response.json()
 
     def _account_call(self, method: str, path: str, bearer: str, refused: str, **kwargs) -> dict:
@@ -100,6 +104,13 @@ class CoordinatorClient:
 
 def _authorization(bearer: Optional[str]) -> dict:
     return {"authorization": f"Bearer {bearer}"} if bearer else {}
+
+
+def _error_code(response: httpx.Response) -> Optional[str]:
+    try:
+        return response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -129,7 +129,8 @@ def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConf
     try:
         answer = client.register(registration, identity.key)
     except CoordinatorError as e:
-        raise NodeError(f"{e} (name {name!r}; choose another with --name)") from None
+        hint = f" (name {name!r}; choose another with --name)" if e.code == "name_taken" else ""
+        raise NodeError(f"{e}{hint}") from None
     save_keys(config.data_dir, answer)  # a new account's keys (or an old account's, claimed once): shown only now
     volunteer = answer.get("volunteer", {})  # an attached node registers under its account's name and team
     name = volunteer.get("name", name)

@@ -6,6 +6,7 @@ import asyncio
 import os
 
 import aiomqtt
+import pytest
 
 from hearth.processes import wait_until
 from node.account_cli import attach_this_node
@@ -20,7 +21,7 @@ from tests.coordinator.helpers import report
 
 
 def test_two_pcs_one_account_through_the_cli(coordinator, tmp_path, capsys):
-    from node.daemon import register  # what `hearth join` runs on a PC's first start
+    from node.daemon import NodeError, register  # what `hearth join` runs at start
 
     env = {k: v for k, v in os.environ.items() if k not in ("HEARTH_ACCOUNT_KEY", "HEARTH_ATTACH_KEY")}
     env["HEARTH_CONFIG"] = str(tmp_path / "config.toml")
@@ -102,3 +103,14 @@ def test_two_pcs_one_account_through_the_cli(coordinator, tmp_path, capsys):
     shown = hearth(pc_a, "account", "show")
     assert "account:    Two PCs Person, team 'Two PCs' (founder)" in shown.stdout, shown.stdout
     assert "nodes:      1" in shown.stdout and "detached" in shown.stdout
+
+    # What `hearth join` then says on B (its key revoked) and on a new PC choosing a taken name.
+    client = CoordinatorClient(coordinator.url, connect_timeout=10)
+    try:
+        for pc, name, words in ((pc_b, None, "was detached from its account"), (pc_c, "Two PCs Person", "--name")):
+            with pytest.raises(NodeError, match=words) as error:
+                register(client, NodeIdentity.load_or_create(pc), NodeConfig(coordinator.url, name=name, data_dir=pc),
+                         peer_id=None)  # fmt: skip
+            assert ("choose another with --name" in str(error.value)) == (name is not None)
+    finally:
+        client.close()
