@@ -14,7 +14,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from coordinator import queries
+from coordinator import page_data, queries
 from coordinator.errors import ApiError, error_doc, error_response  # noqa: F401  (ApiError, error_response: re-exported)
 from coordinator.accounts import AccountRefused
 from coordinator.ledger import Ledger, NameTaken, SwarmExists
@@ -209,9 +209,20 @@ async def reachability(request: Request) -> JSONResponse:
 
 
 @router.get("/leaderboard")
-async def leaderboard(request: Request, limit: Limit = 100, offset: Offset = 0) -> JSONResponse:
-    """Volunteers by granted credit, highest first."""
-    entries, total = await queries.leaderboard(services(request).ledger.engine, limit, offset)
+async def leaderboard(request: Request, limit: Limit = 100, offset: Offset = 0,
+                      sort: str = Query("credit", pattern="^(credit|rac|samples)$",
+                                        description="Order: credit (default), rac (recent average credit) or samples."),
+                      search: Optional[str] = Query(None, min_length=1, max_length=100,
+                                                    description="Only names starting with this, by name (`rank` is "
+                                                                "still the rank in `sort` order; `total` counts at most "
+                                                                "10,001).")) -> JSONResponse:  # fmt: skip
+    """Volunteers by granted credit (or `sort`), highest first; the website's leaderboard reads the same."""
+    if sort == "credit" and search is None:
+        entries, total = await queries.leaderboard(services(request).ledger.engine, limit, offset)
+    else:
+        board = await page_data.leaderboard(services(request).ledger.engine, sort, offset, limit, search)
+        entries = [{key: value for key, value in entry.items() if key != "credit_rank"} for entry in board["entries"]]
+        total = board["total"]
     return JSONResponse(page(request, "volunteers", entries, total, limit, offset))
 
 

@@ -17,7 +17,7 @@ from coordinator.rankings import SORTS, rankings_for
 
 logger = logging.getLogger(__name__)
 
-SEARCH_LIMIT = 50
+SEARCH_COUNT_CAP = 10_000  # counting the matches of a short prefix among a million names stops here
 CREDIT_SERIES_REPORTS = 2000  # a volunteer's credit-over-time chart covers their latest this-many grants
 ROUNDS_SHOWN = 200  # epochs on the loss chart
 RECENT_REPORTS = 20
@@ -25,19 +25,20 @@ RECENT_REPORTS = 20
 
 async def leaderboard(engine: AsyncEngine, sort: str = "credit", offset: int = 0, limit: int = 50,
                       search: Optional[str] = None) -> dict[str, Any]:  # fmt: skip
-    """A page of volunteers in `sort` order (credit, rac or samples), or those whose name starts with `search`
-    (by name, at most SEARCH_LIMIT), each with their rank by credit as of the rankings snapshot."""
+    """A page of volunteers in `sort` order (credit, rac or samples), or of those whose name starts with `search`
+    (by name; `total` then counts at most SEARCH_COUNT_CAP + 1), each with their rank as of the rankings."""
     if sort not in SORTS:
         raise ValueError(f"sort must be one of {', '.join(SORTS)}")
     snapshot = await rankings_for(engine).current()
     v = db.volunteers
     if search:
+        matches = (v.c.name >= search, v.c.name < search + "\U0010ffff")  # a range on the unique name index
         async with engine.connect() as conn:
             ids = list((await conn.execute(
-                select(v.c.id).where(v.c.name >= search, v.c.name < search + "\U0010ffff").order_by(v.c.name)
-                .limit(SEARCH_LIMIT)
+                select(v.c.id).where(*matches).order_by(v.c.name).limit(limit).offset(offset)
             )).scalars())  # fmt: skip
-        total = len(ids)
+            capped = select(v.c.id).where(*matches).limit(SEARCH_COUNT_CAP + 1).subquery()
+            total = (await conn.execute(select(func.count()).select_from(capped))).scalar_one()
     else:
         ids = snapshot.page(sort, offset, limit)
         total = snapshot.total

@@ -109,7 +109,7 @@ async def leaderboard(request: Request, view: str = Query("volunteers", pattern=
 
     def page_link(number: int) -> str:
         return _link("/", view=view if view != "volunteers" else None, sort=sort if sort != "credit" else None,
-                     size=size if size != 50 else None, page=number if number > 1 else None)  # fmt: skip
+                     q=q.strip() or None, size=size if size != 50 else None, page=number if number > 1 else None)  # fmt: skip
 
     return _render(request, "leaderboard.html", title="Leaderboard", view=view, sort=sort, q=q, page=page,
                    pages=pages, size=size, sizes=PAGE_SIZES, board=board, stats=stats, page_link=page_link,

@@ -76,23 +76,31 @@ class SeededCoordinator:
         if self._thread is not None:
             self._thread.join(15)
 
-    # Seeding, through the Ledger API: registrations, then reports granted in batches.
+    # Seeding, through the Ledger API (the functions below), on the server's event loop.
 
     def register(self, name: str, team: Optional[str] = None) -> None:
-        key = SigningKey.generate()
-        registration = VolunteerRegistration(name=name, team=team, public_key=key.public_key,
-                                             time=datetime.now(timezone.utc).timestamp())  # fmt: skip
-        record, _ = self.call(lambda: self.ledger.register(registration))
-        node = self.ledger.nodes[record["node_id"]]
-        self.nodes[name] = {"node_id": record["node_id"], "volunteer_id": node.volunteer_id, "seq": 0}
+        self.nodes[name] = self.call(lambda: register(self.ledger, name, team))
 
     def report(self, name: str, samples: int, epoch: int, loss: Optional[float] = None, days_ago: float = 0.0,
                group_size: int = 2) -> None:  # fmt: skip
-        node = self.nodes[name]
-        node["seq"] += 1
-        at = datetime.now(timezone.utc) - timedelta(days=days_ago)
-        values = dict(node_id=node["node_id"], volunteer_id=node["volunteer_id"], swarm_id=SWARM_ID, seq=node["seq"],
-                      epoch=epoch, samples=samples, compute_seconds=1.5, device="cpu", loss=loss,
-                      group_size=group_size, status="granted", reason=None, credit=credit_for(samples, FLOPS),
-                      received_at=at)  # fmt: skip
-        self.call(lambda: self.ledger.write(Batch(grants=[values]), now=at))
+        self.call(lambda: grant(self.ledger, self.nodes[name], samples, epoch, loss, days_ago, group_size))
+
+
+async def register(ledger: Ledger, name: str, team: Optional[str] = None) -> dict:
+    """Register a volunteer with one node: {node_id, volunteer_id, seq} for `grant`."""
+    key = SigningKey.generate()
+    registration = VolunteerRegistration(name=name, team=team, public_key=key.public_key,
+                                         time=datetime.now(timezone.utc).timestamp())  # fmt: skip
+    record, _ = await ledger.register(registration)
+    return {"node_id": record["node_id"], "volunteer_id": ledger.nodes[record["node_id"]].volunteer_id, "seq": 0}
+
+
+async def grant(ledger: Ledger, node: dict, samples: int, epoch: int = 1, loss: Optional[float] = None,
+                days_ago: float = 0.0, group_size: int = 2) -> None:  # fmt: skip
+    """Write one verified report of `node`, granted `days_ago` days ago."""
+    node["seq"] += 1
+    at = datetime.now(timezone.utc) - timedelta(days=days_ago)
+    values = dict(node_id=node["node_id"], volunteer_id=node["volunteer_id"], swarm_id=SWARM_ID, seq=node["seq"],
+                  epoch=epoch, samples=samples, compute_seconds=1.5, device="cpu", loss=loss, group_size=group_size,
+                  status="granted", reason=None, credit=credit_for(samples, FLOPS), received_at=at)  # fmt: skip
+    await ledger.write(Batch(grants=[values]), now=at)
