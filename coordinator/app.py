@@ -21,11 +21,11 @@ from coordinator import api, db, queries, web
 from coordinator.accounts_api import router as accounts_router
 from coordinator.api import Services
 from coordinator.broker import EmbeddedBroker, check_reachable
+from coordinator.checkpoint_api import router as checkpoints_router
+from coordinator.checkpoints import CheckpointScheduler, CheckpointStore
 from coordinator.config import CoordinatorConfig, parse_mqtt_url
 from coordinator.errors import DEFAULT_MAX_BODY_BYTES, ERROR_RESPONSES, BodySizeLimit, ErrorCounter, install_error_handlers
 from coordinator.exports import ExportScheduler
-from coordinator.checkpoint_api import router as checkpoints_router
-from coordinator.checkpoints import CheckpointScheduler, CheckpointStore
 from coordinator.exports import router as exports_router
 from coordinator.ingest import Ingestor
 from coordinator.ledger import Ledger
@@ -55,6 +55,7 @@ def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None,
     app.include_router(api.router)
     app.include_router(accounts_router)
     app.include_router(exports_router)
+    app.include_router(checkpoints_router)
     app.include_router(web.router)
 
     @app.get("/healthz", include_in_schema=False)
@@ -66,7 +67,6 @@ def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None,
         nodes_online = (await queries.ledger_stats(services.ledger.engine))["nodes_online"]
         return Response(metrics.exposition(nodes_online, services.monitor), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(checkpoints_router)
     return app
 
 
@@ -106,6 +106,8 @@ class Coordinator:
         self.monitor: Optional[DHTMonitor] = None
         self.prober: Optional[ReachabilityProber] = None
         self.exporter: Optional[ExportScheduler] = None
+        self.checkpoints = CheckpointStore(config.checkpoints_dir, config.keep_checkpoints)
+        self.checkpointer: Optional[CheckpointScheduler] = None
         self.server: Optional[_Server] = None
         self._server_task: Optional[asyncio.Task] = None
         self.url = self.broker_url = ""
@@ -117,8 +119,6 @@ class Coordinator:
         token = load_or_create_token(config.token_file)
         self.engine = db.create_engine(config.database_url)
         await db.create_schema(self.engine)
-        self.checkpoints = CheckpointStore(config.checkpoints_dir, config.keep_checkpoints)
-        self.checkpointer: Optional[CheckpointScheduler] = None
         ledger = Ledger(self.engine)
         await ledger.load()
 
@@ -195,6 +195,8 @@ class Coordinator:
             await _bounded(self.exporter.stop(), timeout, "stats exports")
         if self.prober is not None:
             await _bounded(self.prober.close(), timeout, "reachability probes")
+        if self.checkpointer is not None:
+            await _bounded(self.checkpointer.stop(), timeout, "checkpoints")
         if self.ingestor is not None:
             await _bounded(self.ingestor.stop(), timeout, "ingest")
         if self.monitor is not None:
@@ -206,8 +208,6 @@ class Coordinator:
         if self.config.ready_file is not None:
             with contextlib.suppress(OSError):
                 self.config.ready_file.unlink()
-        if self.checkpointer is not None:
-            await _bounded(self.checkpointer.stop(), timeout, "checkpoints")
         logger.info("Hearth coordinator stopped")
 
     def force_stop(self) -> None:
