@@ -170,13 +170,19 @@ def list_swarms(url) -> None:
     """List the coordinator's swarms with their live progress."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    swarms = _request("GET", f"{url.rstrip('/')}/api/v1/swarms")["swarms"]
+    base = url.rstrip("/")
+    swarms, page = [], f"{base}/api/v1/swarms?limit=1000"
+    while page is not None:  # every page: `next` is the following one
+        body = _request("GET", page)
+        swarms += body["swarms"]
+        page = base + body["next"] if body.get("next") else None
     table = Table("swarm", "task", "title", "epoch", "peers", "samples/s", "run_id")
     for s in swarms:
         p = s.get("progress", {})
         epoch = "-" if p.get("epoch") is None else str(p["epoch"])
-        table.add_row(s["swarm_id"], s["task"], s["title"], epoch, str(p.get("peers_online", 0)),
+        table.add_row(s["swarm_id"], s["task"], Text(s["title"]), epoch, str(p.get("peers_online", 0)),
                       f"{p.get('samples_per_second', 0):.0f}", s["run_id"])  # fmt: skip
     Console().print(table)
 
