@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from coordinator import page_data, queries
-from coordinator.errors import ApiError, error_doc, error_response  # noqa: F401  (ApiError, error_response: re-exported)
+from coordinator.errors import ApiError, error_doc  # ApiError: also imported from here by the other route modules
 from coordinator.accounts import AccountRefused
 from coordinator.ledger import Ledger, NameTaken, SwarmExists
 from coordinator.reachability import CheckRefused, ReachabilityAnswer
