@@ -20,6 +20,7 @@ import aiomqtt
 
 from coordinator.ledger import Batch, Ledger, credit_for, utcnow
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.mqtt_sink import SinkClient
 from coordinator.sequencer import Sequencer
 from coordinator.verify import Rejected, Verified, Verifier
 from protocol.encoding import canonical_bytes
@@ -83,8 +84,8 @@ class Ingestor:
         backoff = 0.5
         while True:
             try:
-                async with aiomqtt.Client(self.host, self.port, identifier=self.identifier,
-                                          clean_session=False) as client:  # fmt: skip
+                async with SinkClient(self.host, self.port, identifier=self.identifier, clean_session=False,
+                                      sink=self._queue) as client:  # fmt: skip
                     if not self.workers:
                         await client.subscribe(REPORTS_FILTER, qos=1)
                         await client.subscribe(STATUS_FILTER, qos=1)
@@ -92,11 +93,7 @@ class Ingestor:
                     self._client = client
                     self._update_ready()
                     backoff = 0.5
-                    if self.workers:
-                        await asyncio.Future()  # stays connected for receipts; MqttError ends it
-                    async for message in client.messages:
-                        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-                        self._queue.put_nowait((message.topic.value, payload, time.monotonic(), None))
+                    await client.until_disconnected()  # messages go straight into self._queue
             except aiomqtt.MqttError as e:
                 self._client = None
                 self._update_ready()

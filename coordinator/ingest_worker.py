@@ -15,6 +15,7 @@ import aiomqtt
 
 from coordinator import db
 from coordinator.ledger import Ledger
+from coordinator.mqtt_sink import SinkClient
 from coordinator.verify import Rejected, Verifier
 from protocol.topics import REPORTS_FILTER, STATUS_FILTER, shared
 
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 GROUP = "hearth-ingest"
 HEARTBEAT = 0.5
+MAX_BATCH = 1000
 
 
 def run_worker(index: int, database_url: str, host: str, port: int, connection) -> None:
@@ -39,11 +41,12 @@ async def _work(index: int, database_url: str, host: str, port: int, connection)
     await ledger.load()
     verifier = Verifier(ledger)
     parent = os.getppid()
+    incoming: asyncio.Queue = asyncio.Queue()
     pending: list = []
     checking = False  # a message is being verified (waiting on a key lookup)
     arrived = asyncio.Event()
 
-    async def forward(client: aiomqtt.Client) -> None:
+    async def forward() -> None:
         """Send what was verified, with the time this worker has caught up to when it read all it was sent
         (the coordinator waits for that before it gives up on a gap in a node's sequence); at least every
         HEARTBEAT seconds."""
@@ -54,8 +57,10 @@ async def _work(index: int, database_url: str, host: str, port: int, connection)
             except asyncio.TimeoutError:
                 pass
             arrived.clear()
+            while not incoming.empty() and len(pending) < MAX_BATCH:
+                await asyncio.sleep(0)  # let the receiver verify what is queued: fewer, larger sends
             out, pending = pending, []
-            caught_up = time.monotonic() if len(client.messages) == 0 and not checking else None
+            caught_up = time.monotonic() if incoming.empty() and not checking else None
             await asyncio.to_thread(connection.send, (caught_up, out))  # blocks when the coordinator falls behind
 
     async def watch_parent() -> None:
@@ -63,11 +68,10 @@ async def _work(index: int, database_url: str, host: str, port: int, connection)
             await asyncio.sleep(1.0)
         raise BrokenPipeError("the coordinator is gone")
 
-    async def receive(client: aiomqtt.Client) -> None:
+    async def receive() -> None:
         nonlocal checking
-        async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            topic = message.topic.value
+        while True:
+            topic, payload, received, _ = await incoming.get()
             checking = True
             try:
                 verdict = await verifier.check(topic, payload)
@@ -78,7 +82,7 @@ async def _work(index: int, database_url: str, host: str, port: int, connection)
                 verdict = Rejected("internal_error", f"{type(e).__name__}: {e}")
             finally:
                 checking = False
-            pending.append((topic, payload, time.monotonic(), verdict))
+            pending.append((topic, payload, received, verdict))
             arrived.set()
 
     backoff = 0.5
@@ -86,13 +90,14 @@ async def _work(index: int, database_url: str, host: str, port: int, connection)
     try:
         while True:
             try:
-                async with aiomqtt.Client(host, port, identifier=f"hearth-ingest-{index}-{os.getpid()}",
-                                          protocol=aiomqtt.ProtocolVersion.V5) as client:  # fmt: skip
+                async with SinkClient(host, port, identifier=f"hearth-ingest-{index}-{os.getpid()}",
+                                      protocol=aiomqtt.ProtocolVersion.V5, sink=incoming) as client:  # fmt: skip
                     await client.subscribe(shared(REPORTS_FILTER, GROUP), qos=1)
                     await client.subscribe(shared(STATUS_FILTER, GROUP), qos=1)
                     connection.send("subscribed")
                     backoff = 0.5
-                    tasks = {asyncio.create_task(receive(client)), asyncio.create_task(forward(client))}
+                    tasks = {asyncio.create_task(client.until_disconnected()), asyncio.create_task(receive()),
+                             asyncio.create_task(forward())}  # fmt: skip
                     try:
                         done, _ = await asyncio.wait(tasks | {watcher}, return_when=asyncio.FIRST_COMPLETED)
                     finally:
