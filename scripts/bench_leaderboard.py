@@ -172,7 +172,7 @@ def serve(path: Path, port_file: Path) -> None:
 
 
 def p95(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=20)[-1] if len(samples) >= 2 else samples[0]
+    return statistics.quantiles(samples, n=20, method="inclusive")[-1] if len(samples) >= 2 else samples[0]
 
 
 def paths(volunteers: int, rng: random.Random) -> tuple[list[str], list[str]]:
@@ -203,7 +203,7 @@ def measure(url: str, volunteers: int, requests: int) -> dict[str, list[float]]:
 
     rng = random.Random(2)
     api, pages = paths(volunteers, rng)
-    timings: dict[str, list[float]] = {"api": [], "page": [], "volunteer_page": []}
+    timings: dict[str, list[float]] = {"api": [], "page": [], "volunteer_page": [], "swarm_page": []}
     with httpx.Client(base_url=url, timeout=60) as client:
 
         def timed(kind: str, path: str) -> None:
@@ -218,6 +218,8 @@ def measure(url: str, volunteers: int, requests: int) -> dict[str, list[float]]:
             timed("api", api[i % len(api)])
             timed("page", pages[i % len(pages)])
             timed("volunteer_page", f"/volunteers/volunteer-{rng.randint(1, volunteers):07d}")
+            if i % 10 == 0:  # for information (stderr): the dashboard reads the latest 200 epochs of reports
+                timed("swarm_page", "/swarms/spirals")
     return timings
 
 
@@ -264,8 +266,9 @@ def main() -> None:
             began, cpu = time.perf_counter(), psutil.Process(server.pid).cpu_times()
             timings = measure(url, args.volunteers, args.requests)
             after = psutil.Process(server.pid).cpu_times()
-            used = (after.user + after.system - cpu.user - cpu.system) * 1000 / (3 * args.requests)
-            print(f"{3 * args.requests} requests in {time.perf_counter() - began:.1f} s; server CPU "
+            count = sum(len(values) for values in timings.values())
+            used = (after.user + after.system - cpu.user - cpu.system) * 1000 / count
+            print(f"{count} requests in {time.perf_counter() - began:.1f} s; server CPU "
                   f"{used:.1f} ms per request; load average {os.getloadavg()[0]:.1f}", file=sys.stderr)  # fmt: skip
         finally:
             server.terminate()

@@ -33,7 +33,9 @@
       scales: { x: { time: isTime } },
       legend: { show: false },
       cursor: { drag: { x: false, y: false } },
-      axes: [Object.assign({ label: host.dataset.xLabel || "" }, axis), Object.assign({ label: host.dataset.yLabel || "", size: 70 }, axis)],
+      // epochs are whole numbers: no ticks between them
+      axes: [Object.assign({ label: host.dataset.xLabel || "" }, axis, isTime ? {} : { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] }),
+             Object.assign({ label: host.dataset.yLabel || "", size: 70 }, axis)],
       series: [{}, { label: host.dataset.yLabel || "", stroke: cssVar("--chart-1"), width: 2, fill: cssVar("--chart-1") + "22",
                      points: { show: points.length < 60 } }],
     };
