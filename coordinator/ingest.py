@@ -241,27 +241,26 @@ class Ingestor:
         return outcome
 
     async def _apply(self, verified: Verified, batch: Batch, received_at) -> str:
-        message = verified.message
-        seq = getattr(message, "seq", None)
-        swarm = self.ledger.swarms.get(message.swarm_id) or await self.ledger.refresh_swarm(message.swarm_id)
+        fields = verified.fields  # validated already; a report's fields are read as they are (no model per report)
+        node_id, swarm_id, seq = fields["node_id"], fields["swarm_id"], fields.get("seq")
+        swarm = self.ledger.swarms.get(swarm_id) or await self.ledger.refresh_swarm(swarm_id)
         if swarm is None:
-            raise Rejected("unknown_swarm", f"no swarm {message.swarm_id!r}", node_id=message.node_id, seq=seq)
-        node = self.ledger.nodes.get(message.node_id) or await self.ledger.refresh_node(message.node_id)
+            raise Rejected("unknown_swarm", f"no swarm {swarm_id!r}", node_id=node_id, seq=seq)
+        node = self.ledger.nodes.get(node_id) or await self.ledger.refresh_node(node_id)
         if node is None:
-            raise Rejected("unknown_sender", "the sender is not registered", node_id=message.node_id, seq=seq)
-        if isinstance(message, NodeStatus):
-            return self._status(message, node, batch, received_at)
-        if message.seq <= node.last_seq:
-            raise Rejected("replayed", f"seq {message.seq} is not above the last accepted {node.last_seq}",
-                           node_id=message.node_id, seq=message.seq)  # fmt: skip
-        node.last_seq = message.seq
-        self.sequencer.forget_below(message.node_id, message.seq)
+            raise Rejected("unknown_sender", "the sender is not registered", node_id=node_id, seq=seq)
+        if verified.kind == "status":
+            return self._status(verified.message, node, batch, received_at)
+        if seq <= node.last_seq:
+            raise Rejected("replayed", f"seq {seq} is not above the last accepted {node.last_seq}", node_id=node_id, seq=seq)
+        node.last_seq = seq
+        self.sequencer.forget_below(node_id, seq)
         batch.grants.append(
             dict(
-                node_id=message.node_id, volunteer_id=node.volunteer_id, swarm_id=message.swarm_id, seq=message.seq,
-                epoch=message.epoch, samples=message.samples, compute_seconds=message.compute_seconds,
-                device=message.device, loss=message.loss, group_size=message.group_size, status="granted",
-                reason=None, credit=credit_for(message.samples, swarm.flops_per_sample), received_at=received_at,
+                node_id=node_id, volunteer_id=node.volunteer_id, swarm_id=swarm_id, seq=seq, epoch=fields["epoch"],
+                samples=fields["samples"], compute_seconds=fields["compute_seconds"], device=fields["device"],
+                loss=fields["loss"], group_size=fields["group_size"], status="granted", reason=None,
+                credit=credit_for(fields["samples"], swarm.flops_per_sample), received_at=received_at,
             )
         )  # fmt: skip
         return "accepted"
