@@ -175,8 +175,12 @@ _STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".txt": "text/pla
 @router.get("/static/{path:path}")
 async def static(path: str) -> Any:
     """Files under coordinator/static only; versioned URLs (?v=) may be cached for a year."""
-    target = (STATIC / path).resolve()
-    if STATIC.resolve() not in target.parents or not target.is_file():
+    try:
+        target = (STATIC / path).resolve()
+        found = STATIC.resolve() in target.parents and target.is_file()
+    except (ValueError, OSError):  # a NUL byte or a name too long for the file system: not ours either
+        found = False
+    if not found:
         return HTMLResponse("not found", status_code=404)
     media_type = _STATIC_TYPES.get(target.suffix, "text/plain" if "LICENSE" in target.name else "application/octet-stream")
     return FileResponse(target, media_type=media_type, headers={"Cache-Control": "public, max-age=31536000"})

@@ -11,6 +11,7 @@ import httpx
 
 from coordinator.api import Services
 from coordinator.app import _Server, create_app
+from coordinator.checkpoints import CheckpointStore
 from coordinator.exports import write_exports
 from coordinator.metrics import CoordinatorMetrics
 from tests.coordinator.helpers import make_ledger
@@ -37,6 +38,7 @@ def live_server(tmp_path: Path, **app_options) -> Iterator[httpx.Client]:
             await write_exports(ledger.engine, services.exports_dir)
             metrics = CoordinatorMetrics()
             app = create_app(services, metrics, **app_options)
+            app.state.checkpoints = CheckpointStore(tmp_path / "checkpoints", keep=2)  # as Coordinator.start sets it
             config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
             server = state["server"] = _Server(config)
             state["metrics"] = metrics

@@ -50,6 +50,8 @@ def raw_registration(key: SigningKey, name: str, team: str | None = None) -> byt
 def test_every_error_uses_the_shape(tmp_path):
     with live_server(tmp_path, max_body_bytes=4096) as client:
         assert_error(client.get("/no/such/page"), 404, "not_found")
+        for junk in ("/static/%00", "/static/" + "a" * 5000, "/api/v1/volunteers/%00", "/api/v1/teams/" + "t" * 10_240):
+            assert client.get(junk).status_code == 404, junk  # once a 500 (NUL byte, name too long for the disk)
         assert_error(client.get("/api/v1/nothing-here"), 404, "not_found")
         assert_error(client.get("/api/v1/swarms/nope"), 404, "unknown_swarm")
         not_allowed = client.delete("/api/v1/leaderboard")
@@ -235,8 +237,9 @@ bodies = st.one_of(
         lambda v: json.dumps({"body": json.dumps(v), "sig": "A" * 86}).encode()),
     st.binary(max_size=200),
 )  # fmt: skip
-segments = st.text(min_size=1, max_size=40).map(lambda s: quote(s, safe=""))
-queries = st.dictionaries(st.sampled_from(("limit", "offset", "page", "x", "")) | st.text(max_size=8),
+segments = st.sampled_from(("spirals", "1", "index.json", "%00", "..", "a" * 300)) | st.text(min_size=1, max_size=40).map(
+    lambda s: quote(s, safe=""))  # fmt: skip
+queries = st.dictionaries(st.sampled_from(("limit", "offset", "sort", "search", "page", "x", "")) | st.text(max_size=8),
                           st.text(max_size=12) | st.integers().map(str), max_size=4)  # fmt: skip
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 PREFIXES = ("", "api/", "api/v1/", "api/v1/exports/", "static/", "volunteers/", "teams/", "swarms/")  # pages too
