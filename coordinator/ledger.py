@@ -205,8 +205,10 @@ async def _keys_for_registered(conn, node_id: str, reg: VolunteerRegistration) -
 async def _receive(conn, reports: list[dict]) -> list[int]:
     """Append the reports as `pending`; their ids in the order given."""
     rows = [{**r, "status": "pending", "reason": None} for r in reports]
-    statement = insert(db.reports).returning(db.reports.c.id, sort_by_parameter_order=True)
-    return list((await conn.execute(statement, rows)).scalars())
+    # Matched back by (node, seq), which is unique: asking for the rows' order made SQLite insert one row at a time.
+    statement = insert(db.reports).returning(db.reports.c.id, db.reports.c.node_id, db.reports.c.seq)
+    ids = {(node_id, seq): i for i, node_id, seq in await conn.execute(statement, rows)}
+    return [ids[(r["node_id"], r["seq"])] for r in reports]
 
 
 async def _grant(conn, dialect: str, granted: list[tuple[int, dict]], now: datetime) -> None:
