@@ -221,7 +221,7 @@ async def leaderboard(request: Request, limit: Limit = 100, offset: Offset = 0,
         entries, total = await queries.leaderboard(services(request).ledger.engine, limit, offset)
     else:
         board = await page_data.leaderboard(services(request).ledger.engine, sort, offset, limit, search)
-        entries = [{key: value for key, value in entry.items() if key != "credit_rank"} for entry in board["entries"]]
+        entries = board["entries"]
         total = board["total"]
     return JSONResponse(page(request, "volunteers", entries, total, limit, offset))
 

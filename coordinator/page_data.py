@@ -49,7 +49,7 @@ async def leaderboard(engine: AsyncEngine, sort: str = "credit", offset: int = 0
         if row is None:  # deleted since the snapshot (never today); skip rather than show a hole
             continue
         rank = snapshot.rank(volunteer_id, sort) if search else offset + position + 1
-        entries.append({**row, "rank": rank, "credit_rank": snapshot.rank(volunteer_id, "credit")})
+        entries.append({**row, "rank": rank})
     return {"entries": entries, "total": total, "sort": sort, "offset": offset, "limit": limit, "search": search,
             "ranked_at": snapshot.built_at}  # fmt: skip
 

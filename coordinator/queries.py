@@ -62,7 +62,7 @@ async def leaderboard(engine: AsyncEngine, limit: int = 100, offset: int = 0) ->
     from coordinator import page_data  # composes this module's queries with the rankings
 
     board = await page_data.leaderboard(engine, "credit", offset, limit)
-    entries = [{key: value for key, value in entry.items() if key != "credit_rank"} for entry in board["entries"]]
+    entries = board["entries"]
     return entries, board["total"]
 
 

@@ -3,7 +3,7 @@ rebuilt from volunteer_totals in the background when stale.
 
 Why: OFFSET on a 1M-row index walks every skipped row (~45 ms at rank 1,000,000 on SQLite) and a rank needs a
 COUNT over the same range. A snapshot answers any page and any volunteer's rank in microseconds (numpy arrays,
-~40 bytes per volunteer). Pages read the live values of the rows they show; only the *order* is as of the
+56 bytes per volunteer). Pages read the live values of the rows they show; only the *order* is as of the
 snapshot. Every credit change writes a grants row and every volunteer a volunteers row, so (highest grant id,
 highest volunteer id) tells in two index lookups whether the snapshot is still exact. When it is not: a small
 ledger (up to 20,000 volunteers, a build of ~40 ms) is rebuilt before answering; a large one keeps serving the previous order while
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 SORTS = ("credit", "rac", "samples")
 MAX_AGE, AGE_PER_BUILD_SECOND = 120.0, 20.0
+CHECK_EVERY = 1.0  # seconds between ledger_version queries once the ledger is large
 EXACT_UP_TO = 20_000  # volunteers: up to here a request that finds the ranking stale waits for the rebuild (~40 ms)
 CHUNK = 5000  # rows converted between yields to the event loop while building
 
@@ -118,6 +119,7 @@ class Rankings:
         self.engine = engine
         self.snapshot: Optional[Snapshot] = None
         self._building: Optional[asyncio.Task] = None
+        self._checked_at = 0.0  # time.monotonic() of the last ledger_version query
 
     def max_age(self) -> float:
         return 0.0 if self.snapshot is None else min(MAX_AGE, self.snapshot.build_seconds * AGE_PER_BUILD_SECOND)
@@ -126,9 +128,13 @@ class Rankings:
         snapshot = self.snapshot
         if snapshot is None:
             return await self._rebuild()
+        large = snapshot.total > EXACT_UP_TO
+        if large and time.monotonic() - self._checked_at < CHECK_EVERY:  # its order may lag anyway: skip the query
+            return snapshot
+        self._checked_at = time.monotonic()
         if await ledger_version(self.engine) == snapshot.version:
             return snapshot
-        if snapshot.total <= EXACT_UP_TO:  # small ledger: answer with the order as of now
+        if not large:  # small ledger: answer with the order as of now
             if self._building is not None and not self._building.done():  # it may have started before the change
                 await asyncio.shield(self._building)
             return await self._rebuild()
