@@ -14,6 +14,7 @@ import click
 import httpx
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from hearth.processes import leftovers_reported, python_argv, spawn_group, stop_group, wait_until
 
@@ -61,7 +62,8 @@ def print_leaderboard(console: Console, rows: list[dict]) -> None:
     for column in ("rank", "volunteer", "credit", "samples", "reports"):
         table.add_column(column, justify="left" if column == "volunteer" else "right")
     for row in rows:
-        table.add_row(str(row["rank"]), row["name"], f"{row['credit']:.4f}", f"{row['samples']:,}", str(row["reports"]))
+        # Text(): a volunteer's name is shown as typed, never read as rich markup.
+        table.add_row(str(row["rank"]), Text(row["name"]), f"{row['credit']:.4f}", f"{row['samples']:,}", str(row["reports"]))
     console.print(table)
 
 
