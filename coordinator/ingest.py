@@ -35,6 +35,10 @@ MAX_BATCH = 2000
 MAX_BACKOFF = 30.0
 WORKER_RESTART_SECONDS = 1.0
 MIN_WAIT = 0.1  # seconds the writer waits for input while a held report is due
+LINGER = 0.05  # seconds a batch may wait for more input: fewer, larger transactions and receipts under load
+# Receipts are retained state (the latest last_seq), so QoS 0 is enough: one lost on a dropped connection costs
+# a re-send, refused as a replay, which brings a new receipt; the retained one is there at the next subscribe.
+RECEIPT_QOS = 0
 
 Item = tuple  # (topic, payload, received (monotonic), Verified | Rejected | None while unchecked)
 
@@ -62,6 +66,7 @@ class Ingestor:
         self.sequencer = Sequencer(self._last_seq, hold_seconds)
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
+        self._receipts: set[asyncio.Task] = set()  # receipts being published
         self._client: Optional[aiomqtt.Client] = None
         self._workers_ready: set[int] = set()
         self._caught_up: dict[int, float] = {}  # per running worker
@@ -73,7 +78,7 @@ class Ingestor:
                         for i in range(self.workers)]  # fmt: skip
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._receipts]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
@@ -173,7 +178,9 @@ class Ingestor:
             committed = time.monotonic()
             for received in granted:
                 self.metrics.latency.observe(committed - received)
-            await self._send_receipts(batch)
+            # Not awaited: the next batch need not wait for the broker's PUBACKs. paho sends publishes in call
+            # order, so a node's retained receipt always ends at its latest last_seq.
+            self._send_receipts(batch)
 
     async def _next_items(self) -> list[Item]:
         """What arrived (up to MAX_BATCH), waiting at most until the sequencer's next hold expires."""
@@ -187,6 +194,8 @@ class Ingestor:
                 items = [await asyncio.wait_for(self._queue.get(), max(MIN_WAIT, deadline - time.monotonic()))]
         except asyncio.TimeoutError:
             return []
+        if self._queue.qsize() < MAX_BATCH:
+            await asyncio.sleep(LINGER)  # one timer per batch, not one per message
         while len(items) < MAX_BATCH and not self._queue.empty():
             items.append(self._queue.get_nowait())
         return items
@@ -296,7 +305,7 @@ class Ingestor:
             logger.exception("Could not reload the ledger caches")
 
     # --- receipts ---------------------------------------------------------------------------------------------
-    async def _send_receipts(self, batch: Batch) -> None:
+    def _send_receipts(self, batch: Batch) -> None:
         """Tell each node which of its reports are in the ledger (retained), so its outbox can let them go.
         Without a receipt a node re-sends, so a lost receipt only costs a duplicate, rejected as a replay."""
         client = self._client
@@ -308,17 +317,23 @@ class Ingestor:
         if client is None or not nodes:
             return
 
-        async def send(node_id: str, swarm_id: str) -> None:
+        for node_id, swarm_id in nodes:
+            # last_seq now, just after the commit: by the time the task runs, the next batch may have moved it
             receipt = Receipt(node_id=node_id, swarm_id=swarm_id, last_seq=self.ledger.nodes[node_id].last_seq,
                               time=time.time())  # fmt: skip
             payload = canonical_bytes(receipt.model_dump(mode="json"))
-            await client.publish(receipt_topic(swarm_id, node_id), payload, qos=1, retain=True)
+            publish = client.publish(receipt_topic(swarm_id, node_id), payload, qos=RECEIPT_QOS, retain=True)
+            task = asyncio.create_task(publish)  # tasks start, and hand paho their publish, in this order
+            self._receipts.add(task)
+            task.add_done_callback(self._receipt_done)
 
-        # All at once: one at a time, each waiting for its PUBACK, held up the next batch.
-        outcomes = await asyncio.gather(*(send(*node) for node in nodes), return_exceptions=True)
-        failed = [outcome for outcome in outcomes if isinstance(outcome, aiomqtt.MqttError)]
-        if failed:
-            logger.info("Could not send %d receipt(s) (%s); their nodes will re-send", len(failed), failed[0])
-        for outcome in outcomes:
-            if isinstance(outcome, Exception) and not isinstance(outcome, aiomqtt.MqttError):
-                raise outcome
+    def _receipt_done(self, task: asyncio.Task) -> None:
+        self._receipts.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, aiomqtt.MqttError):
+            self.counters["receipts_unsent"] += 1
+            logger.info("Could not send a receipt (%s); its node will re-send", error)
+        elif error is not None:
+            logger.error("Could not send a receipt", exc_info=error)

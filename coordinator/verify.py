@@ -54,7 +54,7 @@ class Verifier:
         if message.node_id != parsed.node_id or message.swarm_id != parsed.swarm_id:
             raise Rejected("topic_mismatch", f"signed for {message.swarm_id}/{message.node_id}, sent on {topic}",
                            node_id=message.node_id, seq=getattr(message, "seq", None))  # fmt: skip
-        return Verified(parsed.kind, dict(message))
+        return Verified(parsed.kind, dict(message.__dict__))  # the validated fields (faster than dict(message))
 
     def _public_key_for(self, message) -> Optional[str]:
         node = self.ledger.nodes.get(message.node_id)

@@ -11,7 +11,7 @@ generator costs little of the 2 cores; each volunteer's reports go out in seq or
 CPU seconds of each part (publishers, Mosquitto, coordinator) over the window show where the time goes.
 
 The last stdout line is JSON. Usage: python scripts/bench_ingest.py [--volunteers 200] [--reports 20000]
-    [--publishers 2] [--in-flight 100] [--ingest-workers N] [--db URL | --postgres] [--keep DIR]
+    [--publishers 2] [--in-flight 100] [--rate R] [--ingest-workers N] [--db URL | --postgres] [--keep DIR]
 """
 
 import argparse
@@ -41,7 +41,7 @@ RECEIPTS = f"hearth/v1/swarms/{SWARM}/nodes/+/receipts"
 
 
 def publisher(index: int, url: str, port: int, volunteers: int, per_volunteer: int, in_flight: int,
-              ready, start, results) -> None:  # fmt: skip
+              rate: float, ready, start, results) -> None:  # fmt: skip
     """One publisher process: registers its volunteers, signs all their reports, waits for the start signal,
     publishes them at QoS 1, and sends back {(node_id, seq): publish time}."""
     from protocol.envelope import seal
@@ -68,7 +68,7 @@ def publisher(index: int, url: str, port: int, volunteers: int, per_volunteer: i
     ready.put(index)
     start.wait()
     cpu = time.process_time()
-    sent = publish_all(port, packets, in_flight, client_id=f"bench-publisher-{index}")
+    sent = publish_all(port, packets, in_flight, client_id=f"bench-publisher-{index}", rate=rate)
     results.put((sent, time.process_time() - cpu))
 
 
@@ -94,8 +94,10 @@ def publish_packet(topic: str, payload: bytes, packet_id: int) -> bytes:
     return b"\x32" + _remaining_length(len(body)) + body
 
 
-def publish_all(port: int, packets, in_flight: int, client_id: str) -> dict:
-    """Send every packet at QoS 1 with up to `in_flight` unacknowledged; {(node_id, seq): time it was sent}."""
+def publish_all(port: int, packets, in_flight: int, client_id: str, rate: float = 0.0) -> dict:
+    """Send every packet at QoS 1 with up to `in_flight` unacknowledged, at most `rate` per second (0: as fast
+    as the broker acknowledges); {(node_id, seq): time it was sent}."""
+    began = time.monotonic()
     sent: dict[tuple[str, int], float] = {}
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -105,13 +107,17 @@ def publish_all(port: int, packets, in_flight: int, client_id: str) -> dict:
             raise RuntimeError("the broker refused the publisher's connection")
         acked, buffered, next_index = 0, b"", 0
         while acked < len(packets):
-            window = min(len(packets), acked + in_flight)
+            due = int((time.monotonic() - began) * rate) + 1 if rate else len(packets)  # the offered load
+            window = min(len(packets), acked + in_flight, due)
             if next_index < window:
                 now = time.time()
                 for node_id, seq, packet in packets[next_index:window]:
                     sent[(node_id, seq)] = now
                 sock.sendall(b"".join(packet for _, _, packet in packets[next_index:window]))
                 next_index = window
+            if next_index == acked:  # all acknowledged, the next one is not due yet
+                time.sleep(max(0.0, next_index / rate - (time.monotonic() - began)))
+                continue
             data = sock.recv(65536)
             if not data:
                 raise RuntimeError("the broker closed the publisher's connection")
@@ -206,7 +212,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(work: Path, volunteers: int, reports: int, publishers: int, in_flight: int, timeout: float,
-        ingest_workers: int = 0, db_url: str | None = None) -> dict:  # fmt: skip
+        ingest_workers: int = 0, rate: float = 0.0, db_url: str | None = None) -> dict:  # fmt: skip
     per_volunteer = max(1, reports // volunteers)
     db_url = db_url or f"sqlite+aiosqlite:///{work / 'c' / 'ledger.sqlite3'}"
     with Mosquitto(work_dir=work / "mosquitto") as broker:
@@ -224,7 +230,7 @@ def run(work: Path, volunteers: int, reports: int, publishers: int, in_flight: i
             ready, start, results = ctx.Queue(), ctx.Event(), ctx.Queue()
             shares = [volunteers // publishers + (i < volunteers % publishers) for i in range(publishers)]
             workers = [ctx.Process(target=publisher, args=(i, info["url"], broker.port, share, per_volunteer,
-                                                           in_flight, ready, start, results))
+                                                           in_flight, rate / publishers, ready, start, results))
                        for i, share in enumerate(shares)]  # fmt: skip
             for worker in workers:
                 worker.start()
@@ -296,12 +302,14 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
     parser.add_argument("--in-flight", type=int, default=100, help="unacknowledged publishes per publisher")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the last receipt")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="offered load in reports/s, all publishers together (0: as fast as the broker takes them)")
     parser.add_argument("--ingest-workers", type=int, default=0, help="the coordinator's --ingest-workers")
     parser.add_argument("--db", metavar="URL", help="the coordinator's --db (default: SQLite in the work dir)")
     parser.add_argument("--postgres", action="store_true", help="run the ledger on a throwaway PostgreSQL cluster")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the ledger and logs here")
     args = parser.parse_args()
-    options = (args.volunteers, args.reports, args.publishers, args.in_flight, args.timeout, args.ingest_workers)
+    options = (args.volunteers, args.reports, args.publishers, args.in_flight, args.timeout, args.ingest_workers, args.rate)
     try:
         with contextlib.ExitStack() as stack:
             if args.keep:
