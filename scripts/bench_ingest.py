@@ -321,7 +321,7 @@ def main() -> None:
             if args.postgres:
                 from scripts.postgres import PostgresCluster
 
-                db_url = stack.enter_context(PostgresCluster(work_dir=work / "postgres")).url
+                db_url = stack.enter_context(PostgresCluster()).url  # its own directory, readable by postgres
             r = run(work, *options, db_url=db_url)
     except MosquittoMissing as e:
         sys.exit(str(e))
