@@ -261,7 +261,8 @@ class Ingestor:
         if verified.kind == "status":
             return self._status(verified.message, node, batch, received_at)
         if seq <= node.last_seq:
-            raise Rejected("replayed", f"seq {seq} is not above the last accepted {node.last_seq}", node_id=node_id, seq=seq)
+            raise Rejected("replayed", f"seq {seq} is not above the last accepted {node.last_seq}",
+                           node_id=node_id, seq=seq)  # fmt: skip
         node.last_seq = seq
         self.sequencer.forget_below(node_id, seq)
         batch.grants.append(

@@ -5,9 +5,9 @@ must never be accepted while an earlier one may still come: that earlier one wou
 and lost. Reports that arrive ahead of a gap (several ingest workers on a shared subscription, or a restart that
 lost reports the broker had already handed over) are held. If the gap fills, they go on in order. If it is still
 open once they waited `hold_seconds` and every receiver has caught up past them (so the missing report is not
-merely queued in a slower ingest worker), they are dropped unreceipted; the node's outbox sends them again, in order, with the missing ones
-first. A report that is dropped this way a second time shows the node has no earlier report (it skipped a
-sequence number): it is then released over the gap.
+merely queued in a slower ingest worker), they are dropped unreceipted; the node's outbox sends them again,
+in order, with the missing ones first. A report that is dropped this way a second time shows the node has no
+earlier report (it skipped a sequence number): it is then released over the gap.
 """
 
 from collections import defaultdict

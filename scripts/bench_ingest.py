@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import multiprocessing
 import socket
 import struct
