@@ -8,7 +8,10 @@ the coordinator) runs on the remaining cores, as it would run elsewhere.
   first optimizer step: start-up, DHT, reachability check, registration and the download of the swarm's state.
 - node_vs_plain: the volunteer's samples/s in the 2-peer swarm (reporting on) divided by samples/s of the task's
   plain torch loop (same model, batch and threads) on the same core, while a second plain loop keeps the other
-  cores as busy. The swarm's target batch is sized so an epoch lasts --epoch-seconds (real swarms run epochs
+  cores as busy. Like the node, whose optimizer steps once per epoch, the plain loop accumulates gradients and
+  steps once per window: the ratio is Hearth's overhead, not the saving of fewer optimizer steps. This machine's
+  single-core speed drifts by ~±10 % from minute to minute (measured), so the plain loop runs before and after
+  the node's window and the baseline is their mean. The swarm's target batch is sized so an epoch lasts --epoch-seconds (real swarms run epochs
   of minutes).
 - paused_cpu_core_fraction: CPU used by the paused volunteer's whole process tree, in cores.
 
@@ -33,6 +36,9 @@ from hearth.processes import python_argv, spawn_group, stop_group, tree_cpu_seco
 from node.control import request, socket_path  # noqa: E402
 
 
+PLAIN_SECONDS = 20
+
+
 def pinned_to(cores: set[int]):
     """A preexec_fn: the process and everything it starts run on these cores only."""
     return lambda: os.sched_setaffinity(0, cores)
@@ -51,12 +57,12 @@ def plain_loop(seconds: float, threads: int, cores: set[int], results) -> None:
     for _ in range(20):  # warm-up
         task.loss(model, next(data)).backward()
     samples, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
+    while time.perf_counter() - started < seconds:  # gradients accumulate, as over a swarm's epoch of tens of seconds
         inputs, targets = next(data)
         task.loss(model, (inputs, targets)).backward()
-        optimizer.step()
-        optimizer.zero_grad()
         samples += len(targets)
+    optimizer.step()  # one step for the whole window, as the node steps once per epoch
+    optimizer.zero_grad()
     results.put((frozenset(cores), samples / (time.perf_counter() - started)))
 
 
@@ -89,7 +95,8 @@ def status(data_dir: Path) -> dict:
     return request(socket_path(data_dir), "status")
 
 
-def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: set[int], others: set[int]) -> dict:
+def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: set[int], others: set[int],
+                   swarm_options: tuple[str, ...] = ()) -> dict:  # fmt: skip
     ready = work / "ready.json"
     log = open(work / "c.log", "w")
     coordinator = spawn_group(hearth("coordinator", "serve", "--data-dir", str(work / "c"), "--port", "0",
@@ -100,7 +107,8 @@ def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: s
         url = wait_until(lambda: ready.exists() and json.loads(ready.read_text())["url"], 120, what="coordinator")
         created = subprocess.run(hearth("swarm", "create", "bench", "--coordinator", url, "--token-file",
                                         str(work / "c" / "operator-token"), "--target-batch-size",
-                                        str(target_batch_size)), capture_output=True, text=True, timeout=60)  # fmt: skip
+                                        str(target_batch_size), *swarm_options), capture_output=True, text=True,
+                               timeout=60)  # fmt: skip
         assert created.returncode == 0, created.stderr
         env = {**os.environ, "HEARTH_CONFIG": str(work / "none.toml")}
         launched = {}
@@ -138,8 +146,10 @@ def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: s
         cpu, wall = tree_cpu_seconds(worker.pid), time.monotonic()
         time.sleep(10)  # measurement window
         paused_fraction = (tree_cpu_seconds(worker.pid) - cpu) / (time.monotonic() - wall)
+        plain_after = plain_throughput(PLAIN_SECONDS, volunteer, others)  # the volunteer is paused: its core is free
         return {"node_rate": node_rate, "join_to_first_step_s": join_seconds, "imports_s": imports_seconds,
-                "paused_cpu_core_fraction": paused_fraction, "epoch_reached": training["epoch"]}  # fmt: skip
+                "paused_cpu_core_fraction": paused_fraction, "epoch_reached": training["epoch"],
+                "plain_after": plain_after}  # fmt: skip
     finally:
         for process in nodes.values():
             stop_group(process, grace=30)
@@ -159,20 +169,25 @@ def main() -> None:
     parser.add_argument("--epoch-seconds", type=float, default=30.0,
                         help="size the swarm's target batch so that an epoch lasts about this long")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the coordinator's and nodes' logs here")
+    parser.add_argument("--average-state-every", type=int, metavar="N",
+                        help="create the swarm with this average_state_every (default: the task's)")
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         sys.exit("bench_node needs at least 2 CPU cores: one for the measured node, one for its peer and the coordinator")
     volunteer, others = {cores[0]}, set(cores[1:])
-    plain = plain_throughput(20, volunteer, others)
-    target_batch_size = int(plain * 2 * args.epoch_seconds)
+    plain_before = plain_throughput(PLAIN_SECONDS, volunteer, others)
+    target_batch_size = int(plain_before * 2 * args.epoch_seconds)
+    swarm_options = ("--average-state-every", str(args.average_state_every)) if args.average_state_every else ()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        node = node_benchmark(args.keep, args.epochs, target_batch_size, volunteer, others)
+        node = node_benchmark(args.keep, args.epochs, target_batch_size, volunteer, others, swarm_options)
     else:
         with tempfile.TemporaryDirectory(prefix="hearth-bench-node-") as work:
-            node = node_benchmark(Path(work), args.epochs, target_batch_size, volunteer, others)
-    print(f"plain torch loop: {plain:,.0f} samples/s (1 thread, core {cores[0]})")
+            node = node_benchmark(Path(work), args.epochs, target_batch_size, volunteer, others, swarm_options)
+    plain = (plain_before + node["plain_after"]) / 2
+    print(f"plain torch loop: {plain:,.0f} samples/s (1 thread, core {cores[0]}; {plain_before:,.0f} before the "
+          f"node's window, {node['plain_after']:,.0f} after)")
     print(f"hearth node:      {node['node_rate']:,.0f} samples/s (1 thread, core {cores[0]}, 2-peer swarm, "
           f"target batch {target_batch_size:,} ≈ {args.epoch_seconds:.0f} s epochs, reached epoch {node['epoch_reached']})")
     print(f"join:             {node['join_to_first_step_s']:.1f} s to the first step, of which Python needs "
