@@ -105,21 +105,8 @@ def _latest(*values: Optional[datetime]) -> Optional[datetime]:
 
 
 async def team_board(engine: AsyncEngine, offset: int = 0, limit: int = 50) -> dict[str, Any]:
-    """Teams by credit (team_totals), each with its member count (index on volunteers.team)."""
-    t, v = db.team_totals, db.volunteers
-    members = select(func.count()).select_from(v).where(v.c.team == t.c.team).scalar_subquery()
-    async with engine.connect() as conn:
-        rows = list(await conn.execute(
-            select(t, members.label("members")).order_by(desc(t.c.credit), t.c.team).limit(limit).offset(offset)
-        ))  # fmt: skip
-        total = (await conn.execute(select(func.count()).select_from(t))).scalar_one()
-    now = time.time()
-    entries = [
-        {"rank": offset + i + 1, "team": r.team, "members": int(r.members or 0), "credit": r.credit,
-         "samples": r.samples, "reports": r.reports, "last_report_at": iso(r.last_report_at),
-         "recent_average_credit": rac_now(r.rac, r.rac_updated_at, now)}  # fmt: skip
-        for i, r in enumerate(rows)
-    ]
+    """Teams by credit (team_totals), each with its member count."""
+    entries, total = await queries.team_leaderboard(engine, limit, offset)
     return {"entries": entries, "total": total, "offset": offset, "limit": limit}
 
 
