@@ -157,7 +157,7 @@ def serve(path: Path, port_file: Path) -> None:
     async def run() -> None:
         engine = db.create_engine(f"sqlite+aiosqlite:///{path}")
         app = create_app(Services(Ledger(engine), "mqtt://127.0.0.1:1883", "bench"))
-        sock = socket.socket()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # as the coordinator's (TCP_NODELAY)
         sock.bind(("127.0.0.1", 0))
         server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
         task = asyncio.create_task(server.serve(sockets=[sock]))
