@@ -88,6 +88,21 @@ def write_ready_file(path: Path, content: dict) -> None:
     os.replace(tmp, path)
 
 
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The HTTP server's bound socket. proto IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only
+    then; without it every answer on a kept-alive connection waited ~40 ms (uvicorn writes headers and body
+    separately, and Nagle held the body until the client's delayed ACK)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    return sock
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handlers: the coordinator handles SIGINT/SIGTERM for every part."""
 
@@ -157,16 +172,7 @@ class Coordinator:
 
     async def _serve_http(self, app: FastAPI) -> None:
         app.state.checkpoints = self.checkpoints  # served by coordinator/checkpoint_api.py
-        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
-        # proto IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only then. Without it every answer on
-        # a kept-alive connection waited ~40 ms (Nagle holding the body until the client's delayed ACK).
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.config.host, self.config.port))
-        except OSError as e:
-            sock.close()
-            raise OSError(f"cannot listen on {self.config.host}:{self.config.port}: {e.strerror or e}") from e
+        sock = listening_socket(self.config.host, self.config.port)
         port = sock.getsockname()[1]
         uv_config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
         self.server = _Server(uv_config)

@@ -143,13 +143,12 @@ def prepare(path: Path, volunteers: int, reports: int) -> None:
 def serve(path: Path, port_file: Path) -> None:
     """Child process: the coordinator's HTTP app over the seeded ledger, on 127.0.0.1 at a free port."""
     import logging
-    import socket
 
     import uvicorn
 
     from coordinator import db
     from coordinator.api import Services
-    from coordinator.app import _Server, create_app
+    from coordinator.app import _Server, create_app, listening_socket
     from coordinator.ledger import Ledger
 
     logging.basicConfig(level=logging.WARNING)
@@ -157,8 +156,7 @@ def serve(path: Path, port_file: Path) -> None:
     async def run() -> None:
         engine = db.create_engine(f"sqlite+aiosqlite:///{path}")
         app = create_app(Services(Ledger(engine), "mqtt://127.0.0.1:1883", "bench"))
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # as the coordinator's (TCP_NODELAY)
-        sock.bind(("127.0.0.1", 0))
+        sock = listening_socket("127.0.0.1", 0)  # the coordinator's own (TCP_NODELAY on accepted connections)
         server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:

@@ -5,10 +5,7 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import statistics
 import subprocess
-import time
 
 import aiomqtt
 import httpx
@@ -58,7 +55,6 @@ def test_serve_end_to_end(served):
     assert (data_dir / "operator-token").stat().st_mode & 0o777 == 0o600
     api = httpx.Client(base_url=info["url"], timeout=10)
     assert api.get("/healthz").json() == {"status": "ok"}
-    assert statistics.median(_keep_alive_round_trips(info["url"], 9)) < 0.03  # no 40 ms Nagle/delayed-ACK stall
     manifest = SwarmManifest.model_validate_json(api.get("/api/v1/swarms/spirals").content)
     assert manifest.initial_peers == info["initial_peers"] and manifest.broker_url == info["broker_url"]
     assert manifest.run_id.startswith("hearth-spirals-") and manifest.flops_per_sample > 0
@@ -111,21 +107,3 @@ def test_cli_errors_are_one_line(tmp_path):
     assert no_server.returncode == 1 and "cannot reach the coordinator" in no_server.stderr
     assert "Traceback" not in bad_port.stderr + no_server.stderr
 
-
-def _keep_alive_round_trips(url: str, count: int) -> list[float]:
-    """Seconds per GET /healthz on one kept-alive connection, answer read in full. The coordinator writes headers
-    and body separately: without TCP_NODELAY on its side, each answer after the first waited ~40 ms."""
-    host, port = url.removeprefix("http://").rstrip("/").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reader, times = sock.makefile("rb"), []
-        for _ in range(count + 1):
-            started = time.perf_counter()
-            sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-            length = 0
-            while (line := reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            reader.read(length)
-            times.append(time.perf_counter() - started)
-    return times[1:]  # the first answer comes before delayed ACKs start
