@@ -33,11 +33,12 @@ def _url(info: CheckpointInfo) -> str:
 
 @router.get("")
 async def list_checkpoints(request: Request, swarm_id: str) -> JSONResponse:
-    """The checkpoints on disk, newest first: {epoch, time (ISO 8601, UTC), size (bytes), sha256, url}."""
+    """The checkpoints on disk, newest first: {epoch, time (ISO 8601, UTC), size (bytes), sha256, url, evaluation
+    (the task's metrics on its held-out data, or null)}."""
     store = await _store_for(request, swarm_id)
     checkpoints = [
         {"epoch": info.epoch, "time": datetime.fromtimestamp(info.saved_at, timezone.utc).isoformat(),
-         "size": info.size, "sha256": info.sha256, "url": _url(info)}
+         "size": info.size, "sha256": info.sha256, "url": _url(info), "evaluation": info.evaluation}
         for info in reversed(store.listing(swarm_id))
     ]  # fmt: skip
     return JSONResponse({"swarm_id": swarm_id, "keep": store.keep, "checkpoints": checkpoints})

@@ -11,6 +11,7 @@ and the swarm's epoch passed the last checkpoint's. A failed download is logged 
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 FILE_PATTERN = re.compile(r"epoch-(\d+)\.pt")
 SIDECAR = ".sha256"
+EVALUATION = ".eval.json"  # the task's held-out metrics of the checkpoint's model (optional)
 DOWNLOAD_TIMEOUT = 120.0  # seconds for one state download (hivemind also bounds each chunk by its request_timeout)
 
 
@@ -39,6 +41,7 @@ class CheckpointInfo:
     size: int
     sha256: str
     saved_at: float
+    evaluation: Optional[dict] = None  # e.g. {"loss": 0.21, "accuracy": 0.93}; None if the task has no metric
 
 
 def file_name(epoch: int) -> str:
@@ -76,14 +79,18 @@ class CheckpointStore:
         final = directory / file_name(epoch)
         tmp = directory / f".{final.name}.{os.getpid()}.tmp"
         sidecar_tmp = directory / f".{final.name}{SIDECAR}.{os.getpid()}.tmp"
+        evaluation_tmp = directory / f".{final.name}{EVALUATION}.{os.getpid()}.tmp"
         try:
+            if checkpoint.get("evaluation"):
+                _write_synced(evaluation_tmp, lambda f: f.write(json.dumps(checkpoint["evaluation"]).encode()))
+                os.replace(evaluation_tmp, directory / (final.name + EVALUATION))
             _write_synced(tmp, lambda f: torch.save(checkpoint, f))
             digest = sha256_of(tmp)
             _write_synced(sidecar_tmp, lambda f: f.write(f"{digest}  {final.name}\n".encode()))
             os.replace(sidecar_tmp, directory / (final.name + SIDECAR))
             os.replace(tmp, final)
         finally:
-            for leftover in (tmp, sidecar_tmp):
+            for leftover in (tmp, sidecar_tmp, evaluation_tmp):
                 leftover.unlink(missing_ok=True)
         self.prune(swarm_id)
         return self.get(swarm_id, epoch)
@@ -117,7 +124,7 @@ class CheckpointStore:
             digest = (path.parent / (path.name + SIDECAR)).read_text().split()[0]
         except (OSError, IndexError):  # pruned meanwhile, or no sidecar: not a complete checkpoint
             return None
-        return CheckpointInfo(swarm_id, epoch, path, stat.st_size, digest, stat.st_mtime)
+        return CheckpointInfo(swarm_id, epoch, path, stat.st_size, digest, stat.st_mtime, _evaluation(path))
 
     def prune(self, swarm_id: str) -> list[int]:
         """Delete all but the last K checkpoints (file first, then its sidecar), and leftovers of dead writers."""
@@ -126,6 +133,7 @@ class CheckpointStore:
         for info in self.listing(swarm_id)[: -self.keep]:
             info.path.unlink(missing_ok=True)
             (directory / (info.path.name + SIDECAR)).unlink(missing_ok=True)
+            (directory / (info.path.name + EVALUATION)).unlink(missing_ok=True)
             removed.append(info.epoch)
         for path in directory.glob(".*.tmp"):
             if not path.name.endswith(f".{os.getpid()}.tmp"):
@@ -133,6 +141,14 @@ class CheckpointStore:
         if removed:
             logger.info("Pruned checkpoints of %s: epochs %s", swarm_id, ", ".join(map(str, removed)))
         return removed
+
+
+def _evaluation(path: Path) -> Optional[dict]:
+    try:
+        evaluation = json.loads((path.parent / (path.name + EVALUATION)).read_text())
+    except (OSError, ValueError):
+        return None
+    return evaluation if isinstance(evaluation, dict) else None
 
 
 class CheckpointScheduler:

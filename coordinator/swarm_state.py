@@ -100,9 +100,13 @@ def build_checkpoint(row: Any, metadata: dict, tensors: Sequence[torch.Tensor]) 
     except (KeyError, IndexError, StopIteration, TypeError, ValueError, RuntimeError) as e:
         raise StateMismatch(f"the optimizer state does not fit the task ({type(e).__name__}: {e})") from e
     names = {id(param): name for name, param in model.named_parameters()}
+    model.eval()
+    with torch.no_grad():
+        evaluation = {name: float(value) for name, value in task.evaluate(model).items()}  # {} if the task has none
     return {
         "format": CHECKPOINT_FORMAT, "swarm_id": row.swarm_id, "run_id": row.run_id, "task": row.task,
         "epoch": int(metadata["epoch"]), "saved_at": time.time(),
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "parameter_names": [names[id(param)] for param in params],  # the optimizer's parameter order
+        "evaluation": evaluation,  # the task's metrics on its held-out data, e.g. {"loss": …, "accuracy": …}
     }  # fmt: skip

@@ -158,7 +158,8 @@ def _checkpoints(request: Request, swarm_id: str) -> Optional[dict[str, Any]]:
     if latest is None:
         return {"latest": None}
     return {"latest": {"epoch": latest.epoch, "saved_at": latest.saved_at, "size": latest.size, "sha256": latest.sha256,
-                       "url": f"/api/v1/swarms/{swarm_id}/checkpoints/latest"}}  # fmt: skip
+                       "url": f"/api/v1/swarms/{swarm_id}/checkpoints/latest",
+                       "evaluation": latest.evaluation or {}}}  # fmt: skip
 
 
 @router.get("/join", response_class=HTMLResponse)

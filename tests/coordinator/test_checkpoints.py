@@ -136,6 +136,20 @@ def test_scheduler_saves_when_the_epoch_advanced_and_counts_failures_without_rai
     for name, tensor in zip(loaded["parameter_names"], state[1]):
         assert torch.equal(loaded["model"][name], tensor), name
     assert set(loaded["optimizer"]["state"][0]) >= {"exp_avg", "exp_avg_sq", "step"}
+    task = load_task("spirals")
+    model = task.build_model()
+    model.load_state_dict(loaded["model"])
+    with torch.no_grad():
+        expected = task.evaluate(model.eval())
+    assert loaded["evaluation"] == pytest.approx(expected) and set(expected) == {"loss", "accuracy"}
+    assert saved.evaluation == pytest.approx(expected)  # from the .eval.json sidecar, without loading the file
+
+
+def test_the_evaluation_sidecar_is_listed_and_pruned_with_its_checkpoint(tmp_path):
+    store = CheckpointStore(tmp_path, keep=1)
+    first = store.save("spirals", checkpoint(1, evaluation={"accuracy": 0.5}))
+    assert first.evaluation == {"accuracy": 0.5} and store.save("spirals", checkpoint(2)).evaluation is None
+    assert sorted(p.name for p in (tmp_path / "spirals").iterdir()) == ["epoch-2.pt", "epoch-2.pt.sha256"]
 
 
 def test_a_state_that_does_not_fit_the_task_is_refused(tmp_path):
@@ -149,7 +163,7 @@ def test_a_state_that_does_not_fit_the_task_is_refused(tmp_path):
 
 def test_routes_list_and_download_with_the_error_shape(tmp_path):
     store = CheckpointStore(tmp_path / "checkpoints", keep=5)
-    infos = [store.save("spirals", checkpoint(epoch)) for epoch in (2, 5)]
+    infos = [store.save("spirals", checkpoint(epoch, evaluation={"accuracy": epoch / 10})) for epoch in (2, 5)]
 
     async def scenario():
         ledger = await make_ledger(tmp_path)
@@ -159,6 +173,7 @@ def test_routes_list_and_download_with_the_error_shape(tmp_path):
             assert_error(await client.get("/api/v1/swarms/spirals/checkpoints"), 503, "checkpoints_unavailable")
             app.state.checkpoints = store
             listing = (await client.get("/api/v1/swarms/spirals/checkpoints")).json()
+            page = (await client.get("/swarms/spirals")).text
             latest = await client.get("/api/v1/swarms/spirals/checkpoints/latest")
             second = await client.get("/api/v1/swarms/spirals/checkpoints/2")
             errors = [
@@ -170,13 +185,15 @@ def test_routes_list_and_download_with_the_error_shape(tmp_path):
                 (await client.get("/api/v1/swarms/spirals/checkpoints/" + "9" * 40), 400, "invalid_epoch"),
             ]
         await ledger.engine.dispose()
-        return listing, latest, second, errors
+        return listing, latest, second, errors, page
 
-    listing, latest, second, errors = asyncio.run(scenario())
+    listing, latest, second, errors, page = asyncio.run(scenario())
+    assert "Held-out evaluation of the epoch 5 model" in page and "<strong>accuracy</strong> 0.5" in page
     assert [c["epoch"] for c in listing["checkpoints"]] == [5, 2] and listing["keep"] == 5
     newest = listing["checkpoints"][0]
     assert newest["sha256"] == infos[1].sha256 and newest["size"] == infos[1].size
     assert newest["url"] == "/api/v1/swarms/spirals/checkpoints/5" and newest["time"].endswith("+00:00")
+    assert newest["evaluation"] == {"accuracy": 0.5}
     assert latest.status_code == 200 and latest.content == infos[1].path.read_bytes()
     assert latest.headers["x-checkpoint-sha256"] == infos[1].sha256 and latest.headers["x-checkpoint-epoch"] == "5"
     assert hashlib.sha256(second.content).hexdigest() == infos[0].sha256
