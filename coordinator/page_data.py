@@ -5,6 +5,7 @@ table: none scans reports or all volunteers, so pages stay fast at a million vol
 import functools
 import logging
 import time
+import weakref
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -20,6 +21,8 @@ logger = logging.getLogger(__name__)
 SEARCH_COUNT_CAP = 10_000  # counting the matches of a short prefix among a million names stops here
 CREDIT_SERIES_REPORTS = 2000  # a volunteer's credit-over-time chart covers their latest this-many grants
 ROUNDS_SHOWN = 200  # epochs on the loss chart
+ROUNDS_FRESH_SECONDS = 5.0  # the per-epoch aggregate is shared by every viewer for this long (pages poll every 5 s)
+_rounds_cache: "weakref.WeakKeyDictionary[AsyncEngine, dict[str, tuple[float, list]]]" = weakref.WeakKeyDictionary()
 RECENT_REPORTS = 20
 
 
@@ -239,13 +242,29 @@ async def swarm_rounds(conn, swarm_id: str, epochs: int = ROUNDS_SHOWN) -> list[
              "samples": int(row.samples or 0), "at": iso(row.at)} for row in rows]  # fmt: skip
 
 
+async def _recent_rounds(conn, engine: AsyncEngine, swarm_id: str) -> list[dict[str, Any]]:
+    """swarm_rounds(), computed at most once per ROUNDS_FRESH_SECONDS per swarm and epoch: it aggregates every
+    report of the latest epochs (~0.2 s at 200 reports per epoch), and every open dashboard asks every few seconds.
+    A new epoch shows at once; more reports of the same epoch within the window."""
+    per_swarm, now = _rounds_cache.setdefault(engine, {}), time.monotonic()
+    cached = per_swarm.get(swarm_id)
+    if cached is not None and now - cached[0] < ROUNDS_FRESH_SECONDS:
+        r = db.reports
+        latest = (await conn.execute(select(func.max(r.c.epoch)).where(r.c.swarm_id == swarm_id))).scalar()
+        if cached[1] and cached[1][-1]["epoch"] == latest:
+            return cached[1]
+    rounds = await swarm_rounds(conn, swarm_id)
+    per_swarm[swarm_id] = (now, rounds)
+    return rounds
+
+
 async def swarm_page(engine: AsyncEngine, monitor: Any, swarm_id: str) -> Optional[dict[str, Any]]:
     r, st, v = db.reports, db.swarm_totals, db.volunteers
     async with engine.connect() as conn:
         swarm = (await conn.execute(select(db.swarms).where(db.swarms.c.swarm_id == swarm_id))).first()
         if swarm is None:
             return None
-        rounds = await swarm_rounds(conn, swarm_id)
+        rounds = await _recent_rounds(conn, engine, swarm_id)
         totals = (await conn.execute(select(st).where(st.c.swarm_id == swarm_id))).first()
         since = rounds[-1]["epoch"] - 2 if rounds else 0
         recent = list(await conn.execute(
