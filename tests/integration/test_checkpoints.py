@@ -56,7 +56,8 @@ def test_checkpoints_are_served_and_a_node_joining_an_empty_swarm_resumes_from_t
     listing = checkpoints(coordinator)
     assert len(listing) == KEEP and listing[0]["epoch"] > listing[1]["epoch"]
     on_disk = sorted(path.name for path in (coordinator.data_dir / "checkpoints" / SWARM_ID).iterdir())
-    assert on_disk == sorted(f"epoch-{c['epoch']}.pt{ext}" for c in listing for ext in ("", ".sha256"))
+    assert on_disk == sorted(f"epoch-{c['epoch']}.pt{ext}" for c in listing for ext in ("", ".sha256", ".eval.json"))
+    assert all(0.0 <= c["evaluation"]["accuracy"] <= 1.0 and c["evaluation"]["loss"] > 0 for c in listing)
 
     latest = coordinator.api.get(f"/api/v1/swarms/{SWARM_ID}/checkpoints/latest")
     assert latest.status_code == 200
