@@ -1,7 +1,6 @@
 """The coordinator's real HTTP app on a real uvicorn, in a background thread, over a real SQLite ledger."""
 
 import asyncio
-import socket
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Iterator
 import httpx
 
 from coordinator.api import Services
-from coordinator.app import _Server, create_app
+from coordinator.app import _Server, create_app, listening_socket
 from coordinator.checkpoints import CheckpointStore
 from coordinator.exports import write_exports
 from coordinator.metrics import CoordinatorMetrics
@@ -26,8 +25,7 @@ def live_server(tmp_path: Path, **app_options) -> Iterator[httpx.Client]:
     server and its ledger stop when the block ends, even on failure."""
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket("127.0.0.1", 0)  # the coordinator's own, TCP_NODELAY included
     port = sock.getsockname()[1]
     ready, state = threading.Event(), {}
 

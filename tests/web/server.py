@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
 from coordinator.api import Services
-from coordinator.app import _Server, create_app
+from coordinator.app import _Server, create_app, listening_socket
 from coordinator.ledger import Batch, Ledger
 from protocol.credit import credit_for
 from protocol.messages import VolunteerRegistration
@@ -35,8 +35,7 @@ class SeededCoordinator:
         self._ready: Future = Future()
 
     def start(self) -> "SeededCoordinator":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
+        sock = listening_socket("127.0.0.1", 0)  # the coordinator's own, TCP_NODELAY included
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main(sock)), name="web-test-server", daemon=True)
         self._thread.start()
