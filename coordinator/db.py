@@ -53,6 +53,10 @@ swarms = Table(
     Column("hyperparameters", JSON, nullable=False),
     Column("flops_per_sample", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("access", String(8), nullable=False, server_default="open"),  # "open" | "token"
+    Column("task_options", JSON),  # the manifest's task_options and assets
+    Column("data", String(8), nullable=False, server_default="shared"),  # "shared" | "local"
+    Column("privacy", JSON),  # protocol DifferentialPrivacy of a `data: local` swarm, or NULL
 )
 
 volunteers = Table(

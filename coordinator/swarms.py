@@ -60,5 +60,7 @@ def manifest(row: Any, initial_peers: list[str], broker_url: str) -> SwarmManife
     return SwarmManifest(
         swarm_id=row.swarm_id, title=row.title, run_id=row.run_id, task=row.task,
         hyperparameters=Hyperparameters(**row.hyperparameters), flops_per_sample=row.flops_per_sample,
-        initial_peers=list(initial_peers), broker_url=broker_url, access="open",
+        initial_peers=list(initial_peers), broker_url=broker_url, access=row.access,
+        task_options=(row.task_options or {}).get("options", {}), assets=(row.task_options or {}).get("assets", []),
+        data=row.data, privacy=row.privacy,
     )  # fmt: skip

@@ -2,9 +2,9 @@
 
 import re
 import unicodedata
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 from protocol.errors import StaleMessage
 
@@ -125,6 +125,37 @@ class Hyperparameters(Message):
     averaging_timeout: float = Field(gt=0)
     # Parameters and optimizer statistics are averaged every this many epochs (gradients every epoch).
     average_state_every: int = Field(default=1, ge=1, le=10**6)
+    # What travels between peers: gradient and state tensors as fp32 ("none"), fp16 or 8-bit.
+    compression: Literal["none", "fp16", "int8"] = "none"
+    # DiLoCo-like: each peer steps its own optimizer every batch; only the state is averaged, every
+    # average_state_every epochs (hivemind's use_local_updates), for slow home uplinks.
+    local_updates: bool = False
+    # Learning rate rises linearly from 0 over this many epochs, then follows the task's schedule.
+    warmup_epochs: int = Field(default=0, ge=0, le=10**6)
+
+
+TaskOptionValue = Union[StrictBool, StrictInt, float, str]
+
+
+class TaskAsset(Message):
+    """A file the operator gave the swarm's task (text shards, a pretrained checkpoint), served by the coordinator;
+    a node downloads the ones it needs, checks the digest and caches them."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    url: str = Field(max_length=2000)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class DifferentialPrivacy(Message):
+    """The guarantee of a `data: local` swarm, stated before anyone joins: each node clips every sample's gradient
+    to `clip_norm`, adds Gaussian noise of `noise_multiplier` × clip_norm, and stops when its ε (at `delta`)
+    reaches `epsilon_budget`."""
+
+    clip_norm: float = Field(gt=0)
+    noise_multiplier: float = Field(ge=0)
+    delta: float = Field(gt=0, lt=1)
+    epsilon_budget: float = Field(gt=0)
 
 
 class SwarmManifest(Message):
@@ -140,6 +171,11 @@ class SwarmManifest(Message):
     broker_url: str
     protocol_version: int = PROTOCOL_VERSION
     access: Literal["open", "token"] = "open"
+    task_options: dict[str, TaskOptionValue] = Field(default_factory=dict)
+    assets: list[TaskAsset] = Field(default_factory=list)
+    # "shared": the task's own data; "local": each node trains on its owner's dataset, which never leaves it.
+    data: Literal["shared", "local"] = "shared"
+    privacy: Optional[DifferentialPrivacy] = None
 
 
 NodeState = Literal["online", "paused", "offline"]

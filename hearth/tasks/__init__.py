@@ -5,7 +5,7 @@
 - spirals.py: the built-in `spirals` task (2-D spiral classification, generated data).
 """
 
-from hearth.tasks.base import Batch, Task, TaskDefaults, measure_flops_per_sample
+from hearth.tasks.base import Batch, Task, TaskContext, TaskDefaults, measure_flops_per_sample
 from hearth.tasks.registry import available_tasks, load_task
 
-__all__ = ["Batch", "Task", "TaskDefaults", "available_tasks", "load_task", "measure_flops_per_sample"]
+__all__ = ["Batch", "Task", "TaskContext", "TaskDefaults", "available_tasks", "load_task", "measure_flops_per_sample"]

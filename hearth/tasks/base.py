@@ -1,8 +1,9 @@
 """The task interface: a model, a deterministic per-peer data stream, a loss, and recommended settings."""
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -22,10 +23,25 @@ class TaskDefaults:
     average_state_every: int = 1
 
 
+@dataclass(frozen=True)
+class TaskContext:
+    """What a swarm gives its task beyond the code, on the node and on the coordinator alike."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """The swarm manifest's task_options, set by the operator."""
+    assets: Mapping[str, Path] = field(default_factory=dict)
+    """Local, digest-checked copies of the manifest's assets this peer needs, by asset name."""
+    local_data: Optional[Path] = None
+    """In a `data: local` swarm, the dataset on this node's disk that its owner named (None on the coordinator)."""
+
+
 class Task(ABC):
     name: str
     description: str
     defaults: TaskDefaults
+
+    def configure(self, context: TaskContext) -> None:
+        """Called once before build_model() whenever the swarm gives options, assets or local data."""
 
     @abstractmethod
     def build_model(self) -> torch.nn.Module:

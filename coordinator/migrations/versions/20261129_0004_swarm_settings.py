@@ -1,0 +1,33 @@
+"""Swarm settings beyond hyperparameters: access mode (open or token), task options and assets, data mode
+(shared or local) and the differential-privacy guarantee of a local-data swarm.
+
+Existing swarms stay open, shared-data swarms without options.
+
+Revision ID: 0004_swarm_settings
+Revises: 0003_web_indexes
+Create Date: 2026-11-29
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004_swarm_settings"
+down_revision = "0003_web_indexes"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("swarms") as batch:
+        batch.add_column(sa.Column("access", sa.String(length=8), nullable=False, server_default="open"))
+        batch.add_column(sa.Column("task_options", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("data", sa.String(length=8), nullable=False, server_default="shared"))
+        batch.add_column(sa.Column("privacy", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("swarms") as batch:
+        batch.drop_column("privacy")
+        batch.drop_column("data")
+        batch.drop_column("task_options")
+        batch.drop_column("access")
