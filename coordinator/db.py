@@ -69,6 +69,8 @@ volunteers = Table(
     # the account's secrets, as SHA-256 hex (coordinator/accounts.py); NULL until a pre-accounts volunteer claims them
     Column("account_key_hash", String(64)),
     Column("attach_key_hash", String(64)),
+    Column("banned_at", DateTime(timezone=True)),  # set when audits ban the volunteer: no tokens, no credit
+    Column("deleted_at", DateTime(timezone=True)),  # set by `hearth account delete`: personal data erased
     Index("ix_volunteers_team", "team"),  # team pages count and list members without a scan
 )
 
@@ -107,6 +109,7 @@ nodes = Table(
     Column("last_seq", BigInteger, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("detached_at", DateTime(timezone=True)),  # set when its account detached it: the key may report no more
+    Column("epsilon_spent", Float),  # differential privacy the node has spent (data: local swarms)
     Index("ix_nodes_online", "online"),  # the website counts nodes online
 )
 
@@ -128,6 +131,8 @@ reports = Table(
     Column("status", String(16), nullable=False),
     Column("reason", String(64)),
     Column("credit", Float, nullable=False, default=0.0),  # what the credit rule gives this report (granted or due)
+    Column("bytes_sent", BigInteger),  # the node's averaging traffic for the epoch (NULL: older nodes)
+    Column("bytes_received", BigInteger),
     Column("received_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("node_id", "seq", name="uq_reports_node_seq"),
     Index("ix_reports_volunteer", "volunteer_id", "id"),

@@ -194,6 +194,7 @@ class NodeStatus(Message):
     samples_per_second: float = Field(default=0.0, ge=0)
     device: str = Field(default="", max_length=64)
     reason: Optional[str] = Field(default=None, max_length=200)
+    epsilon_spent: Optional[float] = Field(default=None, ge=0)  # differential privacy spent so far (data: local)
 
 
 class ContributionReport(Message):
@@ -211,6 +212,8 @@ class ContributionReport(Message):
     loss: Optional[float] = None
     group_size: int = Field(default=1, ge=0)
     peer_id: Optional[str] = Field(default=None, max_length=128)
+    bytes_sent: int = Field(default=0, ge=0)  # averaging traffic of this epoch, this node's side
+    bytes_received: int = Field(default=0, ge=0)
     time: float
 
 
