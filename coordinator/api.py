@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Header, Query, Request
@@ -25,7 +25,8 @@ from coordinator.teams import apply as apply_team_action
 from hearth.tasks.registry import UnknownTask
 from protocol.envelope import open_envelope, parse_body
 from protocol.errors import ProtocolError
-from protocol.messages import ID_PATTERN, SwarmManifest, TeamAction, VolunteerRegistration, check_fresh
+from protocol.messages import (ID_PATTERN, DifferentialPrivacy, SwarmManifest, TaskOptionValue, TeamAction,
+                               VolunteerRegistration, check_fresh)
 from protocol.signing import verify
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,13 @@ class SwarmCreate(BaseModel):
     matchmaking_time: Optional[float] = Field(default=None, gt=0, le=86400, allow_inf_nan=False)
     averaging_timeout: Optional[float] = Field(default=None, gt=0, le=86400, allow_inf_nan=False)
     average_state_every: Optional[int] = Field(default=None, ge=1, le=10**6)
+    compression: Optional[Literal["none", "fp16", "int8"]] = None
+    local_updates: Optional[bool] = None
+    warmup_epochs: Optional[int] = Field(default=None, ge=0, le=10**6)
+    access: Literal["open", "token"] = "open"
+    task_options: dict[str, TaskOptionValue] = Field(default_factory=dict, max_length=64)
+    data: Literal["shared", "local"] = "shared"
+    privacy: Optional[DifferentialPrivacy] = None
 
 
 MAX_PAGE = 1000
@@ -160,9 +168,13 @@ async def create_swarm(request: Request, body: SwarmCreate, authorization: Optio
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), svc.operator_token.encode()):
         raise ApiError(401, "unauthorized", "creating a swarm needs the operator token (Authorization: Bearer …)")
-    overrides = body.model_dump(exclude={"swarm_id", "task", "title"})
+    settings = {"access", "task_options", "data", "privacy"}
+    overrides = body.model_dump(exclude={"swarm_id", "task", "title", *settings})
+    privacy = body.privacy.model_dump() if body.privacy is not None else None
+    task_options = {"options": body.task_options, "assets": []} if body.task_options else None
     try:
-        values = await define_swarm(body.swarm_id, body.task, body.title, overrides)
+        values = await define_swarm(body.swarm_id, body.task, body.title, overrides, access=body.access,
+                                    task_options=task_options, data=body.data, privacy=privacy)  # fmt: skip
         await svc.ledger.create_swarm(values)
     except SwarmExists as e:
         raise ApiError(409, "swarm_exists", str(e)) from e

@@ -1,10 +1,11 @@
 """`hearth coordinator serve`, `hearth swarm create|list` and `hearth leaderboard`."""
 
 import asyncio
+import json
 import logging
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import click
 
@@ -130,6 +131,31 @@ def _request(method: str, url: str, **kwargs: Any) -> Any:
     return body
 
 
+def parse_task_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """KEY=VALUE pairs; VALUE is read as JSON when it parses (numbers, true/false), else kept as text."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--task-option")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        options[key] = parsed if isinstance(parsed, (bool, int, float, str)) else value
+    return options
+
+
+def privacy_settings(clip_norm, noise_multiplier, delta, epsilon) -> Optional[dict[str, float]]:
+    given = {"clip_norm": clip_norm, "noise_multiplier": noise_multiplier, "delta": delta, "epsilon_budget": epsilon}
+    if all(value is None for value in given.values()):
+        return None
+    missing = [f"--dp-{name.replace('_', '-').replace('-budget', '')}" for name, value in given.items() if value is None]
+    if missing:
+        raise click.UsageError(f"differential privacy needs all four settings; missing {', '.join(missing)}")
+    return given
+
+
 @swarm.command("create")
 @click.argument("swarm_id")
 @click.option("--task", default="spirals", show_default=True, help="Training task (see `hearth tasks`).")
@@ -141,12 +167,30 @@ def _request(method: str, url: str, **kwargs: Any) -> Any:
 @click.option("--averaging-timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
 @click.option("--average-state-every", type=click.IntRange(min=1),
               help="Average parameters and optimizer statistics every N epochs (gradients: every epoch).")
+@click.option("--compression", type=click.Choice(["none", "fp16", "int8"]),
+              help="What travels between peers: fp32 tensors (none), fp16 or 8-bit.")
+@click.option("--local-updates/--no-local-updates", default=None,
+              help="DiLoCo-like: peers step locally and average only the state, every --average-state-every epochs.")
+@click.option("--warmup-epochs", type=click.IntRange(min=0), help="Learning-rate warm-up, in epochs.")
+@click.option("--access", type=click.Choice(["open", "token"]), default="open", show_default=True,
+              help="token: only registered, non-banned volunteers' nodes get the access tokens peers require.")
+@click.option("--task-option", "task_options", multiple=True, metavar="KEY=VALUE",
+              help="An option for the task (see `hearth tasks describe`); repeatable.")
+@click.option("--data", type=click.Choice(["shared", "local"]), default="shared", show_default=True,
+              help="local: each node trains on its owner's dataset, which never leaves the node.")
+@click.option("--dp-clip-norm", type=click.FloatRange(min=0, min_open=True),
+              help="Differential privacy (data: local): per-sample gradient clip norm.")
+@click.option("--dp-noise-multiplier", type=click.FloatRange(min=0), help="Gaussian noise, × the clip norm.")
+@click.option("--dp-delta", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), help="δ of (ε, δ).")
+@click.option("--dp-epsilon", type=click.FloatRange(min=0, min_open=True),
+              help="ε budget: a node stops contributing once it has spent this much.")
 @_coordinator_option
 @click.option("--token", help="Operator token (default: read from --token-file).")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=default_token_file,
               show_default="<default data dir>/operator-token")  # fmt: skip
 def create(swarm_id, task, title, target_batch_size, batch_size, learning_rate, matchmaking_time, averaging_timeout,
-           average_state_every, url, token, token_file) -> None:  # fmt: skip
+           average_state_every, compression, local_updates, warmup_epochs, access, task_options, data, dp_clip_norm,
+           dp_noise_multiplier, dp_delta, dp_epsilon, url, token, token_file) -> None:  # fmt: skip
     """Create swarm SWARM_ID on the coordinator (needs the operator token)."""
     if token is None:
         try:
@@ -157,7 +201,10 @@ def create(swarm_id, task, title, target_batch_size, batch_size, learning_rate, 
             ) from None
     body = {"swarm_id": swarm_id, "task": task, "title": title, "target_batch_size": target_batch_size,
             "batch_size": batch_size, "learning_rate": learning_rate, "matchmaking_time": matchmaking_time,
-            "averaging_timeout": averaging_timeout, "average_state_every": average_state_every}  # fmt: skip
+            "averaging_timeout": averaging_timeout, "average_state_every": average_state_every,
+            "compression": compression, "local_updates": local_updates, "warmup_epochs": warmup_epochs,
+            "access": access, "task_options": parse_task_options(task_options), "data": data,
+            "privacy": privacy_settings(dp_clip_norm, dp_noise_multiplier, dp_delta, dp_epsilon)}  # fmt: skip
     manifest = _request("POST", f"{url.rstrip('/')}/api/v1/swarms", json={k: v for k, v in body.items() if v is not None},
                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip
     click.echo(f"Created swarm {manifest['swarm_id']} (run_id {manifest['run_id']}).")

@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SWARM_ID = "spirals"
 HYPERPARAMETERS = ("batch_size", "target_batch_size", "learning_rate", "matchmaking_time", "averaging_timeout",
-                   "average_state_every")
+                   "average_state_every", "compression", "local_updates", "warmup_epochs")
 
 
 def new_run_id(swarm_id: str) -> str:
@@ -22,8 +22,11 @@ def new_run_id(swarm_id: str) -> str:
 
 
 async def define_swarm(swarm_id: str, task_name: str, title: Optional[str] = None,
-                       overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:  # fmt: skip
-    """Validate a swarm definition and measure its task's FLOPs per sample; raises ValueError / LookupError."""
+                       overrides: Optional[dict[str, Any]] = None, *, access: str = "open",
+                       task_options: Optional[dict[str, Any]] = None, data: str = "shared",
+                       privacy: Optional[dict[str, Any]] = None) -> dict[str, Any]:  # fmt: skip
+    """Validate a swarm definition and measure its task's FLOPs per sample; raises ValueError / LookupError.
+    `task_options` is stored as {"options": {...}, "assets": [TaskAsset dicts]} (see manifest())."""
     if not is_valid_swarm_id(swarm_id):
         raise ValueError(f"swarm id {swarm_id!r} must be 1-63 lowercase letters, digits or '-', starting alphanumeric")
     task = load_task(task_name)
@@ -32,8 +35,9 @@ async def define_swarm(swarm_id: str, task_name: str, title: Optional[str] = Non
     unknown = set(chosen) - set(HYPERPARAMETERS)
     if unknown:
         raise ValueError(f"unknown hyperparameter(s): {', '.join(sorted(unknown))}")
-    for name in ("target_batch_size", "batch_size", "average_state_every"):
+    for name in ("target_batch_size", "batch_size", "average_state_every", "warmup_epochs"):
         chosen[name] = int(chosen[name])
+    chosen["local_updates"] = bool(chosen["local_updates"])
     for name in ("learning_rate", "matchmaking_time", "averaging_timeout"):
         chosen[name] = float(chosen[name])
     try:
@@ -45,6 +49,7 @@ async def define_swarm(swarm_id: str, task_name: str, title: Optional[str] = Non
     return dict(
         swarm_id=swarm_id, title=title or task.description, run_id=new_run_id(swarm_id), task=task_name,
         hyperparameters=hyperparameters.model_dump(), flops_per_sample=flops,
+        access=access, task_options=task_options, data=data, privacy=privacy,
     )  # fmt: skip
 
 

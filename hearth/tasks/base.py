@@ -21,6 +21,9 @@ class TaskDefaults:
     matchmaking_time: float = 3.0
     averaging_timeout: float = 30.0
     average_state_every: int = 1
+    compression: str = "none"  # "none" | "fp16" | "int8": what travels between peers
+    local_updates: bool = False
+    warmup_epochs: int = 0
 
 
 @dataclass(frozen=True)
