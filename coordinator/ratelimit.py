@@ -1,7 +1,10 @@
-"""Rate limits on the public HTTP endpoints: one token bucket per client IP, in memory.
+"""Rate limits on the public HTTP endpoints: token buckets per client IP, in memory.
 
 A client may burst up to `burst` requests, then gets `rate` per second; beyond that it is answered 429 with
-Retry-After and the error shape, and counted in the coordinator's metrics. Behind a reverse proxy on the same
+Retry-After and the error shape, and counted in the coordinator's metrics. Two budgets: every public request
+(`--rate-limit`, 20/s), and a much stricter one for the account actions that create or change state
+(registration, attaching or detaching a node, team actions, renames, attach-key rotation: `--account-rate-limit`,
+6/min in bursts of 20), so one address cannot mint accounts or churn teams. Behind a reverse proxy on the same
 host, uvicorn takes the client address from X-Forwarded-For (it trusts 127.0.0.1 by default).
 """
 
@@ -19,6 +22,13 @@ DEFAULT_RATE = 20.0  # requests per second per client IP
 BURST_SECONDS = 5.0  # the default burst: this many seconds' worth of requests
 MAX_CLIENTS = 100_000  # buckets kept; the least recently seen client is forgotten first
 EXEMPT_PATHS = ("/healthz", "/metrics")  # operator endpoints: health checks and Prometheus scrapes
+DEFAULT_ACCOUNT_RATE = 0.1  # account actions per second per client IP (6/min)
+DEFAULT_ACCOUNT_BURST = 20  # a household's few PCs, or a volunteer trying things out, at once
+# (method, path or path prefix ending in "/"): the account actions under the stricter budget
+ACCOUNT_ACTIONS = (
+    ("POST", "/api/v1/volunteers"), ("POST", "/api/v1/teams/actions"), ("POST", "/api/v1/accounts/nodes"),
+    ("DELETE", "/api/v1/accounts/nodes/"), ("POST", "/api/v1/accounts/attach-key"), ("POST", "/api/v1/accounts/name"),
+)  # fmt: skip
 
 
 @dataclass
@@ -67,15 +77,39 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def forget_idle(self) -> int:
+        """Drop the buckets that have refilled (a full bucket limits no more than none): client addresses are kept
+        only while they limit something (coordinator/privacy.py). How many went."""
+        now = self.clock()
+        idle = [client for client, b in self._buckets.items() if b.tokens + (now - b.updated) * b.rate >= b.capacity]
+        for client in idle:
+            del self._buckets[client]
+        return len(idle)
+
+
+def is_account_action(scope: Scope) -> bool:
+    """Does this request create or change an account, a node or a team membership?"""
+    method, path = scope.get("method", ""), scope["path"]
+    return any(method == m and (path.startswith(p) if p.endswith("/") else path.rstrip("/") == p)
+               for m, p in ACCOUNT_ACTIONS)  # fmt: skip
+
+
+def describe_rate(rate: float) -> str:
+    """20 → "20/s", 0.1 → "6/min": the unit the operator would have written."""
+    return f"{rate:g}/s" if rate >= 1 else f"{rate * 60:g}/min"
+
 
 class RateLimitMiddleware:
-    """ASGI middleware: 429 + Retry-After for a client over its rate; `on_limited()` counts each refusal."""
+    """ASGI middleware: 429 + Retry-After for a client over its rate; `on_limited()` counts each refusal.
+    `applies(scope)` picks the requests this budget covers (default: every HTTP request but EXEMPT_PATHS)."""
 
-    def __init__(self, app: ASGIApp, limiter: RateLimiter, on_limited: Callable[[], None] = lambda: None):
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, on_limited: Callable[[], None] = lambda: None,
+                 applies: Optional[Callable[[Scope], bool]] = None, what: str = "requests"):  # fmt: skip
         self.app, self.limiter, self.on_limited = app, limiter, on_limited
+        self.applies, self.what = applies or (lambda scope: scope["path"] not in EXEMPT_PATHS), what
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+        if scope["type"] != "http" or not self.applies(scope):
             return await self.app(scope, receive, send)
         client = scope.get("client")
         wait = self.limiter.check(client[0] if client else "unknown")
@@ -85,14 +119,15 @@ class RateLimitMiddleware:
         retry_after = max(1, math.ceil(wait))
         response = error_response(
             429, "rate_limited",
-            f"too many requests from this address (limit {self.limiter.rate:g}/s); retry in {retry_after} s",
+            f"too many {self.what} from this address (limit {describe_rate(self.limiter.rate)}); "
+            f"retry in {retry_after} s",
             headers={"Retry-After": str(retry_after)},
         )  # fmt: skip
         await response(scope, receive, send)
 
 
-def parse_rate(text: str) -> float:
-    """`--rate-limit` values: "20", "20/s", "600/min" → requests per second; "0" disables."""
+def parse_rate(text: str, option: str = "--rate-limit") -> float:
+    """Rate option values: "20", "20/s", "600/min" → requests per second; "0" disables."""
     value, _, unit = text.strip().lower().partition("/")
     seconds = {"": 1.0, "s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0}.get(unit.strip())
     try:
@@ -100,5 +135,5 @@ def parse_rate(text: str) -> float:
     except ValueError:
         rate = math.nan
     if seconds is None or not math.isfinite(rate) or rate < 0:
-        raise ValueError(f"--rate-limit must look like 20, 20/s or 600/min (0 disables), got {text!r}")
+        raise ValueError(f"{option} must look like 20, 20/s or 600/min (0 disables), got {text!r}")
     return rate / seconds
