@@ -246,9 +246,12 @@ class SwarmMember:
     def peer_id(self) -> str:
         return self.dht.peer_id.to_base58()
 
-    def build_optimizer(self, params, make_optimizer: Callable[..., torch.optim.Optimizer]) -> TrackingOptimizer:
+    def build_optimizer(self, params, make_optimizer: Callable[..., torch.optim.Optimizer],
+                        make_scheduler: Optional[Callable[[torch.optim.Optimizer], object]] = None) -> TrackingOptimizer:
+        """`make_scheduler` builds the task's learning-rate schedule on the inner optimizer; hivemind steps it once
+        per global epoch (also after a state download), so every peer uses the same rate."""
         params = list(params)
-        self._optimizer_inputs = (params, make_optimizer)
+        self._optimizer_inputs = (params, make_optimizer, make_scheduler)
         hp = self.manifest.hyperparameters
         request_timeout = request_timeout_for(hp.matchmaking_time)
         # hivemind's averagers set SIGINT to "ignore" in the *calling* process when they start; keep ours.
@@ -258,6 +261,7 @@ class SwarmMember:
             run_id=self.manifest.run_id,
             params=params,
             optimizer=make_optimizer,
+            scheduler=make_scheduler,
             target_batch_size=hp.target_batch_size,
             batch_size_per_step=hp.batch_size,
             matchmaking_time=hp.matchmaking_time,

@@ -39,7 +39,7 @@ class TrainingStats:
 
 
 def peer_seed(node_id: str, epoch: int) -> int:
-    """Each peer, and each restart of it at a new epoch, reads a different stream of the task's data."""
+    """Seeds the task's data stream: a different stream for every peer and every epoch of the swarm."""
     return int.from_bytes(hashlib.sha256(f"{node_id}:{epoch}".encode()).digest()[:8], "little")
 
 
@@ -54,8 +54,10 @@ class Trainer:
         self.model = task.build_model().to(self.device)
         self.resources = fit_batch(task, self.model, resources)  # on CUDA: halved until it really fits
         self.batch_size = self.resources.batch_size  # may be below the swarm's batch size
-        learning_rate = swarm.manifest.hyperparameters.learning_rate
-        swarm.build_optimizer(self.model.parameters(), lambda params: task.make_optimizer(params, learning_rate))
+        hp = swarm.manifest.hyperparameters
+        swarm.build_optimizer(self.model.parameters(), lambda params: task.make_optimizer(params, hp.learning_rate),
+                              lambda optimizer: task.make_scheduler(optimizer, hp.warmup_epochs))
+        self._data, self._data_epoch = None, None
         self.accountant = Accountant()
         self.stats = TrainingStats()
         self._throughput = (time.monotonic(), 0)
@@ -69,9 +71,8 @@ class Trainer:
         self.stats.state = "syncing"
         if self.swarm.catch_up():
             self.stats.state_downloads += 1
-        data = self.task.data_stream(peer_seed(self.node_id, self.optimizer.local_epoch), self.batch_size)
         if min_peers > 1:  # one batch first: a peer becomes visible in the DHT only once it has progress
-            self._train_one_batch(next(data))
+            self._train_one_batch(self._next_batch())
             self.stats.state = f"waiting for {min_peers} peers"
             self.swarm.wait_for_peers(min_peers, timeout=wait_timeout, stop=stop)
         self.stats.state = "training"
@@ -93,8 +94,16 @@ class Trainer:
             if not self.swarm.joined:
                 self._resume()
             self.stats.state = "training"
-            self._train_one_batch(next(data))
+            self._train_one_batch(self._next_batch())
         self.stats.state = "stopping"
+
+    def _next_batch(self):
+        """From a stream seeded by this peer and the swarm's epoch: no two peers, and no two epochs of one peer
+        (even across restarts), train on the same samples in the same order."""
+        epoch = self.optimizer.local_epoch
+        if epoch != self._data_epoch:
+            self._data, self._data_epoch = self.task.data_stream(peer_seed(self.node_id, epoch), self.batch_size), epoch
+        return next(self._data)
 
     def _pause(self, reason: str) -> None:
         self.stats.state, self.stats.samples_per_second = reason, 0.0

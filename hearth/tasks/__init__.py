@@ -3,6 +3,8 @@
 - base.py: the Task interface and FLOPs measurement.
 - registry.py: find tasks through the `hearth.tasks` entry point group.
 - spirals.py: the built-in `spirals` task (2-D spiral classification, generated data).
+- housing.py: the built-in `housing` task (linear regression of house prices, known true coefficients).
+- digits.py: the built-in `digits` task (handwritten digit images bundled with scikit-learn, augmented).
 """
 
 from hearth.tasks.base import Batch, Task, TaskContext, TaskDefaults, measure_flops_per_sample

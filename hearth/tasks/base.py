@@ -42,6 +42,9 @@ class Task(ABC):
     name: str
     description: str
     defaults: TaskDefaults
+    option_docs: Mapping[str, str] = {}
+    """The swarm task_options this task reads, each with what it does (shown by `hearth tasks describe`)."""
+    schedule_doc: str = "linear warm-up over warmup_epochs, then constant"
 
     def configure(self, context: TaskContext) -> None:
         """Called once before build_model() whenever the swarm gives options, assets or local data."""
@@ -61,9 +64,23 @@ class Task(ABC):
     def make_optimizer(self, params, learning_rate: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=learning_rate)
 
+    def lr_schedule(self, epoch: int, warmup_epochs: int) -> float:
+        """The learning rate's multiplier for the optimizer step that closes global `epoch` (one step per epoch of
+        target_batch_size samples, whatever the number of peers). Default: a linear rise to 1 over the first
+        `warmup_epochs` epochs (1/(w+1), 2/(w+1), …: never a wasted step at 0), then constant."""
+        return linear_warmup(epoch, warmup_epochs)
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer, warmup_epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+        """The schedule as a torch scheduler; hivemind steps it once per global epoch, the same on every peer."""
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: self.lr_schedule(epoch, warmup_epochs))
+
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Metrics on held-out data; empty when the task has none."""
         return {}
+
+
+def linear_warmup(epoch: int, warmup_epochs: int) -> float:
+    return min(1.0, (epoch + 1) / (warmup_epochs + 1))
 
 
 def measure_flops_per_sample(task: Task, batch_size: int = 64) -> int:

@@ -13,7 +13,8 @@ class UnknownTask(LookupError):
 
 def _builtin() -> dict[str, str]:
     # Built-ins also resolve from a source checkout that was never pip-installed.
-    return {"spirals": "hearth.tasks.spirals:SpiralsTask"}
+    return {"spirals": "hearth.tasks.spirals:SpiralsTask",
+            "housing": "hearth.tasks.housing:HousingTask", "digits": "hearth.tasks.digits:DigitsTask"}
 
 
 def available_tasks() -> list[str]:

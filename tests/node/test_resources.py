@@ -185,7 +185,7 @@ class StubSwarm:
         self.manifest = SimpleNamespace(hyperparameters=SimpleNamespace(batch_size=batch_size, learning_rate=2e-3))
         self.grad_averager = SimpleNamespace(rounds_started=0)
 
-    def build_optimizer(self, params, make_optimizer):
+    def build_optimizer(self, params, make_optimizer, make_scheduler=None):
         self.optimizer = StubOptimizer(make_optimizer(list(params)))
         return self.optimizer
 

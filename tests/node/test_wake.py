@@ -58,7 +58,7 @@ class StubSwarm:
         self.joined, self.leaves, self.rejoins = True, 0, 0
         self.stop, self.steps_left = stop, steps_before_stop
 
-    def build_optimizer(self, params, make_optimizer):
+    def build_optimizer(self, params, make_optimizer, make_scheduler=None):
         swarm, inner = self, make_optimizer(list(params))
 
         class Optimizer:
