@@ -13,6 +13,7 @@ from pydantic import BaseModel, field_validator
 from coordinator import accounts
 from coordinator.accounts import AccountRefused
 from coordinator.api import ApiError, bearer, services
+from coordinator.tokens import bind_peer, proven_peer_id
 from protocol.envelope import open_envelope, parse_body
 from protocol.errors import ProtocolError
 from protocol.messages import NODE_ID_PATTERN, NodeAttach, check_fresh, clean_display_name
@@ -55,12 +56,16 @@ async def attach_node(request: Request, authorization: Optional[str] = Header(No
         message = parse_body(opened, NodeAttach)
         verify(message.public_key, opened.signature, opened.body)
         check_fresh(message.time, time.time())
+        peer_id = proven_peer_id(message.public_key, message.peer_id, message.peer_public_key, message.peer_signature,
+                                 message.time)  # fmt: skip
     except ProtocolError as e:
         raise ApiError(400, e.reason, f"invalid attach request: {e}") from e
     try:
         record, created = await accounts.attach(services(request).ledger, message, bearer(authorization))
     except AccountRefused as e:
         raise ApiError(e.status, e.code, e.message) from e
+    if peer_id is not None and not created:
+        await bind_peer(services(request).ledger.engine, record["node_id"], peer_id, message.time)
     body = {"volunteer": {"name": record["name"], "team": record["team"]}, "node_id": record["node_id"]}
     return JSONResponse(body, status_code=201 if created else 200)
 

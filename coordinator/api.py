@@ -21,6 +21,7 @@ from coordinator.ledger import Ledger, NameTaken, SwarmExists
 from coordinator.reachability import CheckRefused, ReachabilityAnswer
 from coordinator.swarms import define_swarm, manifest
 from coordinator.teams import TeamRefused
+from coordinator.tokens import bind_peer, proven_peer_id
 from coordinator.teams import apply as apply_team_action
 from hearth.tasks.registry import UnknownTask
 from protocol.envelope import open_envelope, parse_body
@@ -44,10 +45,17 @@ class Services:
     reachability: Any = None  # coordinator.reachability.ReachabilityProber, when the monitor runs
     exports_dir: Optional[Path] = None  # where coordinator.exports writes the public stats dumps
     started_at: float = field(default_factory=time.time)
+    issuer: Any = None  # coordinator.tokens.TokenIssuer: the coordinator's key; access tokens (coordinator/access_api.py)
 
     @property
     def initial_peers(self) -> list[str]:
         return list(self.monitor.initial_peers) if self.monitor is not None else []
+
+    def manifest(self, row: Any) -> SwarmManifest:
+        """A swarm's manifest: private swarms bootstrap from the coordinator's private DHT peer."""
+        peers = self.monitor.peers_for(row.access) if self.monitor is not None else []
+        key = self.issuer.key.public_key if self.issuer is not None else None
+        return manifest(row, peers, self.broker_url).model_copy(update={"coordinator_key": key})
 
 
 class VolunteerOut(BaseModel):
@@ -135,6 +143,8 @@ async def register_volunteer(request: Request) -> JSONResponse:
         opened = open_envelope(await request.body())
         registration = parse_body(opened, VolunteerRegistration)
         verify(registration.public_key, opened.signature, opened.body)
+        peer_id = proven_peer_id(registration.public_key, registration.peer_id, registration.peer_public_key,
+                                 registration.peer_signature, registration.time)  # fmt: skip
     except ProtocolError as e:
         raise ApiError(400, e.reason, f"invalid registration: {e}") from e
     try:
@@ -143,6 +153,8 @@ async def register_volunteer(request: Request) -> JSONResponse:
         raise ApiError(409, "name_taken", str(e)) from e
     except AccountRefused as e:
         raise ApiError(e.status, e.code, e.message) from e
+    if peer_id is not None and not created:  # a known node with a (new) proven libp2p identity
+        await bind_peer(services(request).ledger.engine, record["node_id"], peer_id, registration.time)
     body = RegistrationOut(volunteer=VolunteerOut(name=record["name"], team=record["team"]), node_id=record["node_id"],
                            account_key=record.get("account_key"), attach_key=record.get("attach_key"))  # fmt: skip
     return JSONResponse(body.model_dump(exclude={"account_key", "attach_key"} if body.account_key is None else None),
@@ -155,7 +167,7 @@ async def list_swarms(request: Request, limit: Limit = 100, offset: Offset = 0) 
     svc = services(request)
     rows, total = await queries.list_swarms_page(svc.ledger.engine, limit, offset)
     swarms = [
-        {**manifest(row, svc.initial_peers, svc.broker_url).model_dump(mode="json"), "progress": progress_json(svc, row.swarm_id)}
+        {**svc.manifest(row).model_dump(mode="json"), "progress": progress_json(svc, row.swarm_id)}
         for row in rows
     ]  # fmt: skip
     return JSONResponse(page(request, "swarms", swarms, total, limit, offset))
@@ -183,9 +195,9 @@ async def create_swarm(request: Request, body: SwarmCreate, authorization: Optio
     except ValueError as e:
         raise ApiError(400, "invalid_swarm", str(e)) from e
     if svc.monitor is not None:
-        await svc.monitor.register(values["run_id"])
+        await svc.monitor.register(values["run_id"], private=body.access == "token")
     row = await queries.get_swarm(svc.ledger.engine, body.swarm_id)
-    return manifest(row, svc.initial_peers, svc.broker_url)
+    return svc.manifest(row)
 
 
 @router.get("/swarms/{swarm_id}", response_model=SwarmManifest)
@@ -194,7 +206,7 @@ async def get_swarm(request: Request, swarm_id: str) -> SwarmManifest:
     row = await queries.get_swarm(svc.ledger.engine, swarm_id)
     if row is None:
         raise ApiError(404, "unknown_swarm", f"no swarm {_shown(swarm_id)}")
-    return manifest(row, svc.initial_peers, svc.broker_url)
+    return svc.manifest(row)
 
 
 @router.get("/swarms/{swarm_id}/progress")

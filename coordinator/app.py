@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from coordinator import api, db, queries, web
+from coordinator.access_api import router as access_router
 from coordinator.accounts_api import router as accounts_router
 from coordinator.api import Services
 from coordinator.broker import EmbeddedBroker, check_reachable
@@ -34,6 +35,7 @@ from coordinator.monitor import DHTMonitor
 from coordinator.ratelimit import RateLimiter, RateLimitMiddleware
 from coordinator.reachability import ReachabilityProber, own_scopes
 from coordinator.swarms import ensure_default_swarm
+from coordinator.tokens import TokenIssuer, load_or_create_key, private_peer_authorizer, private_run_ids
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None,
     app.add_middleware(ErrorCounter, count=lambda status: metrics.http_errors.labels(str(status)).inc())
     app.include_router(api.router)
     app.include_router(accounts_router)
+    app.include_router(access_router)
     app.include_router(exports_router)
     app.include_router(checkpoints_router)
     app.include_router(web.router)
@@ -132,6 +135,7 @@ class Coordinator:
         config = self.config
         config.ensure_data_dir()
         token = load_or_create_token(config.token_file)
+        self.issuer = TokenIssuer(load_or_create_key(config.data_dir), config.token_lifetime)
         self.engine = db.create_engine(config.database_url)
         await db.create_schema(self.engine)
         ledger = Ledger(self.engine)
@@ -150,19 +154,22 @@ class Coordinator:
         await ensure_default_swarm(ledger, config.default_task)
         self.ingestor = Ingestor(ledger, host, port, metrics=self.metrics, workers=config.ingest_workers,
                                  database_url=config.database_url)  # fmt: skip
+        self.ingestor.receipt_key = self.issuer.key
         await self.ingestor.start()
         await asyncio.wait_for(self.ingestor.subscribed.wait(), SUBSCRIBE_TIMEOUT)
 
         if config.enable_monitor:
-            self.monitor = DHTMonitor(config.dht_host, config.dht_port, config.monitor_interval, config.public_host)
-            await self.monitor.start(lambda: [(sid, info.run_id) for sid, info in ledger.swarms.items()])
+            self.monitor = DHTMonitor(config.dht_host, config.dht_port, config.monitor_interval, config.public_host,
+                                      private_authorizer=lambda: private_peer_authorizer(self.issuer))  # fmt: skip
+            await self.monitor.start(lambda: [(sid, info.run_id) for sid, info in ledger.swarms.items()],
+                                     await private_run_ids(self.engine))  # fmt: skip
             self.prober = ReachabilityProber(own_scopes(self.monitor.initial_peers))
             self.checkpointer = CheckpointScheduler(self.checkpoints, self.engine, self.monitor,
                                                     config.checkpoint_every, self.metrics)  # fmt: skip
             self.checkpointer.start()
 
         services = Services(ledger, self.broker_url, token, counters=self.ingestor.counters, monitor=self.monitor,
-                            reachability=self.prober, exports_dir=config.exports_dir)  # fmt: skip
+                            reachability=self.prober, exports_dir=config.exports_dir, issuer=self.issuer)  # fmt: skip
         self.exporter = ExportScheduler(self.engine, config.exports_dir, config.export_interval_seconds)
         self.exporter.start()
         await self._serve_http(create_app(services, self.metrics, config.rate_limit, config.max_body_bytes))
@@ -220,8 +227,9 @@ class Coordinator:
 
     def force_stop(self) -> None:
         """Last resort after a second Ctrl+C: make sure no DHT process outlives us."""
-        if self.monitor is not None and self.monitor.dht is not None:
-            self.monitor.dht.terminate()
+        for dht in (self.monitor.dht, self.monitor.private_dht) if self.monitor is not None else ():
+            if dht is not None:
+                dht.terminate()
 
 
 async def _bounded(awaitable, timeout: float, name: str) -> None:

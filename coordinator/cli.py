@@ -45,8 +45,10 @@ def coordinator() -> None:
 @click.option("--rate-limit", "rate_limit", default="20/s", show_default=True, metavar="N/s",
               help="Requests per second each client IP may make to the website and API (bursts of 5 s worth; "
                    "also N/min); 0 disables.")  # fmt: skip
+@click.option("--token-lifetime", type=click.FloatRange(min=2), default=600.0, show_default=True, metavar="SECONDS",
+              help="Life of private swarms' access tokens; a banned volunteer's nodes fall out within it.")
 def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, broker_port, ingest_workers, dht_host, dht_port,
-          ready_file, checkpoint_every, keep_checkpoints, rate_limit) -> None:  # fmt: skip
+          ready_file, checkpoint_every, keep_checkpoints, rate_limit, token_lifetime) -> None:  # fmt: skip
     """Start the coordinator in this process; Ctrl+C stops it (twice: at once)."""
     from coordinator.ratelimit import parse_rate
 
@@ -55,7 +57,7 @@ def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, br
             data_dir=data_dir, db_url=db_url, host=host, port=port, public_host=public_host, broker_url=broker_url,
             broker_host=broker_host, broker_port=broker_port, ingest_workers=ingest_workers, dht_host=dht_host, dht_port=dht_port,
             ready_file=ready_file, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-            rate_limit=parse_rate(rate_limit),
+            rate_limit=parse_rate(rate_limit), token_lifetime=token_lifetime,
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from e

@@ -83,6 +83,8 @@ class CoordinatorConfig:
     """Requests per second each client IP may make to the website and API (bursts of 5 s worth); 0 disables."""
     max_body_bytes: int = 64 * 1024
     """Largest HTTP request body accepted; larger ones get 413."""
+    token_lifetime: float = 600.0
+    """Seconds a private swarm's DHT access token lasts (nodes renew at half-life; a ban takes effect within one)."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -105,6 +107,8 @@ class CoordinatorConfig:
             raise ValueError("export interval must be positive")
         if self.rate_limit < 0:
             raise ValueError("--rate-limit must be 0 (off) or positive")
+        if self.token_lifetime < 2:
+            raise ValueError("--token-lifetime must be at least 2 seconds")
         if self.max_body_bytes < 1:
             raise ValueError("the request body limit must be positive")
         if self.checkpoint_every <= 0:

@@ -24,6 +24,7 @@ from coordinator.mqtt_sink import SinkClient
 from coordinator.sequencer import Sequencer
 from coordinator.verify import Rejected, Verified, Verifier
 from protocol.encoding import canonical_bytes
+from protocol.envelope import seal
 from protocol.messages import NodeStatus, Receipt
 from protocol.topics import REPORTS_FILTER, STATUS_FILTER, parse_node_topic, receipt_topic
 
@@ -67,6 +68,7 @@ class Ingestor:
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._receipts: set[asyncio.Task] = set()  # receipts being published
+        self.receipt_key = None  # protocol.signing.SigningKey that seals receipts (app.py sets the coordinator's)
         self._client: Optional[aiomqtt.Client] = None
         self._workers_ready: set[int] = set()
         self._caught_up: dict[int, float] = {}  # per running worker
@@ -322,7 +324,8 @@ class Ingestor:
             # last_seq now, just after the commit: by the time the task runs, the next batch may have moved it
             receipt = Receipt(node_id=node_id, swarm_id=swarm_id, last_seq=self.ledger.nodes[node_id].last_seq,
                               time=time.time())  # fmt: skip
-            payload = canonical_bytes(receipt.model_dump(mode="json"))
+            # sealed with the coordinator's key when it has one: nodes drop reports only on a genuine receipt
+            payload = seal(receipt, self.receipt_key) if self.receipt_key else canonical_bytes(receipt.model_dump(mode="json"))
             publish = client.publish(receipt_topic(swarm_id, node_id), payload, qos=RECEIPT_QOS, retain=True)
             task = asyncio.create_task(publish)  # tasks start, and hand paho their publish, in this order
             self._receipts.add(task)

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from hearth.progress import SwarmProgress, parse_progress, progress_key, progress_validators
 
@@ -30,20 +30,28 @@ class ProgressSnapshot:
 
 class DHTMonitor:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, interval: float = 2.0,
-                 announce_host: Optional[str] = None):  # fmt: skip
+                 announce_host: Optional[str] = None, private_authorizer: Optional[Callable[[], Any]] = None):  # fmt: skip
+        """`private_authorizer()` builds the hivemind authorizer of the private peer (coordinator/tokens.py), which
+        private swarms (access: token) bootstrap from instead: it starts with the first private swarm."""
         self.host, self.port, self.interval, self.announce_host = host, port, interval, announce_host
         self.dht = None
         self.initial_peers: list[str] = []
+        self.private_authorizer = private_authorizer
+        self.private_dht = None
+        self.private_peers: list[str] = []
+        self._private_run_ids: set[str] = set()
         self.progress: dict[str, ProgressSnapshot] = {}  # swarm_id → latest progress read
         self._registered: set[str] = set()
         self._task: Optional[asyncio.Task] = None
 
-    async def start(self, swarms: Callable[[], Iterable[tuple[str, str]]]) -> None:
-        """Start the DHT peer; `swarms()` yields (swarm_id, run_id) and is re-read before every poll."""
+    async def start(self, swarms: Callable[[], Iterable[tuple[str, str]]], private_run_ids: Iterable[str] = ()) -> None:
+        """Start the DHT peer; `swarms()` yields (swarm_id, run_id) and is re-read before every poll;
+        `private_run_ids`: the private swarms among them."""
         import hivemind
 
         self._swarms = swarms
-        run_ids = sorted({run_id for _, run_id in swarms()})
+        private_run_ids = set(private_run_ids)
+        run_ids = sorted({run_id for _, run_id in swarms()} - private_run_ids)
         validators = [v for run_id in run_ids for v in progress_validators(run_id)]
         kwargs = dict(start=True, host_maddrs=[f"/ip4/{self.host}/tcp/{self.port}"], record_validators=validators)
         if self.announce_host and self.port and _is_ipv4(self.announce_host):
@@ -54,15 +62,43 @@ class DHTMonitor:
         maddrs = await asyncio.to_thread(self.dht.get_visible_maddrs)
         self.initial_peers = [str(m) for m in maddrs]
         logger.info("DHT monitor listening: %s", " ".join(self.initial_peers))
+        for run_id in sorted(private_run_ids):
+            await self.register(run_id, private=True)
         self._task = asyncio.create_task(self._poll_forever(), name="dht-monitor")
 
-    async def register(self, run_id: str) -> None:
-        """Register a swarm's progress validators (needed before its signed records can be read)."""
-        if self.dht is None or run_id in self._registered:
+    async def register(self, run_id: str, private: bool = False) -> None:
+        """Register a swarm's progress validators (needed before its signed records can be read); a private swarm's
+        on the private peer, started now if it is the first."""
+        if private and run_id not in self._private_run_ids and self.dht is not None:
+            await self._start_private()
+            self._private_run_ids.add(run_id)
+        dht = self.dht_for(run_id)
+        if dht is None or run_id in self._registered:
             return
-        await asyncio.to_thread(self.dht.add_validators, progress_validators(run_id))
+        await asyncio.to_thread(dht.add_validators, progress_validators(run_id))
         self._registered.add(run_id)
         logger.info("DHT monitor now validates progress records of %s", run_id)
+
+    def dht_for(self, run_id: str):
+        return self.private_dht if run_id in self._private_run_ids else self.dht
+
+    def peers_for(self, access: str) -> list[str]:
+        """The initial_peers of a swarm's manifest: the private peer's addresses for `access: token`."""
+        return list(self.private_peers if access == "token" else self.initial_peers)
+
+    async def _start_private(self) -> None:
+        if self.private_dht is not None:
+            return
+        if self.private_authorizer is None:
+            raise RuntimeError("this DHT monitor has no authorizer for private swarms")
+        import hivemind
+
+        kwargs = dict(start=True, host_maddrs=[f"/ip4/{self.host}/tcp/0"], authorizer=self.private_authorizer())
+        with _signals_ignored():
+            self.private_dht = await asyncio.to_thread(lambda: hivemind.DHT(**kwargs))
+        maddrs = await asyncio.to_thread(self.private_dht.get_visible_maddrs)
+        self.private_peers = [str(m) for m in maddrs]
+        logger.info("Private swarms' DHT peer listening: %s", " ".join(self.private_peers))
 
     async def _poll_forever(self) -> None:
         while True:
@@ -77,7 +113,7 @@ class DHTMonitor:
     async def poll(self) -> None:
         for swarm_id, run_id in list(self._swarms()):
             await self.register(run_id)
-            future = self.dht.get(progress_key(run_id), latest=True, return_future=True)
+            future = self.dht_for(run_id).get(progress_key(run_id), latest=True, return_future=True)
             try:
                 record = await asyncio.wait_for(future, GET_TIMEOUT)
             except asyncio.TimeoutError:
@@ -90,6 +126,9 @@ class DHTMonitor:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self.private_dht is not None:
+            dht, self.private_dht = self.private_dht, None
+            await asyncio.to_thread(_shutdown_dht, dht)
         if self.dht is not None:
             dht, self.dht = self.dht, None
             await asyncio.to_thread(_shutdown_dht, dht)

@@ -15,6 +15,7 @@ SUBCOMMANDS = {  # name: (module, attribute, one-line help shown by `hearth --he
     "team": ("node.team_cli", "team", "Create, join or leave a team on a coordinator."),
     "account": ("node.account_cli", "account", "Your account: its PCs, attach key, name; detach a PC."),
     "leaderboard": ("coordinator.cli", "leaderboard", "Print a coordinator's credit leaderboard."),
+    "volunteer": ("coordinator.access_cli", "volunteer", "Ban or unban a volunteer (operators)."),
     "demo": ("hearth.demo", "demo", "Run a local swarm demo: a coordinator and a few nodes on this machine."),
     "tasks": ("hearth.tasks.cli", "tasks", "List the training tasks this installation knows and describe one."),
 }

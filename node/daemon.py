@@ -11,6 +11,7 @@ import time
 
 from hearth.tasks import load_task
 from node.accounting import EpochContribution
+from node import access
 from node.accounts import save_keys
 from node.checkpoint import CoordinatorCheckpoints
 from node.config import NodeConfig
@@ -98,11 +99,24 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
         raise NodeError(str(e)) from None
     task = load_task(manifest.task)
     reachability = ReachabilityCheck(config.reachability, config.coordinator_url)  # asked once the peer listens
+    identity_path = config.data_dir / "p2p.key"
+    access.ensure_identity(identity_path)  # proven at registration, before the DHT starts with it
+    access.use_identity_for_records(identity_path)
+    name = authorizer = None
+    if manifest.access == "token":  # a private swarm: registered first, for the token its DHT peer starts with
+        name = register(client, identity, config)
+        try:
+            swarm_access = access.SwarmAccess(config.coordinator_url, identity.key, manifest, identity_path)
+            authorizer = swarm_access.authorizer(swarm_access.fetch())
+        except access.AccessRefused as e:
+            client.close()
+            raise NodeError(str(e)) from None
     settings = SwarmSettings(
         host=config.host, port=config.port, announce_host=config.announce_host,
         client_mode=config.reachability == "client", identity_path=config.data_dir / "p2p.key",
         check_reachability=reachability,
         resume_from_checkpoint=CoordinatorCheckpoints(config.coordinator_url, manifest.swarm_id, config.data_dir),
+        authorizer=authorizer,
     )  # fmt: skip
     swarm = SwarmMember(manifest, settings)  # its DHT process boots while this one goes on
     # Every torch optimizer imports torch._dynamo (~2 s): import it while waiting on the DHT and the coordinator.
@@ -110,7 +124,7 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
     warmup.import_in_background("torch._dynamo")
     try:
         swarm.connect()
-        name = register(client, identity, config, swarm.peer_id)
+        name = name or register(client, identity, config)
         decided = resources.decide(config, task, manifest.hyperparameters.batch_size, facts)  # before the model
         resources.apply(decided)
         return train(config, identity, manifest, task, swarm, decided, name, stop, reachability)
@@ -121,11 +135,13 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
         client.close()
 
 
-def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConfig, peer_id: str) -> str:
+def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConfig) -> str:
+    """Register (or re-register) this node, proving its libp2p identity (node/access.py)."""
     name = config.name or identity.registered_name() or friendly_name()
-    registration = VolunteerRegistration(
-        name=name, team=config.team, public_key=identity.key.public_key, peer_id=peer_id, time=time.time()
-    )
+    now = time.time()
+    binding = access.peer_binding(identity.p2p_identity_path, identity.key.public_key, now)
+    registration = VolunteerRegistration(name=name, team=config.team, public_key=identity.key.public_key, time=now,
+                                         **binding)  # fmt: skip
     try:
         answer = client.register(registration, identity.key)
     except CoordinatorError as e:
@@ -142,7 +158,8 @@ def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConf
 def train(config, identity, manifest, task, swarm, decided: Resources, name, stop, reachability) -> dict:
     device = decided.torch_device
     outbox = Outbox(config.data_dir / "outbox.sqlite")
-    reporter = Reporter(manifest.broker_url, identity.key, manifest.swarm_id, device.type, outbox, swarm.peer_id)
+    reporter = Reporter(manifest.broker_url, identity.key, manifest.swarm_id, device.type, outbox, swarm.peer_id,
+                        manifest.coordinator_key)  # fmt: skip
     reporter_thread = ReporterThread(reporter)
     policy = Policy.from_config(config.policy, root_pid=os.getpid(), poll_seconds=POLICY_POLL_SECONDS)
     controller = NodeController(

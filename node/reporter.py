@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from node.accounting import EpochContribution
 from node.outbox import Outbox
-from protocol.envelope import seal
+from protocol.envelope import seal, verify_envelope
 from protocol.encoding import parse_canonical
 from protocol.errors import ProtocolError
 from protocol.messages import ContributionReport, NodeState, NodeStatus, Receipt
@@ -39,6 +39,7 @@ class ReporterStats:
     reports_sent: int = 0
     reports_acknowledged: int = 0  # receipted by the coordinator: in its ledger
     reports_waiting: int = 0  # in the outbox, without a receipt yet
+    control_rejected: int = 0  # receipts not signed by the coordinator's key (forged, unsigned, malformed): ignored
     last_error: Optional[str] = None
 
 
@@ -51,8 +52,11 @@ def parse_broker_url(url: str) -> tuple[str, int]:
 
 class Reporter:
     def __init__(self, broker_url: str, key: SigningKey, swarm_id: str, device: str, outbox: Outbox,
-                 peer_id: Optional[str] = None):  # fmt: skip
+                 peer_id: Optional[str] = None, coordinator_key: Optional[str] = None):  # fmt: skip
+        """`coordinator_key`: receipts must be sealed with it (the manifest's); None accepts unsigned receipts from a
+        coordinator that publishes no key."""
         self.host, self.port = parse_broker_url(broker_url)
+        self.coordinator_key = coordinator_key
         self.key, self.swarm_id, self.device, self.peer_id, self.outbox = key, swarm_id, device, peer_id, outbox
         self.stats = ReporterStats()
         self.presence = {"epoch": None, "samples_per_second": 0.0, "pause_reason": None}
@@ -145,9 +149,11 @@ class Reporter:
             if not message.topic.matches(topic):  # amqtt also hands out other topics' retained messages
                 continue
             try:
-                receipt = Receipt.model_validate(parse_canonical(message.payload))
+                receipt = self._open_receipt(message.payload)
             except (ProtocolError, ValidationError) as e:
-                logger.warning("Ignoring a malformed receipt on %s (%r…): %s", message.topic, message.payload[:80], e)
+                self.stats.control_rejected += 1
+                logger.warning("Ignoring a receipt on %s that is not the coordinator's (%r…): %s", message.topic,
+                               message.payload[:80], e)  # fmt: skip
                 continue
             if receipt.node_id != self.key.node_id:
                 continue
@@ -157,6 +163,11 @@ class Reporter:
                 del self._sent_at[seq]
             if len(self.outbox) == 0:
                 self._outbox_empty.set()
+
+    def _open_receipt(self, payload: bytes) -> Receipt:
+        if self.coordinator_key is None:
+            return Receipt.model_validate(parse_canonical(payload))
+        return verify_envelope(payload, Receipt, lambda receipt: self.coordinator_key)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         self._sent_at.clear()  # a new connection: whatever has no receipt yet is sent again

@@ -168,6 +168,8 @@ class SwarmSettings:
     settings to client mode and restarts the peer so (node/reachability.py)."""
     resume_from_checkpoint: Optional[Callable[[Optimizer], bool]] = None
     """Asked by catch_up() when peers gave no newer state; True if it loaded a checkpoint (node/checkpoint.py)."""
+    authorizer: Optional[object] = None
+    """A private swarm's hivemind authorizer (node/access.py): every DHT request and answer carries an access token."""
 
 
 class SwarmMember:
@@ -197,6 +199,7 @@ class SwarmMember:
             initial_peers=list(self.manifest.initial_peers),
             client_mode=settings.client_mode,
             identity_path=str(settings.identity_path) if settings.identity_path else None,
+            authorizer=settings.authorizer,
             start=True,
             await_ready=False,  # it boots (p2pd, bootstrap) in its own process while this one goes on
             **network,

@@ -57,6 +57,10 @@ class VolunteerRegistration(Message):
     team: Optional[str] = None
     public_key: str = Field(min_length=43, max_length=43)
     peer_id: Optional[str] = Field(default=None, max_length=128)
+    # Proof that the sender holds peer_id's libp2p key (protocol/tokens.py peer_binding_statement): the key (DER,
+    # base64) and its signature. A peer_id without a valid proof is refused.
+    peer_public_key: Optional[str] = Field(default=None, max_length=1024)
+    peer_signature: Optional[str] = Field(default=None, max_length=1024)
     time: float
 
     @field_validator("name")
@@ -78,6 +82,10 @@ class NodeAttach(Message):
     protocol_version: int = PROTOCOL_VERSION
     public_key: str = Field(min_length=43, max_length=43)
     peer_id: Optional[str] = Field(default=None, max_length=128)
+    # Proof that the sender holds peer_id's libp2p key (protocol/tokens.py peer_binding_statement): the key (DER,
+    # base64) and its signature. A peer_id without a valid proof is refused.
+    peer_public_key: Optional[str] = Field(default=None, max_length=1024)
+    peer_signature: Optional[str] = Field(default=None, max_length=1024)
     time: float
 
 
@@ -176,6 +184,8 @@ class SwarmManifest(Message):
     # "shared": the task's own data; "local": each node trains on its owner's dataset, which never leaves it.
     data: Literal["shared", "local"] = "shared"
     privacy: Optional[DifferentialPrivacy] = None
+    # The coordinator's Ed25519 public key: it signs receipts and private swarms' access tokens.
+    coordinator_key: Optional[str] = Field(default=None, min_length=43, max_length=43)
 
 
 NodeState = Literal["online", "paused", "offline"]
