@@ -20,6 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from coordinator import api, db, queries, web
 from coordinator.access_api import router as access_router
 from coordinator.accounts_api import router as accounts_router
+from coordinator.audits import Auditor
+from coordinator.audits_api import router as audits_router
 from coordinator.api import Services
 from coordinator.broker import EmbeddedBroker, check_reachable
 from coordinator.checkpoint_api import router as checkpoints_router
@@ -35,6 +37,7 @@ from coordinator.monitor import DHTMonitor
 from coordinator.ratelimit import RateLimiter, RateLimitMiddleware
 from coordinator.reachability import ReachabilityProber, own_scopes
 from coordinator.swarms import ensure_default_swarm
+from coordinator.work_check import WorkChecker
 from coordinator.tokens import TokenIssuer, load_or_create_key, private_peer_authorizer, private_run_ids
 
 logger = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None,
     app.include_router(access_router)
     app.include_router(exports_router)
     app.include_router(checkpoints_router)
+    app.include_router(audits_router)
     app.include_router(web.router)
 
     @app.get("/healthz", include_in_schema=False)
@@ -126,6 +130,8 @@ class Coordinator:
         self.exporter: Optional[ExportScheduler] = None
         self.checkpoints = CheckpointStore(config.checkpoints_dir, config.keep_checkpoints)
         self.checkpointer: Optional[CheckpointScheduler] = None
+        self.auditor: Optional[Auditor] = None
+        self.work_check: Optional[WorkChecker] = None
         self.server: Optional[_Server] = None
         self._server_task: Optional[asyncio.Task] = None
         self.url = self.broker_url = ""
@@ -155,6 +161,7 @@ class Coordinator:
         self.ingestor = Ingestor(ledger, host, port, metrics=self.metrics, workers=config.ingest_workers,
                                  database_url=config.database_url)  # fmt: skip
         self.ingestor.receipt_key = self.issuer.key
+        self.ingestor.hold_for_verification = config.verify_work  # pending until coordinator/work_check.py decides
         await self.ingestor.start()
         await asyncio.wait_for(self.ingestor.subscribed.wait(), SUBSCRIBE_TIMEOUT)
 
@@ -167,6 +174,11 @@ class Coordinator:
             self.checkpointer = CheckpointScheduler(self.checkpoints, self.engine, self.monitor,
                                                     config.checkpoint_every, self.metrics)  # fmt: skip
             self.checkpointer.start()
+            if config.verify_work:
+                self.auditor = Auditor(self.engine, self.ingestor.publish, self.checkpoints,
+                                       key=getattr(self.ingestor, "receipt_key", None))  # fmt: skip
+                self.work_check = WorkChecker(ledger, self.monitor, self.auditor)
+                self.work_check.start()
 
         services = Services(ledger, self.broker_url, token, counters=self.ingestor.counters, monitor=self.monitor,
                             reachability=self.prober, exports_dir=config.exports_dir, issuer=self.issuer)  # fmt: skip
@@ -179,6 +191,7 @@ class Coordinator:
 
     async def _serve_http(self, app: FastAPI) -> None:
         app.state.checkpoints = self.checkpoints  # served by coordinator/checkpoint_api.py
+        app.state.auditor = self.auditor  # coordinator/audits_api.py
         sock = listening_socket(self.config.host, self.config.port)
         port = sock.getsockname()[1]
         uv_config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
@@ -212,6 +225,8 @@ class Coordinator:
             await _bounded(self.prober.close(), timeout, "reachability probes")
         if self.checkpointer is not None:
             await _bounded(self.checkpointer.stop(), timeout, "checkpoints")
+        if self.work_check is not None:
+            await _bounded(self.work_check.stop(), timeout, "work check")
         if self.ingestor is not None:
             await _bounded(self.ingestor.stop(), timeout, "ingest")
         if self.monitor is not None:

@@ -47,8 +47,11 @@ def coordinator() -> None:
                    "also N/min); 0 disables.")  # fmt: skip
 @click.option("--token-lifetime", type=click.FloatRange(min=2), default=600.0, show_default=True, metavar="SECONDS",
               help="Life of private swarms' access tokens; a banned volunteer's nodes fall out within it.")
+@click.option("--verify-work/--no-verify-work", default=False, show_default=True,
+              help="Grant reports only for work the swarm's DHT records make plausible, and audit nodes' gradients "
+                   "(reports stay pending a few seconds; repeated failed audits ban the volunteer).")  # fmt: skip
 def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, broker_port, ingest_workers, dht_host, dht_port,
-          ready_file, checkpoint_every, keep_checkpoints, rate_limit, token_lifetime) -> None:  # fmt: skip
+          ready_file, checkpoint_every, keep_checkpoints, rate_limit, token_lifetime, verify_work) -> None:  # fmt: skip
     """Start the coordinator in this process; Ctrl+C stops it (twice: at once)."""
     from coordinator.ratelimit import parse_rate
 
@@ -57,7 +60,7 @@ def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, br
             data_dir=data_dir, db_url=db_url, host=host, port=port, public_host=public_host, broker_url=broker_url,
             broker_host=broker_host, broker_port=broker_port, ingest_workers=ingest_workers, dht_host=dht_host, dht_port=dht_port,
             ready_file=ready_file, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-            rate_limit=parse_rate(rate_limit), token_lifetime=token_lifetime,
+            rate_limit=parse_rate(rate_limit), token_lifetime=token_lifetime, verify_work=verify_work,
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from e

@@ -82,6 +82,9 @@ class CoordinatorConfig:
     rate_limit: float = 20.0
     """Requests per second each client IP may make to the website and API (bursts of 5 s worth); 0 disables."""
     max_body_bytes: int = 64 * 1024
+    verify_work: bool = False
+    """Grant reports only once their epoch's DHT evidence is in, for what it makes plausible, and audit nodes
+    (coordinator/work_check.py, plausibility.py, audits.py); needs the DHT monitor."""
     """Largest HTTP request body accepted; larger ones get 413."""
     token_lifetime: float = 600.0
     """Seconds a private swarm's DHT access token lasts (nodes renew at half-life; a ban takes effect within one)."""

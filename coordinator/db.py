@@ -163,6 +163,40 @@ rejected_messages = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
 
+audits = Table(  # spot checks of nodes' work (coordinator/audits.py): the request, the answer and the verdict
+    "audits",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node_id", String(32), ForeignKey("nodes.node_id"), nullable=False),
+    Column("swarm_id", String(63), nullable=False),
+    Column("report_id", Integer, ForeignKey("reports.id")),  # the report whose grant waits for the verdict
+    Column("epoch", BigInteger, nullable=False),
+    Column("state_epoch", BigInteger, nullable=False),  # the checkpoint audited from (0: the initial model)
+    Column("seed", BigInteger, nullable=False),
+    Column("batch_size", Integer, nullable=False),
+    Column("digest_size", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # 'open' → 'passed' | 'failed' | 'unanswered'
+    Column("reason", String(200)),
+    Column("loss", Float),  # as answered
+    Column("expected_loss", Float),  # as recomputed by the validator
+    Column("validator_seconds", Float, nullable=False, default=0.0),  # the audit's cost to the coordinator
+    Column("node_seconds", Float, nullable=False, default=0.0),  # and to the node, as it said
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("answered_at", DateTime(timezone=True)),
+    Index("ix_audits_node", "node_id", "id"),
+)
+
+node_trust = Table(  # what audits say about a node: its audit probability falls with passes in a row
+    "node_trust",
+    metadata,
+    Column("node_id", String(32), ForeignKey("nodes.node_id"), primary_key=True),
+    Column("passes_in_row", Integer, nullable=False, default=0),
+    Column("audits", Integer, nullable=False, default=0),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("last_failure_at", DateTime(timezone=True)),
+)
+
+
 def _totals(name: str, key: Column, *extra) -> Table:
     """A maintained totals table: upserted in the grant's transaction, so leaderboards never scan reports.
     `rac` is BOINC's recent average credit (credits/day) as of `rac_updated_at`; readers decay it to now."""

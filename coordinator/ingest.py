@@ -64,6 +64,10 @@ class Ingestor:
         self.counters: Counter[str] = Counter()
         self.subscribed = asyncio.Event()
         self.verifier = Verifier(ledger)
+        # With work verification on (coordinator/work_check.py), reports are written pending and granted later,
+        # and a node may report each epoch of a swarm once.
+        self.hold_for_verification = False
+        self._last_epochs: dict[tuple[str, str], int] = {}
         self.sequencer = Sequencer(self._last_seq, hold_seconds)
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
@@ -108,6 +112,15 @@ class Ingestor:
                 logger.warning("Lost the MQTT broker (%s); reconnecting in %.1f s", e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish a coordinator message (QoS 1) on this process's broker connection; counted and dropped when it
+        is down (audit requests then go unanswered and are failed by time, which raises the node's odds again)."""
+        client = self._client
+        if client is None:
+            self.counters["control_unsent"] += 1
+            return
+        await client.publish(topic, payload, qos=1)
 
     def _update_ready(self) -> None:
         if self._client is not None and len(self._workers_ready) == self.workers:
@@ -267,15 +280,29 @@ class Ingestor:
                            node_id=node_id, seq=seq)  # fmt: skip
         node.last_seq = seq
         self.sequencer.forget_below(node_id, seq)
+        status, reason, outcome = "granted", None, "accepted"
+        if self.hold_for_verification:
+            status, reason, outcome = await self._held_status(node_id, swarm_id, fields["epoch"])
         batch.grants.append(
             dict(
                 node_id=node_id, volunteer_id=node.volunteer_id, swarm_id=swarm_id, seq=seq, epoch=fields["epoch"],
                 samples=fields["samples"], compute_seconds=fields["compute_seconds"], device=fields["device"],
-                loss=fields["loss"], group_size=fields["group_size"], status="granted", reason=None,
-                credit=credit_for(fields["samples"], swarm.flops_per_sample), received_at=received_at,
+                loss=fields["loss"], group_size=fields["group_size"], status=status, reason=reason,
+                credit=credit_for(fields["samples"], swarm.flops_per_sample) if status != "rejected" else 0.0,
+                received_at=received_at,
             )
         )  # fmt: skip
-        return "accepted"
+        return outcome
+
+    async def _held_status(self, node_id: str, swarm_id: str, epoch: int) -> tuple[str, Optional[str], str]:
+        """Pending until verified, or rejected (keeping its sequence number) if the node reported that epoch."""
+        key = (node_id, swarm_id)
+        if key not in self._last_epochs:
+            self._last_epochs[key] = await self.ledger.last_epoch(node_id, swarm_id)
+        if epoch <= self._last_epochs[key]:
+            return "rejected", f"duplicate_epoch: epoch {epoch} already reported", "duplicate_epoch"
+        self._last_epochs[key] = epoch
+        return "pending", None, "accepted"
 
     def _status(self, message: NodeStatus, node, batch: Batch, received_at) -> str:
         if message.time < node.status_time:

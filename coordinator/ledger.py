@@ -163,6 +163,10 @@ class Ledger:
                 if granted:
                     await _grant(conn, dialect, granted, now)
                 await _add_pending(conn, [r for r in batch.grants if r.get("status", "granted") == "pending"], +1)
+                refused = [{"rid": i, "why": r["reason"]} for i, r in zip(ids, batch.grants) if r.get("status") == "rejected"]
+                if refused:  # verified and sequenced, but refused (e.g. a second report of one epoch)
+                    await conn.execute(update(db.reports).where(db.reports.c.id == bindparam("rid"))
+                                       .values(status="rejected", reason=bindparam("why")), refused)  # fmt: skip
             if batch.rejections:
                 await conn.execute(insert(db.rejected_messages), batch.rejections)
             for node_id, values in batch.statuses.items():
@@ -178,6 +182,45 @@ class Ledger:
             if rows:
                 await _grant(conn, self.engine.dialect.name, [(r["id"], r) for r in rows], now or utcnow())
                 await _add_pending(conn, rows, -1)
+        return len(rows)
+
+    async def last_epoch(self, node_id: str, swarm_id: str) -> int:
+        """The latest epoch this node reported in this swarm and was not refused for (-1: none)."""
+        r = db.reports
+        async with self.engine.connect() as conn:
+            latest = (await conn.execute(select(func.max(r.c.epoch)).where(
+                r.c.node_id == node_id, r.c.swarm_id == swarm_id, r.c.status != "rejected"))).scalar()  # fmt: skip
+        return -1 if latest is None else latest
+
+    async def settle(self, grants: dict[int, tuple[int, float, Optional[str]]], rejections: dict[int, str],
+                     now: Optional[datetime] = None) -> int:  # fmt: skip
+        """Decide stored pending reports in one transaction: `grants` maps report id → (believed samples, credit,
+        reason or None), `rejections` report id → reason. Reports no longer pending are left alone; how many
+        were decided. The report keeps its claimed samples; credit and totals count the believed ones."""
+        ids = list(grants) + list(rejections)
+        if not ids:
+            return 0
+        async with self.engine.begin() as conn:
+            rows = [dict(r) for r in (await conn.execute(
+                select(db.reports).where(db.reports.c.id.in_(ids), db.reports.c.status == "pending").with_for_update()
+            )).mappings()]  # fmt: skip
+            granted = [(r["id"], {**r, "samples": grants[r["id"]][0], "credit": grants[r["id"]][1]})
+                       for r in rows if r["id"] in grants]  # fmt: skip
+            if granted:
+                await _grant(conn, self.engine.dialect.name, granted, now or utcnow())
+                await conn.execute(
+                    update(db.reports).where(db.reports.c.id == bindparam("rid"))
+                    .values(credit=bindparam("c"), reason=bindparam("why")),
+                    [{"rid": i, "c": r["credit"], "why": grants[i][2]} for i, r in granted],
+                )  # fmt: skip
+            refused = [r for r in rows if r["id"] in rejections]
+            if refused:
+                await conn.execute(
+                    update(db.reports).where(db.reports.c.id == bindparam("rid"))
+                    .values(status="rejected", reason=bindparam("why")),
+                    [{"rid": r["id"], "why": rejections[r["id"]][:64]} for r in refused],
+                )  # fmt: skip
+            await _add_pending(conn, rows, -1)
         return len(rows)
 
 

@@ -1,5 +1,6 @@
 """Hearth glue shared by every program, importing neither `node` nor `coordinator`.
 
+- audit.py: the audit computation node and coordinator share (audited batch, model state, gradient digest).
 - cli.py: the `hearth` command; loads each subcommand group lazily from its own package.
 - demo.py: `hearth demo`: a coordinator and three nodes as separate processes on loopback.
 - processes.py: process-group supervision, so nothing a child starts outlives it.

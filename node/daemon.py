@@ -11,6 +11,7 @@ import time
 
 from hearth.tasks import load_task
 from node.accounting import EpochContribution
+from node.audit import AuditResponder
 from node import access
 from node.accounts import save_keys
 from node.checkpoint import CoordinatorCheckpoints
@@ -175,6 +176,10 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
     trainer = Trainer(task, swarm, decided, identity.node_id, contributed, gate=controller.gate)
     credit = CreditTracker(config.coordinator_url, name, outbox, manifest.swarm_id, manifest.flops_per_sample)
     controller.attach(trainer, reporter, credit)
+    audits = AuditResponder(task, config.coordinator_url, identity.key, manifest.swarm_id,
+                            CoordinatorCheckpoints(config.coordinator_url, manifest.swarm_id, config.data_dir),
+                            getattr(manifest, "coordinator_key", None)).start()  # fmt: skip
+    trainer.audits, reporter.on_audit = audits, audits.receive
     view = LiveView(config.view, lambda: render(manifest.swarm_id, device.type, trainer.stats, reporter.stats))
     try:
         metrics = MetricsServer.serve(config.metrics_port, controller.status)
@@ -195,6 +200,7 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
         if metrics:
             metrics.stop()
         credit.stop()
+        audits.stop()
         reporter_thread.stop(REPORTER_DRAIN_SECONDS)
         outbox.close()
     trainer.save_checkpoint(config.data_dir / "swarms" / manifest.swarm_id / "model.pt")

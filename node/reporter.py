@@ -10,7 +10,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import urlparse
 
 import aiomqtt
@@ -23,7 +23,7 @@ from protocol.encoding import parse_canonical
 from protocol.errors import ProtocolError
 from protocol.messages import ContributionReport, NodeState, NodeStatus, Receipt
 from protocol.signing import SigningKey
-from protocol.topics import receipt_topic, report_topic, status_topic
+from protocol.topics import audit_topic, receipt_topic, report_topic, status_topic
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Reporter:
         self._stopping = asyncio.Event()
         self._outbox_empty = asyncio.Event()
         self._sent_at: dict[int, float] = {}  # seq → when it was last published on this connection
+        self.on_audit: Optional[Callable[[bytes], None]] = None  # node.audit.AuditResponder.receive, if it answers
 
     # --- called on the reporter's event loop -------------------------------------------------------------
     def submit(self, contribution: EpochContribution) -> None:
@@ -145,7 +146,11 @@ class Reporter:
 
     async def _listen_for_receipts(self, client: aiomqtt.Client) -> None:
         topic = receipt_topic(self.swarm_id, self.key.node_id)
+        audits = audit_topic(self.swarm_id, self.key.node_id)
         async for message in client.messages:
+            if self.on_audit is not None and message.topic.matches(audits):
+                self.on_audit(message.payload)  # it only queues the request
+                continue
             if not message.topic.matches(topic):  # amqtt also hands out other topics' retained messages
                 continue
             try:
@@ -172,6 +177,8 @@ class Reporter:
     async def _serve(self, client: aiomqtt.Client) -> None:
         self._sent_at.clear()  # a new connection: whatever has no receipt yet is sent again
         await client.subscribe(receipt_topic(self.swarm_id, self.key.node_id), qos=1)
+        if self.on_audit is not None:
+            await client.subscribe(audit_topic(self.swarm_id, self.key.node_id), qos=1)
         listener = asyncio.create_task(self._listen_for_receipts(client))
         try:
             await self._publish_presence(client, "online")

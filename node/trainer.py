@@ -59,6 +59,7 @@ class Trainer:
                               lambda optimizer: task.make_scheduler(optimizer, hp.warmup_epochs))
         self._data, self._data_epoch = None, None
         self.accountant = Accountant()
+        self.audits = None  # node.audit.AuditResponder, when the daemon answers audits
         self.stats = TrainingStats()
         self._throughput = (time.monotonic(), 0)
 
@@ -77,6 +78,8 @@ class Trainer:
             self.swarm.wait_for_peers(min_peers, timeout=wait_timeout, stop=stop)
         self.stats.state = "training"
         while not stop.is_set():
+            if self.audits is not None:  # the coordinator's spot checks, answered through compute_gradients
+                self.audits.run_pending(self.compute_gradients, self.device)
             if max_epochs is not None and self.stats.epoch >= max_epochs:
                 logger.info("Reached epoch %d; stopping", self.stats.epoch)
                 break
@@ -119,13 +122,19 @@ class Trainer:
             self.stats.state_downloads += 1
         self.stats.epoch = self.optimizer.local_epoch
 
+    def compute_gradients(self, model: torch.nn.Module, batch, amp: bool = False) -> torch.Tensor:
+        """Loss and backward pass of one batch into `model`'s .grad: the one code path that makes this node's
+        gradients. Audits (node/audit.py) answer through it too, so what they check is what averaging gets."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = self.task.loss(model, batch)
+        loss.backward()
+        return loss
+
     def _train_one_batch(self, batch) -> None:
         optimizer, averager = self.optimizer, self.swarm.grad_averager
         inputs, targets = (tensor.to(self.device, non_blocking=True) for tensor in batch)
         started = time.perf_counter()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.resources.amp):
-            loss = self.task.loss(self.model, (inputs, targets))
-        loss.backward()
+        loss = self.compute_gradients(self.model, (inputs, targets), amp=self.resources.amp)
         compute_seconds = time.perf_counter() - started
         epoch, rounds, loads = optimizer.local_epoch, averager.rounds_started, optimizer.state_loads
         # this node's batch may differ from the swarm's; step() also clears .grad once it used the gradients

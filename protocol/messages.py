@@ -241,3 +241,35 @@ class Receipt(Message):
     swarm_id: str = Field(pattern=ID_PATTERN)
     last_seq: int = Field(ge=0)
     time: float
+
+class AuditRequest(Message):
+    """The coordinator's spot check (MQTT, the node's audits topic): compute the loss and gradient digest of the
+    batch `seed` names (hearth/audit.py), from the swarm's checkpoint of `state_epoch` (0: the task's seeded
+    initial model), and answer with a signed AuditAnswer."""
+
+    kind: Literal["audit_request"] = "audit_request"
+    protocol_version: int = PROTOCOL_VERSION
+    audit_id: int = Field(ge=1)
+    node_id: str = Field(pattern=NODE_ID_PATTERN)
+    swarm_id: str = Field(pattern=ID_PATTERN)
+    epoch: int = Field(ge=0)  # the audited report's epoch
+    state_epoch: int = Field(ge=0)
+    state_sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    seed: int = Field(ge=0, lt=2**63)
+    batch_size: int = Field(ge=1, le=4096)
+    digest_size: int = Field(ge=1, le=256)
+    time: float
+
+
+class AuditAnswer(Message):
+    """A node's answer to an AuditRequest, signed by its node key (POST /api/v1/audits/answers)."""
+
+    kind: Literal["audit_answer"] = "audit_answer"
+    protocol_version: int = PROTOCOL_VERSION
+    audit_id: int = Field(ge=1)
+    node_id: str = Field(pattern=NODE_ID_PATTERN)
+    swarm_id: str = Field(pattern=ID_PATTERN)
+    loss: float
+    digest: list[float] = Field(max_length=256)
+    compute_seconds: float = Field(ge=0)
+    time: float

@@ -31,6 +31,11 @@ def receipt_topic(swarm_id: str, node_id: str) -> str:
     return f"{PREFIX}/swarms/{swarm_id}/nodes/{node_id}/receipts"
 
 
+def audit_topic(swarm_id: str, node_id: str) -> str:
+    """Written by the coordinator only: its audit requests to this node (protocol AuditRequest)."""
+    return f"{PREFIX}/swarms/{swarm_id}/nodes/{node_id}/audits"
+
+
 @dataclass(frozen=True)
 class NodeTopic:
     kind: TopicKind

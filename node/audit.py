@@ -1,0 +1,133 @@
+"""Answering the coordinator's audits: loss and gradient digest of a named batch from a named model state
+(hearth/audit.py), computed through the trainer's own gradient path and sent back signed.
+
+Requests arrive on the node's MQTT audits topic (node/reporter.py hands them over); a helper thread fetches the
+audited state (the coordinator's checkpoint, sha256-checked, or the task's initial model), the training thread
+computes between two batches (`run_pending`), and the helper thread signs and POSTs the answer.
+"""
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import httpx
+from pydantic import ValidationError
+
+from hearth.audit import compute_answer
+from hearth.tasks import Task
+from node.checkpoint import CheckpointUnavailable, CoordinatorCheckpoints
+from protocol.encoding import parse_canonical
+from protocol.envelope import seal, verify_envelope
+from protocol.errors import ProtocolError
+from protocol.messages import AuditAnswer, AuditRequest
+from protocol.signing import SigningKey
+
+logger = logging.getLogger(__name__)
+
+ANSWER_WITHIN = 90.0  # seconds the helper waits for the training thread to compute an answer
+POST_TIMEOUT = 10.0
+
+
+@dataclass
+class _Job:
+    request: AuditRequest
+    state: Optional[dict[str, Any]]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Optional[tuple[float, list[float], float]] = None
+
+
+class AuditResponder:
+    def __init__(self, task: Task, coordinator_url: str, key: SigningKey, swarm_id: str,
+                 checkpoints: CoordinatorCheckpoints, coordinator_key: Optional[str] = None):  # fmt: skip
+        """`coordinator_key`: requests must be sealed with it (the manifest's); None accepts unsigned ones."""
+        self.coordinator_key = coordinator_key
+        self.task, self.base_url, self.key, self.swarm_id = task, coordinator_url.rstrip("/"), key, swarm_id
+        self.checkpoints = checkpoints
+        self.answered = 0
+        self._requests: queue.Queue[Optional[AuditRequest]] = queue.Queue()
+        self._jobs: queue.Queue[_Job] = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, name="hearth-audits", daemon=True)
+
+    def start(self) -> "AuditResponder":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._requests.put(None)
+        self._thread.join(5)
+
+    def receive(self, payload: bytes) -> None:
+        """An MQTT message on this node's audits topic (any thread); malformed or foreign ones are ignored."""
+        try:
+            if self.coordinator_key is None:
+                request = AuditRequest.model_validate(parse_canonical(payload))
+            else:
+                request = verify_envelope(payload, AuditRequest, lambda _: self.coordinator_key)
+        except (ProtocolError, ValidationError) as e:
+            logger.warning("Ignoring a malformed audit request: %s", e)
+            return
+        if request.node_id != self.key.node_id or request.swarm_id != self.swarm_id:
+            return
+        self._requests.put(request)
+
+    def run_pending(self, backward: Callable, device) -> None:
+        """Compute the audits waiting (training thread, between two batches)."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            request, started = job.request, time.perf_counter()
+            try:
+                loss, digest = compute_answer(self.task, job.state, request.seed, request.batch_size,
+                                              request.digest_size, backward, device)  # fmt: skip
+                job.result = (loss, digest, time.perf_counter() - started)
+            except Exception:  # a state that does not fit the model: no answer, the audit times out
+                logger.exception("Could not compute audit %d", request.audit_id)
+            job.done.set()
+
+    def _serve(self) -> None:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            try:
+                self._answer(request)
+            except Exception:  # one audit must never end the helper
+                logger.exception("Audit %d failed", request.audit_id)
+
+    def _answer(self, request: AuditRequest) -> None:
+        state = None
+        if request.state_epoch > 0:
+            if request.state_sha256 is None:
+                logger.warning("Audit %d names checkpoint %d without its sha256; not answered", request.audit_id,
+                               request.state_epoch)  # fmt: skip
+                return
+            listing = {"epoch": request.state_epoch, "sha256": request.state_sha256,
+                       "url": f"/api/v1/swarms/{self.swarm_id}/checkpoints/{request.state_epoch}"}  # fmt: skip
+            try:
+                state = self.checkpoints.download(listing)["model"]
+            except (CheckpointUnavailable, KeyError) as e:
+                logger.warning("Audit %d: cannot fetch the checkpoint of epoch %d (%s)", request.audit_id,
+                               request.state_epoch, e)  # fmt: skip
+                return
+        job = _Job(request, state)
+        self._jobs.put(job)
+        if not job.done.wait(ANSWER_WITHIN) or job.result is None:
+            return
+        loss, digest, seconds = job.result
+        answer = AuditAnswer(audit_id=request.audit_id, node_id=self.key.node_id, swarm_id=self.swarm_id, loss=loss,
+                             digest=digest, compute_seconds=round(seconds, 6), time=time.time())  # fmt: skip
+        try:
+            response = httpx.post(f"{self.base_url}/api/v1/audits/answers", content=seal(answer, self.key),
+                                  timeout=POST_TIMEOUT)  # fmt: skip
+        except httpx.HTTPError as e:
+            logger.warning("Could not send the answer to audit %d: %s", request.audit_id, type(e).__name__)
+            return
+        self.answered += 1
+        verdict = response.json() if response.status_code == 200 else {"reason": f"HTTP {response.status_code}"}
+        logger.info("Audit %d answered: %s", request.audit_id,
+                    "passed" if verdict.get("passed") else f"not passed ({verdict.get('reason')})")  # fmt: skip

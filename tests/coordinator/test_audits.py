@@ -1,0 +1,209 @@
+"""Audits end to end with real parts: a SQLite ledger, the embedded MQTT broker, the coordinator's ingest connection
+(which publishes the requests), its HTTP app on uvicorn (which takes the answers), and on the node side the real
+reporter (MQTT) and audit responder answering through the trainer's own gradient path. A cheater's gradient path
+(random gradients) fails every audit and is banned after BAN_AFTER failures."""
+
+import asyncio
+import random
+import threading
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+
+import pytest
+import torch
+from sqlalchemy import select
+
+from coordinator import db
+from coordinator.api import Services
+from coordinator.app import _Server, create_app, listening_socket
+from coordinator.audits import BAN_AFTER, P_MIN, Auditor, Trust
+from coordinator.broker import EmbeddedBroker
+from coordinator.checkpoints import CheckpointStore
+from coordinator.ingest import Ingestor
+from coordinator.ledger import Batch, utcnow
+from coordinator.work_check import WorkChecker
+from hearth.tasks import load_task
+from node.audit import AuditResponder
+from node.checkpoint import CoordinatorCheckpoints
+from node.daemon import ReporterThread
+from node.outbox import Outbox
+from node.reporter import Reporter
+from node.trainer import Trainer
+from protocol.signing import SigningKey
+from tests.coordinator.helpers import make_ledger, registration, wait_for
+from protocol.envelope import open_envelope, parse_body
+from protocol.messages import VolunteerRegistration
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_audit_probability_halves_with_passes_and_returns_to_one_after_a_failure():
+    assert Trust().probability == 1.0
+    assert Trust(passes_in_row=1, audits=1).probability == 0.5
+    assert Trust(passes_in_row=3, audits=3).probability == 0.125
+    assert Trust(passes_in_row=50, audits=50).probability == P_MIN
+    assert Trust(passes_in_row=2, audits=10, failures=1).probability == 1.0
+    assert Trust(passes_in_row=6, audits=10, failures=1).probability == 0.5
+
+
+class Node:
+    """A node's audit side: reporter (MQTT) + responder + a training thread that answers between 'batches'."""
+
+    def __init__(self, tmp_path, key: SigningKey, url: str, broker_url: str, backward):
+        task = load_task("spirals")
+        self.outbox = Outbox(tmp_path / f"outbox-{key.node_id}.sqlite")
+        self.reporter = Reporter(broker_url, key, "spirals", "cpu", self.outbox)
+        self.responder = AuditResponder(task, url, key, "spirals", CoordinatorCheckpoints(url, "spirals", tmp_path))
+        self.reporter.on_audit = self.responder.receive
+        self.thread, self.stop = ReporterThread(self.reporter), threading.Event()
+        self.trainer = threading.Thread(target=self._train, args=(backward,), daemon=True)
+
+    def _train(self, backward) -> None:
+        while not self.stop.wait(0.05):
+            self.responder.run_pending(backward, torch.device("cpu"))
+
+    def __enter__(self):
+        self.responder.start()
+        self.thread.start()
+        self.trainer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.trainer.join(5)
+        self.thread.stop(5)
+        self.responder.stop()
+        self.outbox.close()
+
+
+def honest_backward():
+    """The node's real gradient path: Trainer.compute_gradients (fp32, as audits ask)."""
+    trainer = SimpleNamespace(task=load_task("spirals"), device=torch.device("cpu"))
+    return lambda model, batch: Trainer.compute_gradients(trainer, model, batch)
+
+
+def garbage_backward(model, batch):
+    """A cheater's path: the loss is real, the gradients random."""
+    loss = load_task("spirals").loss(model, batch)
+    for param in model.parameters():
+        param.grad = torch.randn_like(param)
+    return loss.detach()
+
+
+@asynccontextmanager
+async def coordinator_parts(tmp_path):
+    """Ledger, broker, ingest (its connection publishes audit requests), auditor, HTTP app on a real socket."""
+    ledger = await make_ledger(tmp_path)
+    broker = EmbeddedBroker("127.0.0.1", 0)
+    await broker.start()
+    ingestor = Ingestor(ledger, "127.0.0.1", broker.port)
+    ingestor.hold_for_verification = True
+    await ingestor.start()
+    await asyncio.wait_for(ingestor.subscribed.wait(), 15)
+    auditor = Auditor(ledger.engine, ingestor.publish, CheckpointStore(tmp_path / "checkpoints", 2),
+                      rng=random.Random(0), answer_timeout=60)  # fmt: skip
+    app = create_app(Services(ledger, broker.url, "operator-secret"))
+    app.state.auditor = auditor
+    sock = listening_socket("127.0.0.1", 0)
+    import uvicorn
+
+    server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await wait_for(lambda: _true(server.started), 15, "the HTTP server")
+        yield SimpleNamespace(ledger=ledger, auditor=auditor, broker_url=broker.url,
+                              url=f"http://127.0.0.1:{sock.getsockname()[1]}")  # fmt: skip
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 15)
+        await ingestor.stop()
+        await broker.stop()
+        await ledger.engine.dispose()
+
+
+async def _true(value) -> bool:
+    return bool(value)
+
+
+async def register(ledger, key: SigningKey, name: str) -> None:
+    await ledger.register(parse_body(open_envelope(registration(key, name)), VolunteerRegistration))
+
+
+async def pending_report(ledger, key: SigningKey, seq: int, epoch: int):
+    node = ledger.nodes[key.node_id]
+    batch = Batch(grants=[dict(node_id=key.node_id, volunteer_id=node.volunteer_id, swarm_id="spirals", seq=seq,
+                               epoch=epoch, samples=1000, compute_seconds=1.0, device="cpu", loss=1.0, group_size=2,
+                               status="pending", reason=None, credit=1.0, received_at=utcnow())])  # fmt: skip
+    await ledger.write(batch)
+    async with ledger.engine.connect() as conn:
+        return (await conn.execute(select(db.reports).where(db.reports.c.node_id == key.node_id,
+                                                            db.reports.c.seq == seq))).first()  # fmt: skip
+
+
+async def audit_status(ledger, audit_id: int) -> str:
+    async with ledger.engine.connect() as conn:
+        return (await conn.execute(select(db.audits.c.status).where(db.audits.c.id == audit_id))).scalar_one()
+
+
+def test_an_honest_node_passes_its_audit_and_its_report_is_granted(tmp_path):
+    asyncio.run(_honest_node_passes(tmp_path))
+
+
+async def _honest_node_passes(tmp_path):
+    key = SigningKey.generate()
+    async with coordinator_parts(tmp_path) as c:
+        await register(c.ledger, key, "honest")
+        with Node(tmp_path, key, c.url, c.broker_url, honest_backward()):
+            await wait_for(lambda: _online(c.ledger, key), 30, "the node's presence")
+            report = await pending_report(c.ledger, key, 1, 0)
+            audit_id = await c.auditor.request(report)
+            await wait_for(lambda: _status_is(c.ledger, audit_id, "passed"), 60, "the audit to pass")
+        assert c.auditor.outcome(report.id) is True
+        assert (await c.auditor.trust_of(key.node_id)).passes_in_row == 1
+        async with c.ledger.engine.connect() as conn:
+            row = (await conn.execute(select(db.audits).where(db.audits.c.id == audit_id))).first()
+        assert row.validator_seconds > 0 and row.node_seconds > 0
+        assert row.loss == pytest.approx(row.expected_loss, rel=1e-3)
+
+
+def test_random_gradients_fail_every_audit_and_the_volunteer_is_banned(tmp_path):
+    asyncio.run(_garbage_is_banned(tmp_path))
+
+
+async def _garbage_is_banned(tmp_path):
+    key = SigningKey.generate()
+    async with coordinator_parts(tmp_path) as c:
+        await register(c.ledger, key, "cheater")
+        checker = WorkChecker(c.ledger, monitor=None, auditor=c.auditor)
+        with Node(tmp_path, key, c.url, c.broker_url, garbage_backward):
+            await wait_for(lambda: _online(c.ledger, key), 30, "the node's presence")
+            for epoch in range(BAN_AFTER):
+                report = await pending_report(c.ledger, key, epoch + 1, epoch)
+                audit_id = await c.auditor.request(report)
+                await wait_for(lambda: _status_is(c.ledger, audit_id, "failed"), 60, "the audit to fail")
+                outcome = c.auditor.outcome(report.id)
+                assert outcome.startswith("audit failed: gradient digest differs")
+                await c.ledger.settle({}, {report.id: outcome})
+        async with c.ledger.engine.connect() as conn:
+            banned_at = (await conn.execute(select(db.volunteers.c.banned_at))).scalar_one()
+            reasons = [r.reason for r in await conn.execute(select(db.reports.c.reason).order_by(db.reports.c.id))]
+        assert banned_at is not None
+        assert all(reason.startswith("audit failed") for reason in reasons)
+        # Once banned, every report of theirs is refused without waiting for evidence.
+        later = await pending_report(c.ledger, key, BAN_AFTER + 1, BAN_AFTER)
+        assert await checker.run_once() == 1
+        async with c.ledger.engine.connect() as conn:
+            row = (await conn.execute(select(db.reports).where(db.reports.c.id == later.id))).first()
+            pending = (await conn.execute(select(db.volunteer_totals.c.pending_reports))).scalar_one()
+        assert (row.status, row.reason) == ("rejected", "volunteer banned after failed audits")
+        assert pending == 0
+
+
+async def _status_is(ledger, audit_id: int, status: str) -> bool:
+    return await audit_status(ledger, audit_id) == status
+
+
+async def _online(ledger, key: SigningKey) -> bool:
+    """The node announced itself, which it does after subscribing to its topics (audits included)."""
+    async with ledger.engine.connect() as conn:
+        return bool((await conn.execute(select(db.nodes.c.online).where(db.nodes.c.node_id == key.node_id))).scalar())

@@ -1,0 +1,125 @@
+"""Plausibility rules (coordinator/plausibility.py) on a simulated swarm with a fake clock: peers accumulate at
+their own rates, publish throttled progress records like hivemind's tracker, and the monitor reads the latest ones
+every half second, as coordinator/work_check.py does."""
+
+import random
+
+import pytest
+
+from coordinator.plausibility import CLAIM_WAIT, EVIDENCE_TIMEOUT, EPOCH_SLACK, TOLERANCE, Claim, SwarmPlausibility
+from hearth.progress import PeerProgress
+
+TARGET = 12_000
+STEP = 0.05
+
+
+class FakeSwarm:
+    """Peers at `rates` samples/s; an epoch ends when their samples reach TARGET; records at most once a second
+    (at each peer's own phase) and at once on a new epoch; the coordinator polls every 0.5 s."""
+
+    def __init__(self, rates: dict[str, float], seed: int = 1):
+        self.rates, self.rng = rates, random.Random(seed)
+        self.now, self.epoch = 1000.0, 0
+        self.samples = {peer: 0.0 for peer in rates}
+        self.published = {peer: PeerProgress(peer, 0, 0, rate, self.now, False) for peer, rate in rates.items()}
+        self.last_publish = {peer: self.now - self.rng.random() for peer in rates}
+        self.closed: list[tuple[int, float, dict[str, int]]] = []  # (epoch, time, true samples per peer)
+
+    def advance(self, seconds: float, plausibility: SwarmPlausibility) -> None:
+        for _ in range(round(seconds / STEP)):
+            self.now += STEP
+            for peer, rate in self.rates.items():
+                self.samples[peer] += rate * STEP * self.rng.uniform(0.9, 1.1)
+                if self.now - self.last_publish[peer] >= 1.0:
+                    self._publish(peer)
+            if sum(self.samples.values()) >= TARGET:
+                self.closed.append((self.epoch, self.now, {p: int(s) for p, s in self.samples.items()}))
+                self.epoch += 1
+                self.samples = {peer: 0.0 for peer in self.rates}
+                for peer in self.rates:
+                    self._publish(peer)
+            if round(self.now / STEP) % 10 == 0:  # every 0.5 s
+                plausibility.observe(list(self.published.values()), self.now)
+
+    def _publish(self, peer: str) -> None:
+        self.published[peer] = PeerProgress(peer, self.epoch, int(self.samples[peer]), self.rates[peer], self.now, False)
+        self.last_publish[peer] = self.now
+
+
+def run(rates, claim_factor: dict[str, float], epochs: int = 30, seed: int = 1):
+    """Claims arrive 0.3 s after each epoch closes; returns (claimed, believed, true) samples per peer, reasons."""
+    swarm, rules = FakeSwarm(rates, seed), SwarmPlausibility(TARGET)
+    pending, next_id, seen = [], 1, 0
+    believed, true, reasons = {p: 0 for p in rates}, {p: 0 for p in rates}, []
+    peer_of = {}
+    while len(swarm.closed) < epochs or pending:
+        swarm.advance(0.3, rules)
+        for epoch, _, truth in swarm.closed[seen:]:
+            for peer, samples in truth.items():
+                pending.append(Claim(next_id, f"node-{peer}", peer, epoch, int(samples * claim_factor.get(peer, 1)),
+                                     swarm.now))  # fmt: skip
+                peer_of[next_id] = peer
+                true[peer] += samples
+                next_id += 1
+        seen = len(swarm.closed)
+        for verdict in rules.decide(pending, swarm.now):
+            believed[peer_of[verdict.report_id]] += verdict.samples
+            reasons.append((peer_of[verdict.report_id], verdict.reason))
+            pending = [c for c in pending if c.report_id != verdict.report_id]
+        if len(swarm.closed) >= epochs:
+            swarm.rates = {p: 0.0 for p in rates}  # stop training; let the last claims settle
+            if swarm.now > 10_000:
+                raise AssertionError("claims never settled")
+    return believed, true, reasons
+
+
+def test_honest_peers_are_believed_in_full():
+    believed, true, reasons = run({"a": 1000, "b": 2000, "c": 3000}, {})
+    for peer in true:
+        assert believed[peer] / true[peer] == pytest.approx(1.0, abs=0.02)
+    assert sum(reason is not None for _, reason in reasons) <= 3  # at most a first-epoch trim
+
+
+def test_an_inflator_gets_at_most_its_observed_share_plus_tolerance():
+    believed, true, reasons = run({"a": 1000, "b": 2000, "c": 3000, "x": 1500}, {"x": 2.0})
+    assert believed["x"] / true["x"] <= 1 + TOLERANCE + 0.02
+    assert believed["x"] / true["x"] >= 0.9
+    assert any(peer == "x" and reason and reason.startswith("over observed share") for peer, reason in reasons)
+    for peer in "abc":
+        assert believed[peer] / true[peer] == pytest.approx(1.0, abs=0.02)
+
+
+def test_claims_beyond_throughput_times_time_are_cut():
+    rules = SwarmPlausibility(TARGET)
+    rules.observe([PeerProgress("p", 0, 100, 100.0, 0.0, False)], now=0.0)
+    rules.observe([PeerProgress("p", 1, 0, 100.0, 10.0, False)], now=10.0)
+    [verdict] = rules.decide([Claim(1, "n", "p", 0, 5000, 10.0)], now=10.0 + CLAIM_WAIT)
+    assert verdict.samples == int(100 * 10 * 1.5)
+    assert verdict.reason.startswith("over throughput x time")
+
+
+def test_an_epoch_is_capped_at_its_target():
+    rules = SwarmPlausibility(target_batch_size=100)
+    rules.observe([PeerProgress("p", 0, 1000, 1000.0, 0.0, False), PeerProgress("q", 0, 1000, 1000.0, 0.0, False)], 0.0)
+    rules.observe([PeerProgress("p", 1, 0, 1000.0, 5.0, False), PeerProgress("q", 1, 0, 1000.0, 5.0, False)], 5.0)
+    verdicts = rules.decide([Claim(1, "n", "p", 0, 1000, 5.0), Claim(2, "m", "q", 0, 1000, 5.0)], now=5.0)
+    assert sum(v.samples for v in verdicts) <= 100 * EPOCH_SLACK
+    assert all(v.reason.startswith("epoch over target") for v in verdicts)
+
+
+def test_a_claim_waits_for_evidence_then_is_rejected_without_it():
+    rules = SwarmPlausibility(TARGET)
+    claim = Claim(1, "n", "unseen-peer", 3, 1000, received=50.0)
+    assert rules.decide([claim], now=51.0) == []
+    [verdict] = rules.decide([claim], now=50.0 + EVIDENCE_TIMEOUT)
+    assert verdict.rejected and verdict.samples == 0 and "no progress record" in verdict.reason
+
+
+def test_an_epoch_waits_for_its_peers_reports_but_not_forever():
+    rules = SwarmPlausibility(TARGET)
+    rules.observe([PeerProgress("p", 0, 500, 100.0, 0.0, False), PeerProgress("q", 0, 500, 100.0, 0.0, False)], 0.0)
+    rules.observe([PeerProgress("p", 1, 0, 100.0, 5.0, False), PeerProgress("q", 1, 0, 100.0, 5.0, False)], 5.0)
+    claim = Claim(1, "n", "p", 0, 500, 5.0)
+    assert rules.decide([claim], now=5.5) == []  # q's report may still come
+    [verdict] = rules.decide([claim], now=5.0 + CLAIM_WAIT)
+    assert verdict.samples == 500 and verdict.reason is None
