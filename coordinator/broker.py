@@ -12,7 +12,10 @@ class BrokerUnavailable(RuntimeError):
 
 
 class EmbeddedBroker:
-    """amqtt running in this event loop on host:port (port 0 picks a free one). Anonymous clients allowed."""
+    """amqtt running in this event loop on host:port (port 0 picks a free one). Anonymous clients allowed, unless
+    `auth_secret` is set before start(): then logins and topics follow coordinator/broker_acl.py."""
+
+    auth_secret: Optional[str] = None
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883):
         self.host = host
@@ -24,9 +27,12 @@ class EmbeddedBroker:
         from amqtt.broker import Broker
         from amqtt.errors import BrokerError
 
+        from coordinator.broker_acl import amqtt_plugins
+
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.requested_port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            "plugins": amqtt_plugins(self.auth_secret) if self.auth_secret else
+            {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
         self._broker = Broker(config)
         try:

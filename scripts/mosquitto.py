@@ -49,7 +49,10 @@ class Mosquitto:
     """One mosquitto process. Queues are unbounded for QoS 1 (the default 1,000 queued messages per client
     would drop reports whenever the coordinator falls behind a burst) and 100 messages may be in flight."""
 
-    def __init__(self, port: int = 0, work_dir: Optional[Path] = None):
+    def __init__(self, port: int = 0, work_dir: Optional[Path] = None, auth_files: Optional[tuple[Path, Path]] = None):
+        """`auth_files`: (password file, ACL file), e.g. from coordinator.broker_acl.mosquitto_files: no anonymous
+        clients, and topics as the ACL says."""
+        self.auth_files = auth_files
         binary = mosquitto_binary()
         if binary is None:
             raise MosquittoMissing(f"the mosquitto binary is not installed; {INSTALL_HINT}")
@@ -67,6 +70,9 @@ class Mosquitto:
         lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false",
                  "max_queued_messages 0", "max_inflight_messages 100", "log_dest stderr",
                  "log_type error", "log_type warning"]  # fmt: skip
+        if self.auth_files is not None:
+            lines[1] = "allow_anonymous false"
+            lines += [f"password_file {self.auth_files[0]}", f"acl_file {self.auth_files[1]}"]
         if os.geteuid() == 0:
             lines.append("user root")  # otherwise it drops to the `mosquitto` user, who cannot read our files
         return "\n".join(lines) + "\n"

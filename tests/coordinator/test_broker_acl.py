@@ -1,0 +1,123 @@
+"""Broker logins and topic rules (coordinator/broker_acl.py) on both real brokers: the embedded amqtt broker and a
+Mosquitto process. A node may publish only under its own topics; control topics are the coordinator's alone."""
+
+import asyncio
+import secrets
+import uuid
+
+import aiomqtt
+import pytest
+
+from coordinator.broker import EmbeddedBroker
+from coordinator.broker_acl import COORDINATOR_USER, covers, mosquitto_files, password_for
+from protocol.topics import REPORTS_FILTER, receipt_topic, report_topic, status_topic
+from scripts.mosquitto import INSTALL_HINT, Mosquitto, mosquitto_binary
+
+SWARM = "spirals"
+TIMEOUT = 15.0
+
+
+def test_covers():
+    assert covers("a/+/n1/#", "a/s/n1/receipts") and covers("a/+/n1/#", "a/+/n1/receipts")
+    assert not covers("a/+/n1/#", "a/s/+/receipts") and not covers("a/+/n1/#", "a/#")
+    assert covers("a/+/n1/reports", "a/s/n1/reports") and not covers("a/+/n1/reports", "a/s/n1/reports/x")
+    assert not covers("a/+/n1/reports", "a/s/n2/reports") and not covers("a/+/n1/reports", "a//n1/reports")
+
+
+@pytest.fixture(params=["amqtt", "mosquitto"])
+def broker(request, tmp_path):
+    """(host, port, secret) of a broker that enforces Hearth's rules."""
+    secret = secrets.token_hex(32)
+    nodes = [uuid.uuid4().hex for _ in range(2)]
+    if request.param == "mosquitto":
+        if mosquitto_binary() is None:
+            pytest.skip(f"no mosquitto binary; {INSTALL_HINT}")
+        with Mosquitto(work_dir=tmp_path / "mosquitto", auth_files=mosquitto_files(tmp_path / "auth", secret, nodes)) as m:
+            yield "127.0.0.1", m.port, secret, nodes
+        return
+    loop = asyncio.new_event_loop()
+    embedded = EmbeddedBroker("127.0.0.1", 0)
+    embedded.auth_secret = secret
+    loop.run_until_complete(embedded.start())
+    try:
+        yield loop, embedded.port, secret, nodes
+    finally:
+        loop.run_until_complete(embedded.stop())
+        loop.close()
+
+
+def _client(port: int, username=None, password=None) -> aiomqtt.Client:
+    return aiomqtt.Client("127.0.0.1", port, username=username, password=password, identifier=uuid.uuid4().hex)
+
+
+def run(broker, coro):
+    loop = broker[0]
+    return loop.run_until_complete(coro) if isinstance(loop, asyncio.AbstractEventLoop) else asyncio.run(coro)
+
+
+async def publish_as(port: int, secret: str, user: str, topic: str, payload: bytes, retain: bool = False) -> None:
+    """Publish on a connection of its own: Mosquitto answers a refused QoS 1 publish with a reason code that MQTT
+    3.1.1 clients cannot read, and the connection ends; either way the broker has decided by then."""
+    try:
+        async with _client(port, user, password_for(secret, user)) as client:
+            await client.publish(topic, payload, qos=1, retain=retain)
+    except aiomqtt.MqttError:
+        pass
+
+
+async def _first(client: aiomqtt.Client) -> aiomqtt.Message:
+    async with asyncio.timeout(TIMEOUT):
+        async for message in client.messages:
+            return message
+
+
+def test_logins_are_checked(broker):
+    _, port, secret, (alice, _) = broker
+
+    async def scenario():
+        for username, password in [(None, None), (alice, "wrong"), (alice, password_for(secret, COORDINATOR_USER)),
+                                   ("somebody", password_for(secret, "somebody"))]:  # fmt: skip
+            with pytest.raises(aiomqtt.MqttError):
+                async with _client(port, username, password):
+                    pass
+        async with _client(port, alice, password_for(secret, alice)):
+            pass
+
+    run(broker, scenario())
+
+
+def test_node_publishes_only_under_its_own_topics(broker):
+    _, port, secret, (alice, bob) = broker
+
+    async def scenario():
+        async with _client(port, COORDINATOR_USER, password_for(secret, COORDINATOR_USER)) as coordinator, \
+                _client(port, alice, password_for(secret, alice)) as node_a, \
+                _client(port, bob, password_for(secret, bob)) as node_b:  # fmt: skip
+            await coordinator.subscribe(REPORTS_FILTER, qos=1)
+            # Alice reports as Bob, then as herself: the broker drops the forgeries (Mosquitto also disconnects her),
+            # so the coordinator's first message is her own report, published after it refused them.
+            await publish_as(port, secret, alice, report_topic(SWARM, bob), b"forged")
+            await publish_as(port, secret, alice, status_topic(SWARM, bob), b"forged", retain=True)
+            await node_a.publish(report_topic(SWARM, alice), b"genuine", qos=1)
+            message = await _first(coordinator)
+            assert (str(message.topic), message.payload) == (report_topic(SWARM, alice), b"genuine")
+
+            # Receipts are control messages: Bob cannot write Alice's (nor can Alice), the coordinator can.
+            await node_a.subscribe(receipt_topic(SWARM, alice), qos=1)
+            await publish_as(port, secret, bob, receipt_topic(SWARM, alice), b"forged receipt", retain=True)
+            await publish_as(port, secret, alice, receipt_topic(SWARM, alice), b"self-made receipt")
+            await coordinator.publish(receipt_topic(SWARM, alice), b"receipt", qos=1)
+            message = await _first(node_a)
+            assert message.payload == b"receipt"
+
+            # Nor may Bob read Alice's topics, even through wildcards (amqtt refuses the subscription, Mosquitto grants
+            # it but delivers nothing): the first message Bob gets is his own receipt, sent after Alice's.
+            for topic_filter in (receipt_topic(SWARM, alice), f"hearth/v1/swarms/{SWARM}/nodes/+/receipts", "#"):
+                await node_b.subscribe(topic_filter, qos=1)
+            await node_b.subscribe(receipt_topic(SWARM, bob), qos=1)
+            await coordinator.publish(receipt_topic(SWARM, alice), b"for alice", qos=1)
+            await coordinator.publish(receipt_topic(SWARM, bob), b"for bob", qos=1)
+            message = await _first(node_b)
+            assert (str(message.topic), message.payload) == (receipt_topic(SWARM, bob), b"for bob")
+
+    run(broker, scenario())
