@@ -6,8 +6,20 @@ from urllib.parse import quote
 
 import click
 
-from coordinator.cli import _coordinator_option, _request
-from coordinator.config import default_token_file
+from coordinator.config import DEFAULT_HTTP_PORT, default_data_dir, default_token_file
+
+DEFAULT_COORDINATOR = f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"
+
+
+def _coordinator_option(function):
+    return click.option("--coordinator", "url", default=DEFAULT_COORDINATOR, show_default=True,
+                        help="Base URL of the coordinator.")(function)  # fmt: skip
+
+
+def _request(*args, **kwargs):
+    from coordinator.cli import _request as request  # coordinator.cli imports this module: not at import time
+
+    return request(*args, **kwargs)
 
 
 @click.group()
@@ -52,3 +64,41 @@ def unban(name, url, token, token_file) -> None:
     answer = _request("DELETE", f"{url.rstrip('/')}/api/v1/volunteers/{quote(name, safe='')}/ban",
                       headers={"Authorization": f"Bearer {_operator_token(token, token_file)}"})  # fmt: skip
     click.echo(f"Lifted the ban of {answer['name']}.")
+
+
+@click.command("broker-files")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=default_data_dir,
+              show_default="<platform data dir>", help="The coordinator's data directory (its broker secret).")
+@click.option("--db", "db_url", metavar="URL", help="SQLAlchemy async database URL (default: SQLite in the data dir).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for `passwd` and `acl` (Mosquitto's password_file and acl_file).")
+def broker_files(data_dir, db_url, out) -> None:
+    """Write Mosquitto's password and ACL files for the coordinator and every registered node. Re-run after new
+    registrations (e.g. from cron) and send mosquitto SIGHUP to reload them."""
+    import asyncio
+
+    from coordinator.broker_acl import load_or_create_secret, mosquitto_files
+    from coordinator.config import CoordinatorConfig
+
+    config = CoordinatorConfig(data_dir=data_dir, db_url=db_url)
+    config.ensure_data_dir()
+    node_ids = asyncio.run(_node_ids(config.database_url))
+    passwd, acl = mosquitto_files(out, load_or_create_secret(config.data_dir), node_ids)
+    click.echo(f"Wrote {passwd} ({len(node_ids)} node(s) and the coordinator) and {acl}. In mosquitto.conf:\n"
+               f"  allow_anonymous false\n  password_file {passwd}\n  acl_file {acl}\n"
+               "then start the coordinator with --broker mqtt://HOST:PORT; reload mosquitto (SIGHUP) after each run.")
+
+
+async def _node_ids(database_url: str) -> list[str]:
+    from sqlalchemy import select
+
+    from coordinator import db
+
+    engine = db.create_engine(database_url)
+    try:
+        await db.create_schema(engine)  # a coordinator that never ran yet: an empty ledger
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(db.nodes.c.node_id).where(db.nodes.c.detached_at.is_(None)))
+            return sorted(rows.scalars())
+    finally:
+        await engine.dispose()

@@ -22,6 +22,7 @@ from coordinator.reachability import CheckRefused, ReachabilityAnswer
 from coordinator.swarms import define_swarm, manifest
 from coordinator.teams import TeamRefused
 from coordinator.tokens import bind_peer, proven_peer_id
+from coordinator.broker_acl import password_for
 from coordinator.teams import apply as apply_team_action
 from hearth.tasks.registry import UnknownTask
 from protocol.envelope import open_envelope, parse_body
@@ -46,6 +47,7 @@ class Services:
     exports_dir: Optional[Path] = None  # where coordinator.exports writes the public stats dumps
     started_at: float = field(default_factory=time.time)
     issuer: Any = None  # coordinator.tokens.TokenIssuer: the coordinator's key; access tokens (coordinator/access_api.py)
+    broker_secret: Optional[str] = None  # nodes' broker passwords derive from it (coordinator/broker_acl.py)
 
     @property
     def initial_peers(self) -> list[str]:
@@ -68,6 +70,8 @@ class RegistrationOut(BaseModel):
     node_id: str
     account_key: Optional[str] = None  # only in the answer that creates the account (or claims its keys), once
     attach_key: Optional[str] = None
+    broker_username: Optional[str] = None  # this node's MQTT login (coordinator/broker_acl.py)
+    broker_password: Optional[str] = None
 
 
 class SwarmCreate(BaseModel):
@@ -155,10 +159,14 @@ async def register_volunteer(request: Request) -> JSONResponse:
         raise ApiError(e.status, e.code, e.message) from e
     if peer_id is not None and not created:  # a known node with a (new) proven libp2p identity
         await bind_peer(services(request).ledger.engine, record["node_id"], peer_id, registration.time)
+    secret = services(request).broker_secret
     body = RegistrationOut(volunteer=VolunteerOut(name=record["name"], team=record["team"]), node_id=record["node_id"],
-                           account_key=record.get("account_key"), attach_key=record.get("attach_key"))  # fmt: skip
-    return JSONResponse(body.model_dump(exclude={"account_key", "attach_key"} if body.account_key is None else None),
-                        status_code=201 if created else 200)  # fmt: skip
+                           account_key=record.get("account_key"), attach_key=record.get("attach_key"),
+                           broker_username=record["node_id"] if secret else None,
+                           broker_password=password_for(secret, record["node_id"]) if secret else None)  # fmt: skip
+    hidden = {name for name in ("account_key", "attach_key", "broker_username", "broker_password")
+              if getattr(body, name) is None}  # fmt: skip
+    return JSONResponse(body.model_dump(exclude=hidden), status_code=201 if created else 200)
 
 
 @router.get("/swarms")

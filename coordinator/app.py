@@ -24,6 +24,7 @@ from coordinator.audits import Auditor
 from coordinator.audits_api import router as audits_router
 from coordinator.api import Services
 from coordinator.broker import EmbeddedBroker, check_reachable
+from coordinator.broker_acl import COORDINATOR_USER, load_or_create_secret, password_for
 from coordinator.checkpoint_api import router as checkpoints_router
 from coordinator.checkpoints import CheckpointScheduler, CheckpointStore
 from coordinator.config import CoordinatorConfig, parse_mqtt_url
@@ -142,6 +143,7 @@ class Coordinator:
         config.ensure_data_dir()
         token = load_or_create_token(config.token_file)
         self.issuer = TokenIssuer(load_or_create_key(config.data_dir), config.token_lifetime)
+        broker_secret = load_or_create_secret(config.data_dir)  # nodes' and our broker passwords derive from it
         self.engine = db.create_engine(config.database_url)
         await db.create_schema(self.engine)
         ledger = Ledger(self.engine)
@@ -153,6 +155,7 @@ class Coordinator:
             self.broker_url = config.broker_url
         else:
             self.broker = EmbeddedBroker(config.broker_host, config.broker_port)
+            self.broker.auth_secret = broker_secret if config.broker_auth else None
             await self.broker.start()
             host = "127.0.0.1" if config.broker_host in ("0.0.0.0", "::") else config.broker_host
             port = self.broker.port
@@ -161,6 +164,7 @@ class Coordinator:
         self.ingestor = Ingestor(ledger, host, port, metrics=self.metrics, workers=config.ingest_workers,
                                  database_url=config.database_url)  # fmt: skip
         self.ingestor.receipt_key = self.issuer.key
+        self.ingestor.credentials = (COORDINATOR_USER, password_for(broker_secret, COORDINATOR_USER))
         self.ingestor.hold_for_verification = config.verify_work  # pending until coordinator/work_check.py decides
         await self.ingestor.start()
         await asyncio.wait_for(self.ingestor.subscribed.wait(), SUBSCRIBE_TIMEOUT)
@@ -181,7 +185,8 @@ class Coordinator:
                 self.work_check.start()
 
         services = Services(ledger, self.broker_url, token, counters=self.ingestor.counters, monitor=self.monitor,
-                            reachability=self.prober, exports_dir=config.exports_dir, issuer=self.issuer)  # fmt: skip
+                            reachability=self.prober, exports_dir=config.exports_dir, issuer=self.issuer,
+                            broker_secret=broker_secret)  # fmt: skip
         self.exporter = ExportScheduler(self.engine, config.exports_dir, config.export_interval_seconds)
         self.exporter.start()
         await self._serve_http(create_app(services, self.metrics, config.rate_limit, config.max_body_bytes))

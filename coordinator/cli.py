@@ -45,13 +45,15 @@ def coordinator() -> None:
 @click.option("--rate-limit", "rate_limit", default="20/s", show_default=True, metavar="N/s",
               help="Requests per second each client IP may make to the website and API (bursts of 5 s worth; "
                    "also N/min); 0 disables.")  # fmt: skip
+@click.option("--broker-auth/--no-broker-auth", default=False, show_default=True,
+              help="Embedded broker: only logged-in clients, each node publishing under its own topics only.")
 @click.option("--token-lifetime", type=click.FloatRange(min=2), default=600.0, show_default=True, metavar="SECONDS",
               help="Life of private swarms' access tokens; a banned volunteer's nodes fall out within it.")
 @click.option("--verify-work/--no-verify-work", default=False, show_default=True,
               help="Grant reports only for work the swarm's DHT records make plausible, and audit nodes' gradients "
                    "(reports stay pending a few seconds; repeated failed audits ban the volunteer).")  # fmt: skip
 def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, broker_port, ingest_workers, dht_host, dht_port,
-          ready_file, checkpoint_every, keep_checkpoints, rate_limit, token_lifetime, verify_work) -> None:  # fmt: skip
+          ready_file, checkpoint_every, keep_checkpoints, rate_limit, token_lifetime, broker_auth, verify_work) -> None:  # fmt: skip
     """Start the coordinator in this process; Ctrl+C stops it (twice: at once)."""
     from coordinator.ratelimit import parse_rate
 
@@ -60,7 +62,7 @@ def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, br
             data_dir=data_dir, db_url=db_url, host=host, port=port, public_host=public_host, broker_url=broker_url,
             broker_host=broker_host, broker_port=broker_port, ingest_workers=ingest_workers, dht_host=dht_host, dht_port=dht_port,
             ready_file=ready_file, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-            rate_limit=parse_rate(rate_limit), token_lifetime=token_lifetime, verify_work=verify_work,
+            rate_limit=parse_rate(rate_limit), token_lifetime=token_lifetime, broker_auth=broker_auth, verify_work=verify_work,
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from e
@@ -265,3 +267,8 @@ def leaderboard(url, limit, page) -> None:
     shown = f"{offset + 1}–{offset + len(entries)}" if entries else "none"
     more = f"; next: --page {page + 1}" if board.get("next") else ""
     Console(stderr=True).print(f"{shown} of {total} volunteers{more}", highlight=False)
+
+
+from coordinator.access_cli import broker_files  # noqa: E402 (a command of its own module, on this group)
+
+coordinator.add_command(broker_files)

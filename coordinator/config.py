@@ -86,6 +86,9 @@ class CoordinatorConfig:
     """Grant reports only once their epoch's DHT evidence is in, for what it makes plausible, and audit nodes
     (coordinator/work_check.py, plausibility.py, audits.py); needs the DHT monitor."""
     """Largest HTTP request body accepted; larger ones get 413."""
+    broker_auth: bool = False
+    """The embedded broker admits only logged-in clients (nodes get their password at registration) and enforces
+    coordinator/broker_acl.py's topic rules. An external broker is configured by its operator (broker-files)."""
     token_lifetime: float = 600.0
     """Seconds a private swarm's DHT access token lasts (nodes renew at half-life; a ban takes effect within one)."""
 

@@ -15,7 +15,7 @@ import aiomqtt
 
 from coordinator import db
 from coordinator.ledger import Ledger
-from coordinator.mqtt_sink import SinkClient
+from coordinator.mqtt_sink import SinkClient, login
 from coordinator.verify import Rejected, Verifier
 from protocol.topics import REPORTS_FILTER, STATUS_FILTER, shared
 
@@ -26,16 +26,16 @@ HEARTBEAT = 0.5
 MAX_BATCH = 1000
 
 
-def run_worker(index: int, database_url: str, host: str, port: int, connection) -> None:
-    """Process entry point (multiprocessing, spawn)."""
+def run_worker(index: int, database_url: str, host: str, port: int, connection, credentials=None) -> None:
+    """Process entry point (multiprocessing, spawn); `credentials`: the coordinator's broker login, if any."""
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s ingest-worker-{index} %(levelname)s %(message)s")
     try:
-        asyncio.run(_work(index, database_url, host, port, connection))
+        asyncio.run(_work(index, database_url, host, port, connection, credentials))
     except (BrokenPipeError, EOFError, KeyboardInterrupt):
         pass  # the coordinator stopped
 
 
-async def _work(index: int, database_url: str, host: str, port: int, connection) -> None:
+async def _work(index: int, database_url: str, host: str, port: int, connection, credentials=None) -> None:
     engine = db.create_engine(database_url)
     ledger = Ledger(engine)
     await ledger.load()
@@ -91,7 +91,8 @@ async def _work(index: int, database_url: str, host: str, port: int, connection)
         while True:
             try:
                 async with SinkClient(host, port, identifier=f"hearth-ingest-{index}-{os.getpid()}",
-                                      protocol=aiomqtt.ProtocolVersion.V5, sink=incoming) as client:  # fmt: skip
+                                      protocol=aiomqtt.ProtocolVersion.V5, sink=incoming,
+                                      **login(credentials)) as client:  # fmt: skip
                     await client.subscribe(shared(REPORTS_FILTER, GROUP), qos=1)
                     await client.subscribe(shared(STATUS_FILTER, GROUP), qos=1)
                     connection.send("subscribed")

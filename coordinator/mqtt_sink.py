@@ -16,6 +16,11 @@ import paho.mqtt.client as mqtt
 READ_SIZE = 64 * 1024
 
 
+def login(credentials) -> dict:
+    """aiomqtt keyword arguments for (username, password) on the broker (coordinator/broker_acl.py), or none."""
+    return {} if credentials is None else {"username": credentials[0], "password": credentials[1]}
+
+
 class SinkClient(aiomqtt.Client):
     def __init__(self, *args, sink: asyncio.Queue, **kwargs):
         super().__init__(*args, **kwargs)

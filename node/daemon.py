@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from typing import Optional
 
 from hearth.tasks import load_task
 from node.accounting import EpochContribution
@@ -103,9 +104,9 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
     identity_path = config.data_dir / "p2p.key"
     access.ensure_identity(identity_path)  # proven at registration, before the DHT starts with it
     access.use_identity_for_records(identity_path)
-    name = authorizer = None
+    name = authorizer = login = None
     if manifest.access == "token":  # a private swarm: registered first, for the token its DHT peer starts with
-        name = register(client, identity, config)
+        name, login = register(client, identity, config)
         try:
             swarm_access = access.SwarmAccess(config.coordinator_url, identity.key, manifest, identity_path)
             authorizer = swarm_access.authorizer(swarm_access.fetch())
@@ -125,10 +126,11 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
     warmup.import_in_background("torch._dynamo")
     try:
         swarm.connect()
-        name = name or register(client, identity, config)
+        if name is None:
+            name, login = register(client, identity, config)
         decided = resources.decide(config, task, manifest.hyperparameters.batch_size, facts)  # before the model
         resources.apply(decided)
-        return train(config, identity, manifest, task, swarm, decided, name, stop, reachability)
+        return train(config, identity, manifest, task, swarm, decided, name, stop, reachability, login)
     except ResourceError as e:  # the task does not fit this PC's limits, or the batch not even at 1 on the GPU
         raise NodeError(str(e)) from None
     finally:
@@ -136,9 +138,11 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
         client.close()
 
 
-def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConfig) -> str:
-    """Register (or re-register) this node, proving its libp2p identity (node/access.py)."""
+def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConfig) -> tuple[str, Optional[tuple]]:
+    """Register (or re-register) this node, proving its libp2p identity (node/access.py): (the volunteer's name, this
+    node's broker login (username, password) if the coordinator gave one)."""
     name = config.name or identity.registered_name() or friendly_name()
+    access.ensure_identity(identity.p2p_identity_path)
     now = time.time()
     binding = access.peer_binding(identity.p2p_identity_path, identity.key.public_key, now)
     registration = VolunteerRegistration(name=name, team=config.team, public_key=identity.key.public_key, time=now,
@@ -153,14 +157,15 @@ def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConf
     name = volunteer.get("name", name)
     identity.remember(name, volunteer.get("team", config.team))
     logger.info("Registered as %s (node %s)", name, identity.node_id)
-    return name
+    login = (answer["broker_username"], answer["broker_password"]) if answer.get("broker_password") else None
+    return name, login
 
 
-def train(config, identity, manifest, task, swarm, decided: Resources, name, stop, reachability) -> dict:
+def train(config, identity, manifest, task, swarm, decided: Resources, name, stop, reachability, login=None) -> dict:
     device = decided.torch_device
     outbox = Outbox(config.data_dir / "outbox.sqlite")
     reporter = Reporter(manifest.broker_url, identity.key, manifest.swarm_id, device.type, outbox, swarm.peer_id,
-                        manifest.coordinator_key)  # fmt: skip
+                        manifest.coordinator_key, login)  # fmt: skip
     reporter_thread = ReporterThread(reporter)
     policy = Policy.from_config(config.policy, root_pid=os.getpid(), poll_seconds=POLICY_POLL_SECONDS)
     controller = NodeController(

@@ -121,3 +121,49 @@ def test_node_publishes_only_under_its_own_topics(broker):
             assert (str(message.topic), message.payload) == (receipt_topic(SWARM, bob), b"for bob")
 
     run(broker, scenario())
+
+
+def test_broker_files_for_registered_nodes(tmp_path):
+    """`hearth coordinator broker-files` lets every registered node (and the coordinator) into a Mosquitto, no one
+    else."""
+    if mosquitto_binary() is None:
+        pytest.skip(f"no mosquitto binary; {INSTALL_HINT}")
+    from coordinator.broker_acl import load_or_create_secret
+    from protocol.signing import SigningKey
+    from tests.conftest import run_hearth
+    from tests.coordinator.helpers import make_ledger, registration
+
+    data_dir, key = tmp_path / "data", SigningKey.generate()
+    data_dir.mkdir()
+
+    async def register() -> None:
+        from coordinator.api import Services
+        from coordinator.app import create_app
+        import httpx
+
+        ledger = await make_ledger(data_dir)
+        services = Services(ledger, "mqtt://127.0.0.1:1", "op", broker_secret=load_or_create_secret(data_dir))
+        transport = httpx.ASGITransport(app=create_app(services))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            answer = (await client.post("/api/v1/volunteers", content=registration(key, "carol"))).json()
+        await ledger.engine.dispose()
+        return answer
+
+    answer = asyncio.run(register())
+    assert answer["broker_username"] == key.node_id
+    done = run_hearth("coordinator", "broker-files", "--data-dir", str(data_dir), "--out", str(tmp_path / "auth"))
+    assert done.returncode == 0, done.stderr
+    secret = load_or_create_secret(data_dir)
+    stranger = uuid.uuid4().hex
+    with Mosquitto(work_dir=tmp_path / "mosquitto", auth_files=(tmp_path / "auth" / "passwd", tmp_path / "auth" / "acl")) as m:
+
+        async def scenario():
+            async with _client(m.port, key.node_id, answer["broker_password"]) as node:
+                await node.publish(report_topic(SWARM, key.node_id), b"hi", qos=1)
+            async with _client(m.port, COORDINATOR_USER, password_for(secret, COORDINATOR_USER)):
+                pass
+            with pytest.raises(aiomqtt.MqttError):
+                async with _client(m.port, stranger, password_for(secret, stranger)):
+                    pass
+
+        asyncio.run(scenario())

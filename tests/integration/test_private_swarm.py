@@ -1,10 +1,13 @@
-"""Private swarms end to end: a real coordinator (short token lifetime), a real `hearth join` node, and hivemind DHT
-peers in this process. A peer without a valid token cannot join; a node with one trains; a banned volunteer's peer
-falls out once its token expires."""
+"""Private swarms end to end: a real coordinator (short token lifetime, broker logins on), a real `hearth join` node,
+and hivemind DHT peers in this process. A peer without a valid token cannot join; a node with one trains (logged in to
+the broker with the password its registration gave it); a banned volunteer's peer falls out once its token expires."""
 
+import asyncio
 import time
 import uuid
+from typing import Optional
 
+import aiomqtt
 import pytest
 
 from hearth.processes import wait_until
@@ -23,7 +26,8 @@ BOOTSTRAP_FAILED = "none of the initial_peers responded"
 @pytest.fixture(scope="module")
 def private(tmp_path_factory):
     """A coordinator with one private swarm: (coordinator, manifest)."""
-    coordinator = CoordinatorProcess(tmp_path_factory.mktemp("private") / "data", "--token-lifetime", str(TOKEN_LIFETIME))
+    coordinator = CoordinatorProcess(tmp_path_factory.mktemp("private") / "data", "--token-lifetime", str(TOKEN_LIFETIME),
+                                     "--broker-auth")  # fmt: skip
     try:
         result = run_hearth("swarm", "create", "hidden", "--access", "token", "--task", "spirals",
                             "--target-batch-size", "4096", "--coordinator", coordinator.url,
@@ -34,8 +38,8 @@ def private(tmp_path_factory):
         coordinator.stop()
 
 
-def _volunteer(coordinator, tmp_path, name: str):
-    """A registered volunteer with a proven libp2p identity: (node key, identity path)."""
+def _volunteer(coordinator, tmp_path, name: str, answer: Optional[dict] = None):
+    """A registered volunteer with a proven libp2p identity: (node key, identity path); `answer` gets the reply."""
     key, identity = SigningKey.generate(), tmp_path / f"{name}.p2p.key"
     ensure_identity(identity)
     now = time.time()
@@ -43,6 +47,7 @@ def _volunteer(coordinator, tmp_path, name: str):
                                       **peer_binding(identity, key.public_key, now)), key)  # fmt: skip
     response = coordinator.api.post("/api/v1/volunteers", content=body)
     assert response.status_code == 201, response.text
+    (answer if answer is not None else {}).update(response.json())
     return key, identity
 
 
@@ -121,3 +126,20 @@ def test_node_with_a_token_trains(private, nodes):
 
 def _exists(coordinator, name: str) -> bool:
     return coordinator.api.get(f"/api/v1/volunteers/{name}").status_code == 200
+
+
+def test_broker_admits_only_logged_in_nodes(private, tmp_path):
+    coordinator, manifest = private
+    answer: dict = {}
+    key, _ = _volunteer(coordinator, tmp_path, "mqtt-user", answer)
+    host, port = manifest.broker_url.removeprefix("mqtt://").split(":")
+
+    async def scenario():
+        for login in ({}, {"username": key.node_id, "password": "guess"}):
+            with pytest.raises(aiomqtt.MqttError):
+                async with aiomqtt.Client(host, int(port), **login):
+                    pass
+        async with aiomqtt.Client(host, int(port), username=answer["broker_username"], password=answer["broker_password"]):
+            pass
+
+    asyncio.run(scenario())

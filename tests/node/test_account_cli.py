@@ -39,8 +39,7 @@ def test_two_pcs_one_account_through_the_cli(coordinator, tmp_path, capsys):
     # PC A: first run creates the account; both keys are kept next to the node key, owner-only.
     client = CoordinatorClient(coordinator.url, connect_timeout=10)
     try:
-        register(client, NodeIdentity.load_or_create(pc_a), NodeConfig(coordinator.url, name="two-pcs", data_dir=pc_a),
-                 peer_id=None)  # fmt: skip
+        register(client, NodeIdentity.load_or_create(pc_a), NodeConfig(coordinator.url, name="two-pcs", data_dir=pc_a))
     finally:
         client.close()
     for name in (ACCOUNT_KEY_FILE, ATTACH_KEY_FILE):
