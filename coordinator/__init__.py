@@ -19,6 +19,8 @@ JSON API and website, all in one asyncio process. Never imports `node`.
 - checkpoints.py: swarm checkpoints on disk (atomic writes, sha256 sidecars, last K) and the task taking them.
 - swarm_state.py: a swarm's state downloaded from its peers (download-only hivemind averager) → a checkpoint.
 - checkpoint_api.py: GET /api/v1/swarms/{id}/checkpoints (list) and …/checkpoints/{epoch|latest} (download).
+- assets.py: task assets (operator files) stored by sha256, split per task into the manifest's assets.
+- assets_api.py: POST /api/v1/assets (operator upload) and GET /api/v1/assets/{sha256} (immutable download).
 - api.py: the JSON API (/api/v1) and its single error shape.
 - web.py + templates/: the server-rendered leaderboard page.
 - app.py: wiring: the FastAPI app and the start/stop sequence of every part.

@@ -1,6 +1,7 @@
 """The JSON API under /api/v1. Every failure uses the error shape of coordinator/errors.py; every list is paged
 the same way (`limit`, `offset` → {<items>, total, limit, offset, next})."""
 
+import asyncio
 import logging
 import secrets
 import time
@@ -17,6 +18,7 @@ from pydantic import BaseModel, Field
 from coordinator import page_data, queries
 from coordinator.errors import ApiError, error_doc  # ApiError: also imported from here by the other route modules
 from coordinator.accounts import AccountRefused
+from coordinator.assets import prepare_assets
 from coordinator.ledger import Ledger, NameTaken, SwarmExists
 from coordinator.reachability import CheckRefused, ReachabilityAnswer
 from coordinator.swarms import define_swarm, manifest
@@ -45,6 +47,7 @@ class Services:
     monitor: Any = None  # coordinator.monitor.DHTMonitor, when running
     reachability: Any = None  # coordinator.reachability.ReachabilityProber, when the monitor runs
     exports_dir: Optional[Path] = None  # where coordinator.exports writes the public stats dumps
+    assets: Any = None  # coordinator.assets.AssetStore: files of the swarms' tasks
     started_at: float = field(default_factory=time.time)
     issuer: Any = None  # coordinator.tokens.TokenIssuer: the coordinator's key; access tokens (coordinator/access_api.py)
     broker_secret: Optional[str] = None  # nodes' broker passwords derive from it (coordinator/broker_acl.py)
@@ -90,6 +93,8 @@ class SwarmCreate(BaseModel):
     warmup_epochs: Optional[int] = Field(default=None, ge=0, le=10**6)
     access: Literal["open", "token"] = "open"
     task_options: dict[str, TaskOptionValue] = Field(default_factory=dict, max_length=64)
+    assets: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")], Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=dict, max_length=16, description="The task's files: input name → sha256 of an upload (POST /api/v1/assets)")
     data: Literal["shared", "local"] = "shared"
     privacy: Optional[DifferentialPrivacy] = None
 
@@ -188,13 +193,15 @@ async def create_swarm(request: Request, body: SwarmCreate, authorization: Optio
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), svc.operator_token.encode()):
         raise ApiError(401, "unauthorized", "creating a swarm needs the operator token (Authorization: Bearer …)")
-    settings = {"access", "task_options", "data", "privacy"}
+    settings = {"access", "task_options", "assets", "data", "privacy"}
     overrides = body.model_dump(exclude={"swarm_id", "task", "title", *settings})
     privacy = body.privacy.model_dump() if body.privacy is not None else None
-    task_options = {"options": body.task_options, "assets": []} if body.task_options else None
     try:
+        assets = await prepare_swarm_assets(svc, body)
+        task_options = {"options": body.task_options, "assets": assets} if body.task_options or assets else None
         values = await define_swarm(body.swarm_id, body.task, body.title, overrides, access=body.access,
-                                    task_options=task_options, data=body.data, privacy=privacy)  # fmt: skip
+                                    task_options=task_options, data=body.data, privacy=privacy,
+                                    assets=svc.assets)  # fmt: skip
         await svc.ledger.create_swarm(values)
     except SwarmExists as e:
         raise ApiError(409, "swarm_exists", str(e)) from e
@@ -206,6 +213,15 @@ async def create_swarm(request: Request, body: SwarmCreate, authorization: Optio
         await svc.monitor.register(values["run_id"], private=body.access == "token")
     row = await queries.get_swarm(svc.ledger.engine, body.swarm_id)
     return svc.manifest(row)
+
+
+async def prepare_swarm_assets(svc: Services, body: SwarmCreate) -> list[dict]:
+    """The manifest's assets from the operator's uploads, split as the task wants (coordinator/assets.py)."""
+    if svc.assets is None:
+        if body.assets:
+            raise ValueError("this coordinator keeps no task assets")
+        return []
+    return await asyncio.to_thread(prepare_assets, body.task, body.task_options, body.assets, svc.assets)
 
 
 @router.get("/swarms/{swarm_id}", response_model=SwarmManifest)

@@ -23,6 +23,8 @@ from coordinator.accounts_api import router as accounts_router
 from coordinator.audits import Auditor
 from coordinator.audits_api import router as audits_router
 from coordinator.api import Services
+from coordinator.assets import AssetStore
+from coordinator.assets_api import router as assets_router
 from coordinator.broker import EmbeddedBroker, check_reachable
 from coordinator.broker_acl import COORDINATOR_USER, load_or_create_secret, password_for
 from coordinator.checkpoint_api import router as checkpoints_router
@@ -54,7 +56,7 @@ def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None,
                   responses=ERROR_RESPONSES)  # fmt: skip
     app.state.services = services
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, exempt=("/api/v1/assets",))  # uploads: their own cap
     if rate_limit > 0:  # added last: runs first, before any body is read
         app.add_middleware(RateLimitMiddleware, limiter=RateLimiter(rate_limit, clock=clock), on_limited=metrics.rate_limited.inc)
     app.add_middleware(ErrorCounter, count=lambda status: metrics.http_errors.labels(str(status)).inc())
@@ -63,6 +65,7 @@ def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None,
     app.include_router(access_router)
     app.include_router(exports_router)
     app.include_router(checkpoints_router)
+    app.include_router(assets_router)
     app.include_router(audits_router)
     app.include_router(web.router)
 
@@ -130,6 +133,7 @@ class Coordinator:
         self.prober: Optional[ReachabilityProber] = None
         self.exporter: Optional[ExportScheduler] = None
         self.checkpoints = CheckpointStore(config.checkpoints_dir, config.keep_checkpoints)
+        self.assets = AssetStore(config.assets_dir)
         self.checkpointer: Optional[CheckpointScheduler] = None
         self.auditor: Optional[Auditor] = None
         self.work_check: Optional[WorkChecker] = None
@@ -176,7 +180,7 @@ class Coordinator:
                                      await private_run_ids(self.engine))  # fmt: skip
             self.prober = ReachabilityProber(own_scopes(self.monitor.initial_peers))
             self.checkpointer = CheckpointScheduler(self.checkpoints, self.engine, self.monitor,
-                                                    config.checkpoint_every, self.metrics)  # fmt: skip
+                                                    config.checkpoint_every, self.metrics, assets=self.assets)  # fmt: skip
             self.checkpointer.start()
             if config.verify_work:
                 self.auditor = Auditor(self.engine, self.ingestor.publish, self.checkpoints,
@@ -187,6 +191,7 @@ class Coordinator:
         services = Services(ledger, self.broker_url, token, counters=self.ingestor.counters, monitor=self.monitor,
                             reachability=self.prober, exports_dir=config.exports_dir, issuer=self.issuer,
                             broker_secret=broker_secret)  # fmt: skip
+        services.assets = self.assets  # the task files swarms are defined with (coordinator/assets.py)
         self.exporter = ExportScheduler(self.engine, config.exports_dir, config.export_interval_seconds)
         self.exporter.start()
         await self._serve_http(create_app(services, self.metrics, config.rate_limit, config.max_body_bytes))

@@ -155,8 +155,9 @@ class CheckpointScheduler:
     """Takes each swarm's checkpoint every `interval` seconds, when it is worth one."""
 
     def __init__(self, store: CheckpointStore, engine, monitor, interval: float, metrics=None,
-                 downloader: Optional[StateDownloader] = None):  # fmt: skip
+                 downloader: Optional[StateDownloader] = None, assets=None):  # fmt: skip
         self.store, self.engine, self.monitor, self.interval, self.metrics = store, engine, monitor, interval, metrics
+        self.assets = assets  # coordinator.assets.AssetStore: the tasks' files (a pretrained model, held-out text)
         self.downloader = downloader or StateDownloader(monitor.dht)
         self._task: Optional[asyncio.Task] = None
 
@@ -204,7 +205,7 @@ class CheckpointScheduler:
         epoch = metadata.get("epoch") if isinstance(metadata, dict) else None
         if not isinstance(epoch, int) or epoch <= last_epoch:
             return None  # the peer that answered is not ahead of the last checkpoint
-        checkpoint = await asyncio.to_thread(build_checkpoint, row, metadata, tensors)
+        checkpoint = await asyncio.to_thread(build_checkpoint, row, metadata, tensors, self.assets)
         info = await asyncio.to_thread(self.store.save, row.swarm_id, checkpoint)
         if self.metrics is not None:
             self.metrics.checkpoints_saved.inc()

@@ -153,6 +153,32 @@ def parse_task_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
+def parse_assets(pairs: tuple[str, ...]) -> dict[str, Path]:
+    """NAME=FILE pairs → {name: existing file}."""
+    files = {}
+    for pair in pairs:
+        name, sep, file = pair.partition("=")
+        path = Path(file).expanduser()
+        if not sep or not name or not file:
+            raise click.BadParameter(f"{pair!r} is not NAME=FILE", param_hint="--asset")
+        if not path.is_file():
+            raise click.BadParameter(f"{file!r} is not a file", param_hint="--asset")
+        files[name] = path
+    return files
+
+
+def upload_assets(files: dict[str, Path], url: str, token: str) -> dict[str, str]:
+    """Upload each file (streamed) to the coordinator; {name: sha256} for the swarm definition."""
+    uploaded = {}
+    for name, path in files.items():
+        with open(path, "rb") as f:
+            answer = _request("POST", f"{url.rstrip('/')}/api/v1/assets", content=f,
+                              headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"})  # fmt: skip
+        click.echo(f"Uploaded {path} as {name} ({answer['size']} bytes, sha256 {answer['sha256'][:12]}…)")
+        uploaded[name] = answer["sha256"]
+    return uploaded
+
+
 def privacy_settings(clip_norm, noise_multiplier, delta, epsilon) -> Optional[dict[str, float]]:
     given = {"clip_norm": clip_norm, "noise_multiplier": noise_multiplier, "delta": delta, "epsilon_budget": epsilon}
     if all(value is None for value in given.values()):
@@ -183,6 +209,9 @@ def privacy_settings(clip_norm, noise_multiplier, delta, epsilon) -> Optional[di
               help="token: only registered, non-banned volunteers' nodes get the access tokens peers require.")
 @click.option("--task-option", "task_options", multiple=True, metavar="KEY=VALUE",
               help="An option for the task (see `hearth tasks describe`); repeatable.")
+@click.option("--asset", "assets", multiple=True, metavar="NAME=FILE",
+              help="A file for the task (tiny-lm: text=corpus.txt; lm-finetune: checkpoint=model.pt), uploaded to "
+                   "the coordinator, which serves it to the nodes; repeatable.")
 @click.option("--data", type=click.Choice(["shared", "local"]), default="shared", show_default=True,
               help="local: each node trains on its owner's dataset, which never leaves the node.")
 @click.option("--dp-clip-norm", type=click.FloatRange(min=0, min_open=True),
@@ -196,7 +225,7 @@ def privacy_settings(clip_norm, noise_multiplier, delta, epsilon) -> Optional[di
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=default_token_file,
               show_default="<default data dir>/operator-token")  # fmt: skip
 def create(swarm_id, task, title, target_batch_size, batch_size, learning_rate, matchmaking_time, averaging_timeout,
-           average_state_every, compression, local_updates, warmup_epochs, access, task_options, data, dp_clip_norm,
+           average_state_every, compression, local_updates, warmup_epochs, access, task_options, assets, data, dp_clip_norm,
            dp_noise_multiplier, dp_delta, dp_epsilon, url, token, token_file) -> None:  # fmt: skip
     """Create swarm SWARM_ID on the coordinator (needs the operator token)."""
     if token is None:
@@ -211,6 +240,7 @@ def create(swarm_id, task, title, target_batch_size, batch_size, learning_rate, 
             "averaging_timeout": averaging_timeout, "average_state_every": average_state_every,
             "compression": compression, "local_updates": local_updates, "warmup_epochs": warmup_epochs,
             "access": access, "task_options": parse_task_options(task_options), "data": data,
+            "assets": upload_assets(parse_assets(assets), url, token),
             "privacy": privacy_settings(dp_clip_norm, dp_noise_multiplier, dp_delta, dp_epsilon)}  # fmt: skip
     manifest = _request("POST", f"{url.rstrip('/')}/api/v1/swarms", json={k: v for k, v in body.items() if v is not None},
                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip

@@ -148,6 +148,10 @@ class CoordinatorConfig:
         return self.data_dir / "exports"
 
     @property
+    def assets_dir(self) -> Path:
+        return self.data_dir / "assets"  # task assets, by sha256 (coordinator/assets.py)
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.data_dir / "checkpoints"
 

@@ -87,16 +87,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
 class BodySizeLimit:
     """ASGI middleware: a body over `max_bytes` gets 413 in the error shape, whether its Content-Length says so
-    up front (refused before the app runs) or it streams past the limit (raised while the route reads it)."""
+    up front (refused before the app runs) or it streams past the limit (raised while the route reads it).
+    Paths in `exempt` (exact, e.g. the asset upload) enforce a limit of their own."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_BODY_BYTES):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_BODY_BYTES, exempt: tuple[str, ...] = ()):
+        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
 
     def _too_large(self) -> str:
         return f"request body too large: at most {self.max_bytes} bytes are accepted"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.exempt:
             return await self.app(scope, receive, send)
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:

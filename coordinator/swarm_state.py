@@ -15,8 +15,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from coordinator.assets import configured_task
 from coordinator.monitor import _signals_ignored
-from hearth.tasks import load_task
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +78,13 @@ def _state_client_class():
     return StateClient
 
 
-def build_checkpoint(row: Any, metadata: dict, tensors: Sequence[torch.Tensor]) -> dict[str, Any]:
+def build_checkpoint(row: Any, metadata: dict, tensors: Sequence[torch.Tensor], assets=None) -> dict[str, Any]:
     """Lay a downloaded state out as the task's model and optimizer state_dicts (CPU work: run it in a thread).
-    `row` is the swarm's ledger row (swarm_id, run_id, task, hyperparameters)."""
+    `row` is the swarm's ledger row (swarm_id, run_id, task, hyperparameters, task_options); `assets` the
+    coordinator's AssetStore, for tasks built from files."""
     from hivemind.optim.state_averager import initialize_optimizer_state_, load_optimizer_state
 
-    task = load_task(row.task)
+    task = configured_task(row.task, getattr(row, "task_options", None), assets)
     model = task.build_model()
     optimizer = task.make_optimizer(model.parameters(), row.hyperparameters["learning_rate"])
     params = [param for group in optimizer.param_groups for param in group["params"]]

@@ -6,7 +6,8 @@ import secrets
 from typing import Any, Optional
 
 from coordinator.ledger import Ledger
-from hearth.tasks import load_task, measure_flops_per_sample
+from coordinator.assets import configured_task
+from hearth.tasks import measure_flops_per_sample
 from protocol.messages import Hyperparameters, SwarmManifest, is_valid_swarm_id
 
 logger = logging.getLogger(__name__)
@@ -24,12 +25,13 @@ def new_run_id(swarm_id: str) -> str:
 async def define_swarm(swarm_id: str, task_name: str, title: Optional[str] = None,
                        overrides: Optional[dict[str, Any]] = None, *, access: str = "open",
                        task_options: Optional[dict[str, Any]] = None, data: str = "shared",
-                       privacy: Optional[dict[str, Any]] = None) -> dict[str, Any]:  # fmt: skip
+                       privacy: Optional[dict[str, Any]] = None, assets: Any = None) -> dict[str, Any]:  # fmt: skip
     """Validate a swarm definition and measure its task's FLOPs per sample; raises ValueError / LookupError.
-    `task_options` is stored as {"options": {...}, "assets": [TaskAsset dicts]} (see manifest())."""
+    `task_options` is stored as {"options": {...}, "assets": [TaskAsset dicts]} (see manifest()); `assets` is the
+    coordinator's AssetStore, where those files are."""
     if not is_valid_swarm_id(swarm_id):
         raise ValueError(f"swarm id {swarm_id!r} must be 1-63 lowercase letters, digits or '-', starting alphanumeric")
-    task = load_task(task_name)
+    task = await asyncio.to_thread(configured_task, task_name, task_options, assets)  # options checked, files read
     defaults = {name: getattr(task.defaults, name) for name in HYPERPARAMETERS}
     chosen = {**defaults, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     unknown = set(chosen) - set(HYPERPARAMETERS)

@@ -10,7 +10,8 @@ import threading
 import time
 from typing import Optional
 
-from hearth.tasks import load_task
+from hearth.tasks import TaskContext, load_task
+from node.assets import AssetCache, AssetError, needed
 from node.accounting import EpochContribution
 from node.audit import AuditResponder
 from node import access
@@ -100,6 +101,7 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
     except CoordinatorError as e:
         raise NodeError(str(e)) from None
     task = load_task(manifest.task)
+    configure_task(task, manifest, config, identity.node_id)
     reachability = ReachabilityCheck(config.reachability, config.coordinator_url)  # asked once the peer listens
     identity_path = config.data_dir / "p2p.key"
     access.ensure_identity(identity_path)  # proven at registration, before the DHT starts with it
@@ -136,6 +138,15 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
     finally:
         swarm.shutdown()
         client.close()
+
+
+def configure_task(task, manifest, config: NodeConfig, node_id: str) -> None:
+    """Give the task the swarm's options and this node's share of its files (downloaded, verified, cached)."""
+    try:
+        assets = AssetCache(config.coordinator_url).fetch_all(needed(task, manifest.assets, node_id))
+        task.configure(TaskContext(options=manifest.task_options, assets=assets, local_data=None))
+    except (AssetError, ValueError) as e:
+        raise NodeError(f"cannot set up task {manifest.task}: {e}") from None
 
 
 def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConfig) -> tuple[str, Optional[tuple]]:

@@ -14,7 +14,8 @@ class UnknownTask(LookupError):
 def _builtin() -> dict[str, str]:
     # Built-ins also resolve from a source checkout that was never pip-installed.
     return {"spirals": "hearth.tasks.spirals:SpiralsTask",
-            "housing": "hearth.tasks.housing:HousingTask", "digits": "hearth.tasks.digits:DigitsTask"}
+            "housing": "hearth.tasks.housing:HousingTask", "digits": "hearth.tasks.digits:DigitsTask",
+            "tiny-lm": "hearth.tasks.tiny_lm:TinyLMTask", "lm-finetune": "hearth.tasks.finetune:FinetuneLMTask"}
 
 
 def available_tasks() -> list[str]:

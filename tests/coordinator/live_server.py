@@ -10,6 +10,7 @@ import httpx
 
 from coordinator.api import Services
 from coordinator.app import _Server, create_app, listening_socket
+from coordinator.assets import AssetStore
 from coordinator.checkpoints import CheckpointStore
 from coordinator.exports import write_exports
 from coordinator.metrics import CoordinatorMetrics
@@ -32,7 +33,8 @@ def live_server(tmp_path: Path, **app_options) -> Iterator[httpx.Client]:
     async def main() -> None:
         ledger = await make_ledger(tmp_path)
         try:
-            services = Services(ledger, "mqtt://127.0.0.1:1883", OPERATOR_TOKEN, exports_dir=tmp_path / "exports")
+            services = Services(ledger, "mqtt://127.0.0.1:1883", OPERATOR_TOKEN, exports_dir=tmp_path / "exports",
+                                assets=AssetStore(tmp_path / "assets"))  # fmt: skip
             await write_exports(ledger.engine, services.exports_dir)
             metrics = CoordinatorMetrics()
             app = create_app(services, metrics, **app_options)
