@@ -225,8 +225,9 @@ def live_progress(monitor: Any, swarm_id: str, target_batch_size: int) -> dict[s
 
 
 async def swarm_rounds(conn, swarm_id: str, epochs: int = ROUNDS_SHOWN) -> list[dict[str, Any]]:
-    """Per epoch of the latest `epochs`: reports, volunteers' mean loss, largest averaging group, samples
-    (index on reports (swarm_id, epoch))."""
+    """Per epoch of the latest `epochs`: reports, volunteers' mean loss, largest averaging group, samples, and
+    averaging bytes sent per sample (None when no report of the epoch carried traffic) (index on reports
+    (swarm_id, epoch))."""
     r = db.reports
     latest = (await conn.execute(select(func.max(r.c.epoch)).where(r.c.swarm_id == swarm_id))).scalar()
     if latest is None:
@@ -234,12 +235,14 @@ async def swarm_rounds(conn, swarm_id: str, epochs: int = ROUNDS_SHOWN) -> list[
     rows = await conn.execute(
         select(r.c.epoch, func.count().label("reports"), func.avg(r.c.loss).label("loss"),
                func.max(r.c.group_size).label("group_size"), func.sum(r.c.samples).label("samples"),
-               func.max(r.c.received_at).label("at"))
+               func.max(r.c.received_at).label("at"), func.sum(r.c.bytes_sent).label("bytes_sent"))
         .where(r.c.swarm_id == swarm_id, r.c.epoch > latest - epochs, r.c.status != "rejected")
         .group_by(r.c.epoch).order_by(r.c.epoch)
     )  # fmt: skip
     return [{"epoch": row.epoch, "reports": row.reports, "loss": row.loss, "group_size": row.group_size,
-             "samples": int(row.samples or 0), "at": iso(row.at)} for row in rows]  # fmt: skip
+             "samples": int(row.samples or 0), "at": iso(row.at),
+             "bytes_per_sample": row.bytes_sent / row.samples if row.bytes_sent and row.samples else None}
+            for row in rows]  # fmt: skip
 
 
 async def _recent_rounds(conn, engine: AsyncEngine, swarm_id: str) -> list[dict[str, Any]]:

@@ -111,7 +111,8 @@ def _report_entry(rep: Any) -> dict:
     return {"node_id": rep.node_id, "swarm_id": rep.swarm_id, "seq": rep.seq, "epoch": rep.epoch,
             "samples": rep.samples, "compute_seconds": rep.compute_seconds, "device": rep.device, "loss": rep.loss,
             "status": rep.status, "reason": rep.reason, "credit": rep.credit, "received_at": iso(rep.received_at),
-            "rule": rep.rule, "granted_at": iso(rep.granted_at)}  # fmt: skip
+            "rule": rep.rule, "granted_at": iso(rep.granted_at),
+            "group_size": rep.group_size, "bytes_sent": rep.bytes_sent, "bytes_received": rep.bytes_received}  # fmt: skip
 
 
 async def volunteer_reports(engine: AsyncEngine, name: str, limit: int, offset: int = 0) -> Optional[tuple[list[dict], int]]:

@@ -14,11 +14,11 @@
 - identity.py: Ed25519 node key (0600), libp2p identity path, display name.
 - coordinator_client.py: HTTP to the coordinator (register, manifests) with retry and backoff.
 - daemon.py: one run wired top to bottom; signals; reporter thread.
-- swarm.py: the only hivemind import: DHT, Optimizer, round outcomes.
+- swarm.py: the hivemind peer: DHT, Optimizer, round outcomes.
+- bandwidth.py: compression and local-updates modes as Optimizer arguments; the averaging traffic counter.
 - reachability.py: asks the coordinator to dial the listening peer back; unreachable: client mode with relays.
 - trainer.py: the training loop and epoch transitions.
 - checkpoint.py: when no peer had newer state at join, resume from the coordinator's latest checkpoint.
-- assets.py: the task's files this node needs: downloaded, sha256-checked, cached by digest.
 - accounting.py: samples and compute time per epoch.
 - outbox.py: durable SQLite outbox and the report sequence counter.
 - reporter.py: aiomqtt reports (QoS 1) and retained presence with an "offline" last will.

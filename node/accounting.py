@@ -12,6 +12,8 @@ class EpochContribution:
     compute_seconds: float
     loss: float | None
     group_size: int
+    bytes_sent: int = 0  # averaging traffic since the previous epoch closed (node/bandwidth.py)
+    bytes_received: int = 0
 
 
 class Accountant:
@@ -34,14 +36,28 @@ class Accountant:
         self.discarded_samples += self.samples
         self._reset()
 
-    def close_epoch(self, epoch: int, group_size: int) -> EpochContribution:
+    def close_epoch(self, epoch: int, group_size: int, bytes_sent: int = 0, bytes_received: int = 0) -> EpochContribution:
         contribution = EpochContribution(
             epoch=epoch,
             samples=self.samples,
             compute_seconds=round(self.compute_seconds, 6),
             loss=self._loss_sum / self._batches if self._batches else None,
             group_size=group_size,
+            bytes_sent=bytes_sent,
+            bytes_received=bytes_received,
         )
         self.total_samples += self.samples
         self._reset()
         return contribution
+
+
+def traffic_summary(bytes_sent: int, bytes_received: int, samples: int) -> str:
+    """Averaging traffic for the status views, e.g. "412 B sent, 410 B received per sample (4.1 MB, 4.1 MB)"."""
+    if not samples:
+        return "-"
+    return (f"{bytes_sent / samples:,.0f} B sent, {bytes_received / samples:,.0f} B received per sample "
+            f"({_megabytes(bytes_sent)}, {_megabytes(bytes_received)})")  # fmt: skip
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB"

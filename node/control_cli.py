@@ -79,6 +79,8 @@ def status_table(answer: dict):
     """The rich table of `hearth node status` for a status answer (node/controller.py)."""
     from rich.table import Table
 
+    from node.accounting import traffic_summary
+
     training, reporting, credit = answer["training"], answer["reporting"], answer.get("credit") or {}
     resources = answer.get("resources") or {}
     rules = ", ".join(f"{key}={value}" for key, value in answer["policy"].items() if value not in (None, False))
@@ -92,6 +94,8 @@ def status_table(answer: dict):
         ("samples/s", f"{training.get('samples_per_second', 0):,.0f}"),
         ("peers in last round", training.get("last_group_size") or "-"),
         ("samples contributed", f"{training.get('samples_total', 0):,}"),
+        ("averaging traffic", traffic_summary(training.get("bytes_sent", 0), training.get("bytes_received", 0),
+                                              training.get("samples_total", 0))),
         ("device", resources.get("device", answer["device"])), ("limits", _limits(answer, resources, rules)),
         ("network", answer.get("reachability")),
         ("credit granted", _granted(credit, answer.get("time"))),

@@ -18,12 +18,14 @@ from node import warmup
 for _module in warmup.HIVEMIND_DEFERRABLE:  # before hivemind imports them: ~1 s off every join
     warmup.defer(_module)
 
+from hivemind.averaging import DecentralizedAverager  # noqa: E402
 from hivemind.dht import DHT  # noqa: E402
 from hivemind.optim import Optimizer  # noqa: E402
 from hivemind.optim.grad_averager import GradientAverager  # noqa: E402
 from hivemind.optim.progress_tracker import ProgressTracker  # noqa: E402
 from hivemind.optim.state_averager import TrainingStateAverager  # noqa: E402
 
+from node.bandwidth import TrafficCounter, TrafficCounting, optimizer_options  # noqa: E402
 from protocol.messages import SwarmManifest
 
 logger = logging.getLogger(__name__)
@@ -56,14 +58,17 @@ def request_timeout_for(matchmaking_time: float) -> float:
 
 @dataclass(frozen=True)
 class RoundOutcome:
-    """How the last epoch's gradients were combined: `group_size` peers averaged (1: local gradients only)."""
+    """How the last epoch's gradients (local updates: state) were combined: `group_size` peers averaged
+    (1: local gradients only); the averaging bytes this node sent and received since the previous epoch."""
 
     group_size: int
     averaged: bool
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
 
-class RecordingGradientAverager(GradientAverager):
-    """A GradientAverager that remembers the last all-reduce it started; its result names the group."""
+class RoundRecording:
+    """Remembers the last all-reduce an averager started in the background; its result names the group."""
 
     rounds_started = 0
     last_control = None
@@ -82,6 +87,22 @@ class RecordingGradientAverager(GradientAverager):
             return RoundOutcome(group_size=len(control.result(timeout=0)), averaged=True)
         except BaseException:  # the round failed: hivemind fell back to local gradients
             return RoundOutcome(group_size=1, averaged=False)
+
+
+class RecordingGradientAverager(RoundRecording, TrafficCounting, GradientAverager):
+    """The gradient averager: records its rounds (GradientAverager.step) and counts its traffic."""
+
+
+class StateRoundStep(RoundRecording, DecentralizedAverager):
+    """Sits below TrainingStateAverager, whose high-level step() starts each state round with
+    DecentralizedAverager.step(wait=False): that is the call recorded."""
+
+
+class RecordingStateAverager(TrafficCounting, TrainingStateAverager, StateRoundStep):
+    """The state averager: counts its traffic (state rounds and state downloads) and records its rounds, which
+    close the epochs in local-updates mode. RPC names stay hivemind's, which the coordinator's downloads use."""
+
+    protocol_name = TrainingStateAverager.__name__
 
 
 PROGRESS_REPORT_INTERVAL = 1.0  # seconds between this peer's progress records in the DHT (besides epoch changes)
@@ -129,6 +150,16 @@ class TrackingOptimizer(Optimizer):
 
     state_loads = 0
 
+    def __init__(self, *args, traffic: TrafficCounter, **kwargs):
+        self.traffic = traffic  # hivemind's __init__ makes the averagers, which count into it
+        super().__init__(*args, **kwargs)
+
+    def step(self, *args, **kwargs):
+        loss = super().step(*args, **kwargs)
+        if self.use_local_updates:  # this batch's gradients were applied already: the next one starts from zero
+            self.zero_grad(set_to_none=False)  # keep the buffers: no allocation per batch
+        return loss
+
     def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
         # The state round starts right after the gradient round that every peer of the epoch just finished
         # together, so a short matchmaking window finds them all; hivemind would wait the full matchmaking_time.
@@ -136,8 +167,8 @@ class TrackingOptimizer(Optimizer):
         # formed without the other peers and left them apart.)
         matchmaking = min(self.matchmaking_time, STATE_MATCHMAKING_SECONDS)
         kwargs["request_timeout"] = request_timeout_for(matchmaking)
-        return TrainingStateAverager(
-            dht=self.dht, prefix=f"{self.run_id}_state_averager", min_matchmaking_time=matchmaking,
+        return RecordingStateAverager(
+            traffic=self.traffic, dht=self.dht, prefix=f"{self.run_id}_state_averager", min_matchmaking_time=matchmaking,
             allreduce_timeout=self.allreduce_timeout, shutdown_timeout=self.shutdown_timeout,
             offload_optimizer=self.offload_optimizer, custom_gradients=self.offload_optimizer,
             status_loglevel=self.status_loglevel, next_chunk_timeout=self.next_chunk_timeout,
@@ -183,6 +214,7 @@ class SwarmMember:
         self._optimizer_inputs: Optional[tuple] = None
         self._saved_state: Optional[dict] = None
         self._retired: tuple = ()
+        self.traffic = TrafficCounter()  # this node's averaging bytes, across leaves and rejoins
 
     def _launch_dht(self) -> DHT:
         warmup.finish()  # the DHT process is forked
@@ -270,24 +302,43 @@ class SwarmMember:
             matchmaking_time=hp.matchmaking_time,
             averaging_timeout=hp.averaging_timeout,
             averager_opts={"request_timeout": request_timeout},
-            grad_averager_factory=partial(RecordingGradientAverager, request_timeout=request_timeout),
+            traffic=self.traffic,
             # Average parameters synchronously (every average_state_every epochs) so that peers end those
             # epochs identical, even after one of them had to proceed with local gradients.
             delay_state_averaging=False,
             average_state_every=hp.average_state_every,
             average_opt_statistics=ADAM_MOMENTS,
-            # Accumulate in the parameters' .grad buffers: no copy per step and no re-allocation after zero_grad();
-            # hivemind zeroes them after each epoch and after a state download.
-            reuse_grad_buffers=True,
+            # compression, local updates (or gradient accumulation in the .grad buffers) and our gradient averager
+            **optimizer_options(hp, partial(RecordingGradientAverager, request_timeout=request_timeout, traffic=self.traffic)),
             client_mode=self.settings.client_mode,  # explicit: hivemind 1.1.12 resolves the default backwards
             verbose=False,
         )
         signal.signal(signal.SIGINT, sigint_handler)
         return self.optimizer
 
+    def digest_handles(self) -> Optional[tuple[DHT, bytes]]:
+        """The DHT and the public key this peer signs its DHT records with (hivemind's progress tracker's), while
+        it is in the swarm: node/digest.py publishes its parameter digests with them."""
+        if self.dht is None or self.optimizer is None:
+            return None
+        return self.dht, self.optimizer.tracker._local_public_key
+
     @property
     def grad_averager(self) -> RecordingGradientAverager:
         return self.optimizer.grad_averager
+
+    @property
+    def rounds(self) -> RoundRecording:
+        """The averager whose rounds close epochs: gradients, or in local-updates mode the state."""
+        optimizer = self.optimizer
+        return optimizer.grad_averager if optimizer.grad_averager is not None else optimizer.state_averager
+
+    def epoch_outcome(self, rounds_before: int) -> RoundOutcome:
+        """How the epoch that just ended was averaged (rounds.rounds_started was `rounds_before` at its last
+        step) and the averaging traffic since the previous call."""
+        outcome = self.rounds.outcome_since(rounds_before)
+        sent, received = self.traffic.take()
+        return RoundOutcome(outcome.group_size, outcome.averaged, bytes_sent=sent, bytes_received=received)
 
     def catch_up(self) -> bool:
         """Download the swarm's latest state when other peers are training, else the coordinator's checkpoint if

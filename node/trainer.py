@@ -36,6 +36,8 @@ class TrainingStats:
     group_sizes: dict[int, int] = field(default_factory=dict)  # epoch → peers that averaged it
     first_step_at: Optional[float] = None  # wall-clock time of the first optimizer step
     step_seconds: float = 0.0  # time in hivemind's optimizer step this epoch: bookkeeping, averaging, catching up
+    bytes_sent: int = 0  # averaging traffic in the epochs contributed (node/bandwidth.py)
+    bytes_received: int = 0
 
 
 def peer_seed(node_id: str, epoch: int) -> int:
@@ -55,9 +57,7 @@ class Trainer:
         self.resources = fit_batch(task, self.model, resources)  # on CUDA: halved until it really fits
         self.batch_size = self.resources.batch_size  # may be below the swarm's batch size
         hp = swarm.manifest.hyperparameters
-        # Frozen parameters (requires_grad=False, e.g. a fine-tuned model's lower layers) are never averaged.
-        trainable = [param for param in self.model.parameters() if param.requires_grad]
-        swarm.build_optimizer(trainable, lambda params: task.make_optimizer(params, hp.learning_rate),
+        swarm.build_optimizer(self.model.parameters(), lambda params: task.make_optimizer(params, hp.learning_rate),
                               lambda optimizer: task.make_scheduler(optimizer, hp.warmup_epochs))
         self._data, self._data_epoch = None, None
         self.accountant = Accountant()
@@ -133,7 +133,7 @@ class Trainer:
         return loss
 
     def _train_one_batch(self, batch) -> None:
-        optimizer, averager = self.optimizer, self.swarm.grad_averager
+        optimizer, averager = self.optimizer, self.swarm.rounds
         inputs, targets = (tensor.to(self.device, non_blocking=True) for tensor in batch)
         started = time.perf_counter()
         loss = self.compute_gradients(self.model, (inputs, targets), amp=self.resources.amp)
@@ -153,8 +153,11 @@ class Trainer:
             self.accountant.discard()
             self.stats.state_downloads += 1
         elif optimizer.local_epoch != epoch:
-            outcome = averager.outcome_since(rounds)
-            contribution = self.accountant.close_epoch(epoch=epoch, group_size=outcome.group_size)
+            outcome = self.swarm.epoch_outcome(rounds)
+            contribution = self.accountant.close_epoch(epoch=epoch, group_size=outcome.group_size,
+                                                       bytes_sent=outcome.bytes_sent, bytes_received=outcome.bytes_received)
+            self.stats.bytes_sent += outcome.bytes_sent
+            self.stats.bytes_received += outcome.bytes_received
             self.stats.epochs_contributed += 1
             self.stats.last_group_size = outcome.group_size
             self.stats.group_sizes[epoch] = outcome.group_size

@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from node.accounting import traffic_summary
 from node.reporter import ReporterStats
 from node.trainer import TrainingStats
 
@@ -22,6 +23,7 @@ def render(swarm: str, device: str, training: TrainingStats, reporting: Reporter
     table.add_row("peers in last round", str(training.last_group_size or "-"))
     table.add_row("samples/s", f"{training.samples_per_second:,.0f}")
     table.add_row("samples contributed", f"{training.samples_total:,}")
+    table.add_row("averaging traffic", traffic_summary(training.bytes_sent, training.bytes_received, training.samples_total))
     table.add_row("last epoch loss", "-" if training.last_loss is None else f"{training.last_loss:.4f}")
     table.add_row("device", device)
     broker = "connected" if reporting.connected else f"offline ({reporting.last_error or 'connecting'})"
