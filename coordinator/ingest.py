@@ -20,7 +20,7 @@ import aiomqtt
 
 from coordinator.ledger import Batch, Ledger, credit_for, utcnow
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.mqtt_sink import SinkClient
+from coordinator.mqtt_sink import SinkClient, login
 from coordinator.sequencer import Sequencer
 from coordinator.verify import Rejected, Verified, Verifier
 from protocol.encoding import canonical_bytes
@@ -73,6 +73,7 @@ class Ingestor:
         self._tasks: list[asyncio.Task] = []
         self._receipts: set[asyncio.Task] = set()  # receipts being published
         self.receipt_key = None  # protocol.signing.SigningKey that seals receipts (app.py sets the coordinator's)
+        self.credentials: Optional[tuple[str, str]] = None  # the coordinator's broker login (app.py)
         self._client: Optional[aiomqtt.Client] = None
         self._workers_ready: set[int] = set()
         self._caught_up: dict[int, float] = {}  # per running worker
@@ -96,7 +97,7 @@ class Ingestor:
         while True:
             try:
                 async with SinkClient(self.host, self.port, identifier=self.identifier, clean_session=False,
-                                      sink=self._queue) as client:  # fmt: skip
+                                      sink=self._queue, **login(self.credentials)) as client:  # fmt: skip
                     if not self.workers:
                         await client.subscribe(REPORTS_FILTER, qos=1)
                         await client.subscribe(STATUS_FILTER, qos=1)
@@ -136,6 +137,7 @@ class Ingestor:
         while True:
             receiving, sending = context.Pipe(duplex=False)
             process = context.Process(target=run_worker, args=(index, self.database_url, self.host, self.port, sending),
+                                      kwargs={"credentials": self.credentials},
                                       name=f"hearth-ingest-worker-{index}", daemon=True)  # fmt: skip
             process.start()
             sending.close()

@@ -19,6 +19,7 @@
 - reachability.py: asks the coordinator to dial the listening peer back; unreachable: client mode with relays.
 - trainer.py: the training loop and epoch transitions.
 - checkpoint.py: when no peer had newer state at join, resume from the coordinator's latest checkpoint.
+- assets.py: the task's files this node needs: downloaded, sha256-checked, cached by digest.
 - accounting.py: samples and compute time per epoch.
 - outbox.py: durable SQLite outbox and the report sequence counter.
 - reporter.py: aiomqtt reports (QoS 1) and retained presence with an "offline" last will.

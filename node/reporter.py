@@ -52,11 +52,13 @@ def parse_broker_url(url: str) -> tuple[str, int]:
 
 class Reporter:
     def __init__(self, broker_url: str, key: SigningKey, swarm_id: str, device: str, outbox: Outbox,
-                 peer_id: Optional[str] = None, coordinator_key: Optional[str] = None):  # fmt: skip
+                 peer_id: Optional[str] = None, coordinator_key: Optional[str] = None,
+                 login: Optional[tuple[str, str]] = None):  # fmt: skip
         """`coordinator_key`: receipts must be sealed with it (the manifest's); None accepts unsigned receipts from a
         coordinator that publishes no key."""
         self.host, self.port = parse_broker_url(broker_url)
         self.coordinator_key = coordinator_key
+        self.login = login  # (username, password) on the broker, from registration (coordinator/broker_acl.py)
         self.key, self.swarm_id, self.device, self.peer_id, self.outbox = key, swarm_id, device, peer_id, outbox
         self.stats = ReporterStats()
         self.presence = {"epoch": None, "samples_per_second": 0.0, "pause_reason": None}
@@ -126,7 +128,8 @@ class Reporter:
 
     def _client(self) -> aiomqtt.Client:
         will = aiomqtt.Will(status_topic(self.swarm_id, self.key.node_id), self._status("offline"), qos=1, retain=True)
-        return aiomqtt.Client(self.host, self.port, identifier=f"hearth-{self.key.node_id}", will=will, keepalive=15)
+        return aiomqtt.Client(self.host, self.port, identifier=f"hearth-{self.key.node_id}", will=will, keepalive=15,
+                              username=self.login and self.login[0], password=self.login and self.login[1])
 
     async def _publish_presence(self, client: aiomqtt.Client, state: NodeState) -> None:
         topic = status_topic(self.swarm_id, self.key.node_id)

@@ -57,7 +57,9 @@ class Trainer:
         self.resources = fit_batch(task, self.model, resources)  # on CUDA: halved until it really fits
         self.batch_size = self.resources.batch_size  # may be below the swarm's batch size
         hp = swarm.manifest.hyperparameters
-        swarm.build_optimizer(self.model.parameters(), lambda params: task.make_optimizer(params, hp.learning_rate),
+        # Frozen parameters (requires_grad=False, e.g. a fine-tuned model's lower layers) are never averaged.
+        trainable = [param for param in self.model.parameters() if param.requires_grad]
+        swarm.build_optimizer(trainable, lambda params: task.make_optimizer(params, hp.learning_rate),
                               lambda optimizer: task.make_scheduler(optimizer, hp.warmup_epochs))
         self._data, self._data_epoch = None, None
         self.accountant = Accountant()
