@@ -158,7 +158,7 @@ class CheckpointScheduler:
                  downloader: Optional[StateDownloader] = None, assets=None):  # fmt: skip
         self.store, self.engine, self.monitor, self.interval, self.metrics = store, engine, monitor, interval, metrics
         self.assets = assets  # coordinator.assets.AssetStore: the tasks' files (a pretrained model, held-out text)
-        self.downloader = downloader or StateDownloader(monitor.dht)
+        self.downloader = downloader or StateDownloader(monitor.dht, getattr(monitor, "dht_for", None))
         self._task: Optional[asyncio.Task] = None
 
     def start(self) -> None:

@@ -31,8 +31,9 @@ class StateMismatch(ValueError):
 class StateDownloader:
     """One download-only hivemind averager per swarm, on the DHT monitor's peer, started at first use."""
 
-    def __init__(self, dht):
-        self.dht = dht
+    def __init__(self, dht, dht_for=None):
+        """`dht_for(run_id)`: the peer a swarm's averager uses (DHTMonitor.dht_for: private swarms have their own)."""
+        self.dht, self.dht_for = dht, dht_for
         self._averagers: dict[str, Any] = {}
 
     async def download(self, run_id: str, timeout: float) -> Optional[tuple[dict, list[torch.Tensor]]]:
@@ -44,7 +45,8 @@ class StateDownloader:
     async def _averager(self, run_id: str):
         if run_id not in self._averagers:
             averager = _state_client_class()(
-                averaged_tensors=[torch.zeros(1)], dht=self.dht, prefix=f"{run_id}_state_averager",
+                averaged_tensors=[torch.zeros(1)], dht=self.dht_for(run_id) if self.dht_for else self.dht,
+                prefix=f"{run_id}_state_averager",
                 client_mode=True, start=False,
             )  # fmt: skip
             with _signals_ignored():  # fork here, in the main thread: the child must not inherit our signal handlers

@@ -27,7 +27,7 @@ BOOTSTRAP_FAILED = "none of the initial_peers responded"
 def private(tmp_path_factory):
     """A coordinator with one private swarm: (coordinator, manifest)."""
     coordinator = CoordinatorProcess(tmp_path_factory.mktemp("private") / "data", "--token-lifetime", str(TOKEN_LIFETIME),
-                                     "--broker-auth")  # fmt: skip
+                                     "--broker-auth", "--checkpoint-every", "2")  # fmt: skip
     try:
         result = run_hearth("swarm", "create", "hidden", "--access", "token", "--task", "spirals",
                             "--target-batch-size", "4096", "--coordinator", coordinator.url,
@@ -116,11 +116,13 @@ def _dht_time() -> float:
 
 def test_node_with_a_token_trains(private, nodes):
     coordinator, manifest = private
-    nodes.start(coordinator.url, "insider", "--swarm", "hidden", "--max-epochs", "1")
+    nodes.start(coordinator.url, "insider", "--swarm", "hidden")
     wait_until(lambda: coordinator.get("/api/v1/volunteers/insider")["reports"] >= 1 if _exists(coordinator, "insider")
                else False, 180, what="the node in the private swarm to report an epoch")  # fmt: skip
-    # the coordinator's own private peer reads the swarm's progress records
+    # the coordinator's own private peer reads the swarm's progress records and downloads its state
     assert coordinator.get("/api/v1/swarms/hidden/progress")["peers_online"] >= 1
+    wait_until(lambda: coordinator.get("/api/v1/swarms/hidden/checkpoints")["checkpoints"], 120,
+               what="a checkpoint of the private swarm")  # fmt: skip
     assert "Could not renew" not in nodes.log("insider")  # renewed at each half-life while it trained
 
 
