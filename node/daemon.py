@@ -21,6 +21,7 @@ from node.config import NodeConfig
 from node.control import ControlServer, socket_path
 from node.controller import NodeController
 from node.coordinator_client import CoordinatorClient, CoordinatorError
+from node.digest import ParameterDigests
 from node.credit import CreditTracker
 from node.identity import NodeIdentity, friendly_name
 from node.metrics import MetricsError, MetricsServer
@@ -190,6 +191,8 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
         view.epoch_done(contribution.epoch, contribution.group_size, contribution.samples, contribution.loss)
 
     trainer = Trainer(task, swarm, decided, identity.node_id, contributed, gate=controller.gate)
+    hp = manifest.hyperparameters
+    trainer.digests = ParameterDigests(manifest.run_id, hp.compression, hp.average_state_every, swarm.digest_handles)
     credit = CreditTracker(config.coordinator_url, name, outbox, manifest.swarm_id, manifest.flops_per_sample)
     controller.attach(trainer, reporter, credit)
     audits = AuditResponder(task, config.coordinator_url, identity.key, manifest.swarm_id,
@@ -216,6 +219,7 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
         if metrics:
             metrics.stop()
         credit.stop()
+        trainer.digests.stop()
         audits.stop()
         reporter_thread.stop(REPORTER_DRAIN_SECONDS)
         outbox.close()
@@ -224,6 +228,7 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
     summary = {
         "name": name, "node_id": identity.node_id, "swarm_id": manifest.swarm_id, "epoch": trainer.stats.epoch,
         "group_sizes": trainer.stats.group_sizes, "samples": trainer.accountant.total_samples,
+        "digest_reloads": trainer.stats.digest_reloads,
         "reports_acknowledged": reporter.stats.reports_acknowledged, "reports_waiting": reporter.stats.reports_waiting,
         "reachability": str(reachability),
         "resources": trainer.resources.as_dict(),

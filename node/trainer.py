@@ -32,6 +32,7 @@ class TrainingStats:
     last_loss: Optional[float] = None
     epochs_contributed: int = 0
     state_downloads: int = 0
+    digest_reloads: int = 0  # state reloaded because this peer's parameters had left its peers' (node/digest.py)
     samples_total: int = 0
     group_sizes: dict[int, int] = field(default_factory=dict)  # epoch → peers that averaged it
     first_step_at: Optional[float] = None  # wall-clock time of the first optimizer step
@@ -63,6 +64,7 @@ class Trainer:
                               lambda optimizer: task.make_scheduler(optimizer, hp.warmup_epochs))
         self._data, self._data_epoch = None, None
         self.accountant = Accountant()
+        self.digests = None  # node.digest.ParameterDigests: compares parameters with the peers after each epoch
         self.audits = None  # node.audit.AuditResponder, when the daemon answers audits
         self.stats = TrainingStats()
         self._throughput = (time.monotonic(), 0)
@@ -100,6 +102,7 @@ class Trainer:
                 continue
             if not self.swarm.joined:
                 self._resume()
+            self._reload_if_diverged()
             self.stats.state = "training"
             self._train_one_batch(self._next_batch())
         self.stats.state = "stopping"
@@ -111,6 +114,17 @@ class Trainer:
         if epoch != self._data_epoch:
             self._data, self._data_epoch = self.task.data_stream(peer_seed(self.node_id, epoch), self.batch_size), epoch
         return next(self._data)
+
+    def _reload_if_diverged(self) -> None:
+        verdict = self.digests.take_verdict(self.optimizer.local_epoch) if self.digests is not None else None
+        if verdict is None:
+            return
+        logger.warning("Epoch %d: this peer's parameters differ from the swarm's (%s); reloading state from peers",
+                       *verdict)  # fmt: skip
+        self.accountant.discard()  # hivemind drops the gradients accumulated so far with the old parameters
+        self.optimizer.load_state_from_peers()
+        self.stats.digest_reloads += 1
+        self.stats.state_downloads += 1
 
     def _pause(self, reason: str) -> None:
         self.stats.state, self.stats.samples_per_second = reason, 0.0
@@ -168,6 +182,8 @@ class Trainer:
                         epoch, contribution.samples, contribution.compute_seconds, self.stats.step_seconds)
             self.stats.step_seconds = 0.0
             self.on_contribution(contribution)
+            if self.digests is not None:
+                self.digests.epoch_done(optimizer.local_epoch, list(self.model.parameters()))
         self.stats.epoch = optimizer.local_epoch
         self.stats.samples_total = self.accountant.total_samples
 

@@ -1,0 +1,147 @@
+"""Parameter digests: after every epoch that averaged the state, each peer publishes a short sketch of its
+parameters in the DHT (signed, like hivemind's progress records), compares it with its epoch's other peers, and
+asks to reload the swarm's state when it disagrees with the majority (hivemind's averaging can partly fail and
+still report success, leaving peers apart).
+
+The digest is a count sketch: the flat parameters in SKETCH_SIZE contiguous blocks, each summed with fixed random
+signs. Its distance between two peers estimates the distance between their parameters, so peers compare with a
+tolerance: bitwise equality would flag the tiny differences compressed averaging leaves by design."""
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+logger = logging.getLogger(__name__)
+
+SKETCH_SIZE = 16
+SIGN_SEED = 20261129
+SETTLE_SECONDS = 2.0  # after publishing, how long peers get to publish theirs before this one compares
+RECORD_LIFETIME = 600.0  # seconds a digest stays in the DHT
+# Relative distance under which two peers count as equal: after a state-averaging round peers differ only by
+# float rounding, or by the averaging's compression error (8-bit deltas leave far more than fp16 ones).
+TOLERANCE = {"none": 1e-5, "fp16": 1e-3, "int8": 2e-2}
+
+
+class DigestRecord(BaseModel):
+    """What a peer stores under `<run_id>_digest`, subkey: its signing public key (only it can write there)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    epoch: int = Field(ge=0)
+    sketch: list[float] = Field(min_length=SKETCH_SIZE, max_length=SKETCH_SIZE)
+
+
+def sketch(parameters: Sequence[torch.Tensor]) -> list[float]:
+    """A SKETCH_SIZE-number digest of the parameters, the same on every peer for the same values."""
+    with torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in parameters])
+        signs = torch.randint(0, 2, (len(flat),), generator=torch.Generator().manual_seed(SIGN_SEED), dtype=torch.bool)
+        signed = torch.where(signs, flat, -flat)
+        return [float(block.sum(dtype=torch.float64)) for block in torch.tensor_split(signed, SKETCH_SIZE)]
+
+
+def distance(a: Sequence[float], b: Sequence[float]) -> float:
+    """Relative distance of two sketches (≈ that of the parameters they were made from)."""
+    ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    scale = max(ta.norm().item(), tb.norm().item(), 1e-12)
+    return (ta - tb).norm().item() / scale
+
+
+def majority_verdict(own: Sequence[float], others: Mapping[str, Sequence[float]], tolerance: float) -> Optional[str]:
+    """Why this peer should reload the swarm's state, or None. It should when its sketch is further than
+    `tolerance` from a group of its epoch's peers that outnumbers those agreeing with it (itself included);
+    with a tie (e.g. two peers that disagree) nobody can tell who is right, and nobody reloads."""
+    sketches = list(others.values())
+    agreeing = 1 + sum(distance(own, other) <= tolerance for other in sketches)
+    best_support, best = 0, None
+    for candidate in sketches:
+        support = sum(distance(candidate, other) <= tolerance for other in sketches)  # counts itself
+        if distance(candidate, own) > tolerance and support > best_support:
+            best_support, best = support, candidate
+    if best is None or best_support <= agreeing:
+        return None
+    total = 1 + len(sketches)
+    return (f"{best_support} of {total} peers agree on parameters {distance(own, best):.2g} (relative) away from "
+            f"this peer's; {agreeing} of {total} agree with it")  # fmt: skip
+
+
+class ParameterDigests:
+    """Publishes this peer's digest after each state-averaged epoch and compares it in the background; the
+    trainer asks take_verdict() between batches and reloads state from peers when told to."""
+
+    def __init__(self, run_id: str, compression: str, average_state_every: int,
+                 swarm_handles: Callable[[], Optional[tuple[Any, bytes]]], settle_seconds: float = SETTLE_SECONDS):  # fmt: skip
+        """`swarm_handles` returns (DHT, signing public key) while the peer is in the swarm, else None."""
+        self.key = f"{run_id}_digest"
+        self.tolerance = TOLERANCE.get(compression, TOLERANCE["int8"])
+        self.average_state_every, self.settle_seconds = average_state_every, settle_seconds
+        self.swarm_handles = swarm_handles
+        self.malformed = 0  # peers' records that did not parse: counted, never fatal
+        self.comparisons = 0
+        self._verdict: Optional[tuple[int, str]] = None
+        self._lock, self._stopped = threading.Lock(), threading.Event()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digests")
+
+    def epoch_done(self, epoch: int, parameters: Sequence[torch.Tensor]) -> None:
+        """The swarm moved to `epoch`; if that epoch's transition averaged the state, publish and compare."""
+        if epoch % self.average_state_every or self._stopped.is_set():
+            return
+        handles = self.swarm_handles()
+        if handles is None:
+            return
+        dht, public_key = handles
+        own = sketch(parameters)
+        record = DigestRecord(epoch=epoch, sketch=own).model_dump()
+        from hivemind.utils import get_dht_time
+
+        dht.store(self.key, subkey=public_key, value=record, expiration_time=get_dht_time() + RECORD_LIFETIME,
+                  return_future=True)  # fmt: skip
+        self._worker.submit(self._compare, dht, public_key, epoch, own)
+
+    def _compare(self, dht, public_key: bytes, epoch: int, own: list[float]) -> None:
+        if self._stopped.wait(self.settle_seconds):
+            return
+        try:
+            found = dht.get(self.key, latest=True)
+        except Exception as e:  # the DHT stopped (pause, shutdown) or the network failed: try next epoch
+            logger.debug("Could not fetch parameter digests for epoch %d: %s", epoch, e)
+            return
+        others = self._peer_sketches(getattr(found, "value", None), public_key, epoch)
+        self.comparisons += 1
+        verdict = majority_verdict(own, others, self.tolerance)
+        if verdict is not None:
+            with self._lock:
+                self._verdict = (epoch, verdict)
+
+    def _peer_sketches(self, records: Any, public_key: bytes, epoch: int) -> dict[str, list[float]]:
+        if not isinstance(records, dict):
+            return {}
+        sketches = {}
+        for subkey, entry in records.items():
+            if subkey == public_key:
+                continue
+            try:
+                record = DigestRecord.model_validate(getattr(entry, "value", entry))
+            except ValidationError:
+                self.malformed += 1
+                logger.debug("Ignoring a malformed parameter digest from %r", subkey)
+                continue
+            if record.epoch == epoch:
+                sketches[repr(subkey)] = record.sketch
+        return sketches
+
+    def take_verdict(self, local_epoch: int) -> Optional[tuple[int, str]]:
+        """(epoch, why) once, if this peer disagreed with its peers at its current or previous epoch."""
+        with self._lock:
+            verdict, self._verdict = self._verdict, None
+        if verdict is not None and verdict[0] < local_epoch - 1:
+            logger.info("Dropping a stale digest verdict of epoch %d: %s", *verdict)
+            return None
+        return verdict
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._worker.shutdown(wait=False, cancel_futures=True)
