@@ -9,6 +9,10 @@ JSON API and website, all in one asyncio process. Never imports `node`.
 - accounts_api.py: the account routes under /api/v1/accounts.
 - swarms.py: defining a swarm from a task (FLOPs measured once) and building its manifest.
 - broker.py: the embedded amqtt MQTT broker, or a reachability check of an external one.
+- broker_acl.py: broker logins (HMAC passwords) and topic rules: the amqtt plugin, Mosquitto's password/ACL files.
+- tokens.py: the coordinator's key; identity bindings, private swarms' DHT access tokens, bans.
+- access_api.py: /api/v1/coordinator-key, …/swarms/{id}/access-token, the operator's ban (…/volunteers/{name}/ban).
+- access_cli.py: `hearth volunteer ban|unban`, `hearth coordinator broker-files`.
 - ingest.py: MQTT reports and presence → verification → the ledger; bad input counted and recorded.
 - monitor.py: the coordinator's hivemind DHT peer: bootstrap for nodes, reader of swarm progress.
 - metrics.py: Prometheus /metrics (its own registry): report counters, ingest latency, scrape-time gauges.

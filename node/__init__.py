@@ -12,6 +12,7 @@
 - sensors.py: input idle time, other programs' CPU, other GPU processes, battery; None when unknown.
 - schedule.py: weekly windows such as "mon-fri 22:00-07:00, sat-sun *".
 - identity.py: Ed25519 node key (0600), libp2p identity path, display name.
+- access.py: proof of the libp2p identity at registration; private swarms' access tokens for the DHT.
 - coordinator_client.py: HTTP to the coordinator (register, manifests) with retry and backoff.
 - daemon.py: one run wired top to bottom; signals; reporter thread.
 - swarm.py: the hivemind peer: DHT, Optimizer, round outcomes.

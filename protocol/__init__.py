@@ -8,4 +8,5 @@
   and `check_fresh`, the clock-skew bound on signed actions.
 - envelope.py: signed envelopes: seal a model with a key, open and verify received bytes.
 - topics.py: every MQTT topic, with builders and a parser.
+- tokens.py: what the coordinator's key vouches for: DHT access tokens, identity-binding statements, token requests.
 """
