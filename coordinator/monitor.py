@@ -93,7 +93,10 @@ class DHTMonitor:
             raise RuntimeError("this DHT monitor has no authorizer for private swarms")
         import hivemind
 
-        kwargs = dict(start=True, host_maddrs=[f"/ip4/{self.host}/tcp/0"], authorizer=self.private_authorizer())
+        port = self.port + 1 if self.port else 0  # a fixed --dht-port: the private peer listens on the next one
+        kwargs = dict(start=True, host_maddrs=[f"/ip4/{self.host}/tcp/{port}"], authorizer=self.private_authorizer())
+        if self.announce_host and port and _is_ipv4(self.announce_host):
+            kwargs["announce_maddrs"] = [f"/ip4/{self.announce_host}/tcp/{port}"]
         with _signals_ignored():
             self.private_dht = await asyncio.to_thread(lambda: hivemind.DHT(**kwargs))
         maddrs = await asyncio.to_thread(self.private_dht.get_visible_maddrs)
