@@ -16,7 +16,7 @@ from protocol.errors import ProtocolError
 from protocol.topics import parse_node_topic
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-INGEST_REASONS = ("topic_mismatch", "unknown_swarm", "internal_error")  # decided by coordinator/ingest.py
+INGEST_REASONS = ("topic_mismatch", "clock_skew", "unknown_swarm", "internal_error")  # coordinator/verify.py, ingest.py
 NOT_REPORTS = ("status", "stale")  # presence messages: not reports
 CHECKPOINT_FAILURE_REASONS = ("no_state", "mismatch", "timeout", "disk", "error")  # see coordinator/checkpoints.py
 

@@ -3,18 +3,24 @@
 It needs only node keys (a node id is the hash of its key, so a cached key never goes stale), which is why it
 can run in ingest worker processes as well as in the coordinator. Sequence numbers, swarms and presence order
 are decided afterwards, in one place (coordinator/ingest.py).
+
+A message's signed `time` must not be ahead of this clock by more than MAX_CLOCK_SKEW ("clock_skew"): a presence
+message dated in the future would otherwise outrank every later one. A report may be old (it waits in its node's
+outbox while the broker or the coordinator is away), but not older than MAX_REPORT_AGE.
 """
 
+import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from coordinator.ledger import Ledger
 from protocol.envelope import verify_envelope
 from protocol.errors import ProtocolError
-from protocol.messages import ContributionReport, Message, NodeStatus
+from protocol.messages import MAX_CLOCK_SKEW, ContributionReport, Message, NodeStatus, describe_seconds
 from protocol.topics import parse_node_topic
 
 MODELS: dict[str, type[Message]] = {"report": ContributionReport, "status": NodeStatus}
+MAX_REPORT_AGE = 7 * 24 * 3600.0  # seconds a report may have waited in its node's outbox
 
 
 class Rejected(Exception):
@@ -37,8 +43,8 @@ class Verified:
 
 
 class Verifier:
-    def __init__(self, ledger: Ledger):
-        self.ledger = ledger
+    def __init__(self, ledger: Ledger, clock: Callable[[], float] = time.time):
+        self.ledger, self.clock = ledger, clock
 
     async def check(self, topic: str, payload: bytes) -> Verified:
         """Raise Rejected unless `payload` is a well-formed message signed by the node its topic names."""
@@ -54,7 +60,18 @@ class Verifier:
         if message.node_id != parsed.node_id or message.swarm_id != parsed.swarm_id:
             raise Rejected("topic_mismatch", f"signed for {message.swarm_id}/{message.node_id}, sent on {topic}",
                            node_id=message.node_id, seq=getattr(message, "seq", None))  # fmt: skip
+        self._check_time(parsed.kind, message)
         return Verified(parsed.kind, dict(message.__dict__))  # the validated fields (faster than dict(message))
+
+    def _check_time(self, kind: str, message) -> None:
+        age, seq = self.clock() - message.time, getattr(message, "seq", None)
+        if -age > MAX_CLOCK_SKEW:
+            raise Rejected("clock_skew", f"dated {describe_seconds(-age)} in the future (at most "
+                           f"{MAX_CLOCK_SKEW:.0f} s allowed); the node's clock is wrong", node_id=message.node_id,
+                           seq=seq)  # fmt: skip
+        if kind == "report" and age > MAX_REPORT_AGE:
+            raise Rejected("clock_skew", f"dated {describe_seconds(age)} ago (reports older than "
+                           f"{MAX_REPORT_AGE / 86400:.0f} days are refused)", node_id=message.node_id, seq=seq)  # fmt: skip
 
     def _public_key_for(self, message) -> Optional[str]:
         node = self.ledger.nodes.get(message.node_id)

@@ -1,6 +1,9 @@
 """Contribution accounting: what this node computed in the current epoch, closed into one record per epoch."""
 
+import math
 from dataclasses import dataclass
+
+from protocol.messages import MAX_LOSS
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class Accountant:
             epoch=epoch,
             samples=self.samples,
             compute_seconds=round(self.compute_seconds, 6),
-            loss=self._loss_sum / self._batches if self._batches else None,
+            loss=_reportable(self._loss_sum / self._batches) if self._batches else None,
             group_size=group_size,
             bytes_sent=bytes_sent,
             bytes_received=bytes_received,
@@ -61,3 +64,8 @@ def traffic_summary(bytes_sent: int, bytes_received: int, samples: int) -> str:
 
 def _megabytes(count: int) -> str:
     return f"{count / 1e6:,.1f} MB"
+
+
+def _reportable(loss: float) -> float | None:
+    """A diverged loss (NaN, infinite, beyond the protocol's bound) is reported as unknown: the work still counts."""
+    return loss if math.isfinite(loss) and abs(loss) <= MAX_LOSS else None

@@ -14,6 +14,11 @@ NAME_MAX_CHARS = 40
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # swarm ids: safe in URLs and MQTT topics
 NODE_ID_PATTERN = r"^[0-9a-f]{32}$"
 MAX_CLOCK_SKEW = 300.0  # seconds a signed action's `time` may differ from the receiver's clock
+# Bounds on reported numbers, so any accepted report fits the ledger's columns and totals and reads back as JSON:
+MAX_COUNT = 2**53 - 1  # sequence numbers, epochs, bytes: exact in every JSON reader, well inside 64-bit columns
+MAX_SAMPLES = 10**12  # per report: totals of millions of reports still fit in 64 bits
+MAX_SECONDS = 1e9  # compute seconds per report (~31 years)
+MAX_LOSS = 1e30  # |loss|; sums and averages over many reports stay finite
 
 
 class Message(BaseModel):
@@ -120,9 +125,17 @@ def check_fresh(sent_at: float, now: float, max_skew: float = MAX_CLOCK_SKEW) ->
     if abs(sent_at - now) > max_skew:
         direction = "old" if sent_at < now else "in the future"
         raise StaleMessage(
-            f"message time is {abs(sent_at - now):.0f} s {direction} (at most {max_skew:.0f} s allowed); "
+            f"message time is {describe_seconds(abs(sent_at - now))} {direction} (at most {max_skew:.0f} s allowed); "
             "check this computer's clock"
         )
+
+
+def describe_seconds(seconds: float) -> str:
+    """A time difference for an error message, short whatever its size: "42 s", "3.5 days", "1.2e+292 years"."""
+    if seconds < 100_000:
+        return f"{seconds:.0f} s"
+    days = seconds / 86400
+    return f"{days:.1f} days" if days < 1000 else f"{days / 365.25:.3g} years"
 
 
 class Hyperparameters(Message):
@@ -200,8 +213,8 @@ class NodeStatus(Message):
     swarm_id: str = Field(pattern=ID_PATTERN)
     state: NodeState
     time: float
-    epoch: Optional[int] = Field(default=None, ge=0)
-    samples_per_second: float = Field(default=0.0, ge=0)
+    epoch: Optional[int] = Field(default=None, ge=0, le=MAX_COUNT)
+    samples_per_second: float = Field(default=0.0, ge=0, le=MAX_SAMPLES)
     device: str = Field(default="", max_length=64)
     reason: Optional[str] = Field(default=None, max_length=200)
     epsilon_spent: Optional[float] = Field(default=None, ge=0)  # differential privacy spent so far (data: local)
@@ -214,16 +227,16 @@ class ContributionReport(Message):
     protocol_version: int = PROTOCOL_VERSION
     node_id: str = Field(pattern=NODE_ID_PATTERN)
     swarm_id: str = Field(pattern=ID_PATTERN)
-    seq: int = Field(ge=1)
-    epoch: int = Field(ge=0)
-    samples: int = Field(ge=0)
-    compute_seconds: float = Field(ge=0)
+    seq: int = Field(ge=1, le=MAX_COUNT)
+    epoch: int = Field(ge=0, le=MAX_COUNT)
+    samples: int = Field(ge=0, le=MAX_SAMPLES)
+    compute_seconds: float = Field(ge=0, le=MAX_SECONDS)
     device: str = Field(max_length=64)
-    loss: Optional[float] = None
-    group_size: int = Field(default=1, ge=0)
+    loss: Optional[float] = Field(default=None, ge=-MAX_LOSS, le=MAX_LOSS)
+    group_size: int = Field(default=1, ge=0, le=10**6)
     peer_id: Optional[str] = Field(default=None, max_length=128)
-    bytes_sent: int = Field(default=0, ge=0)  # averaging traffic of this epoch, this node's side
-    bytes_received: int = Field(default=0, ge=0)
+    bytes_sent: int = Field(default=0, ge=0, le=MAX_COUNT)  # averaging traffic of this epoch, this node's side
+    bytes_received: int = Field(default=0, ge=0, le=MAX_COUNT)
     time: float
 
 
@@ -241,6 +254,7 @@ class Receipt(Message):
     swarm_id: str = Field(pattern=ID_PATTERN)
     last_seq: int = Field(ge=0)
     time: float
+
 
 class AuditRequest(Message):
     """The coordinator's spot check (MQTT, the node's audits topic): compute the loss and gradient digest of the
