@@ -35,11 +35,16 @@ class AccessDenied(RuntimeError):
 
 def load_identity(path) -> RSAPrivateKey:
     """hivemind's libp2p identity file (a protobuf PrivateKey holding a DER RSA key) as hivemind's RSAPrivateKey."""
-    proto = crypto_pb2.PrivateKey.FromString(open(path, "rb").read())
-    if proto.key_type != crypto_pb2.KeyType.RSA:
-        raise ValueError(f"{path} does not hold an RSA libp2p key")
-    key = RSAPrivateKey.__new__(RSAPrivateKey)
-    key.__setstate__({"_private_key": proto.data})
+    try:
+        proto = crypto_pb2.PrivateKey.FromString(open(path, "rb").read())
+        if proto.key_type != crypto_pb2.KeyType.RSA:
+            raise ValueError("not an RSA key")
+        key = RSAPrivateKey.__new__(RSAPrivateKey)
+        key.__setstate__({"_private_key": proto.data})
+    except Exception as e:  # protobuf's DecodeError, cryptography's ValueError: one message for the volunteer
+        if isinstance(e, OSError):
+            raise
+        raise ValueError(f"{path} does not hold an RSA libp2p key ({e})") from None
     return key
 
 

@@ -105,8 +105,12 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
     configure_task(task, manifest, config, identity.node_id)
     reachability = ReachabilityCheck(config.reachability, config.coordinator_url)  # asked once the peer listens
     identity_path = config.data_dir / "p2p.key"
-    access.ensure_identity(identity_path)  # proven at registration, before the DHT starts with it
-    access.use_identity_for_records(identity_path)
+    try:
+        access.ensure_identity(identity_path)  # proven at registration, before the DHT starts with it
+        access.use_identity_for_records(identity_path)
+    except (OSError, ValueError) as e:
+        raise NodeError(f"cannot use this node's libp2p identity {identity_path} ({e}); move the file away to make "
+                        "a new one") from None  # fmt: skip
     name = authorizer = login = None
     if manifest.access == "token":  # a private swarm: registered first, for the token its DHT peer starts with
         name, login = register(client, identity, config)
