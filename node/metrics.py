@@ -65,6 +65,8 @@ class NodeCollector:
                     credit.get("pending_estimate"))  # fmt: skip
         yield counter("hearth_node_state_downloads", "Times this node downloaded the swarm's state from peers.",
                       training.get("state_downloads", 0))  # fmt: skip
+        yield counter("hearth_node_digest_reloads", "State reloads because this node's parameters differed from "
+                      "the majority of its epoch's peers.", training.get("digest_reloads", 0))  # fmt: skip
 
 
 class MetricsServer:

@@ -87,3 +87,28 @@ def test_the_swarm_page_shows_learned_coefficients_next_to_the_true_ones(tmp_pat
     rows = text[text.index('<table id="coefficients">'):].split("</table>")[0]
     assert '<td>size_m2</td><td class="num">2.387</td>\n      <td class="num">2.4</td>' in rows
     assert '<td>garden</td><td class="num">24.5</td>\n      <td class="num">–</td>' in rows
+
+
+def test_a_task_published_as_a_package_is_found_by_its_entry_point(tmp_path, monkeypatch):
+    """What a researcher's package installs: a module and its dist-info with a `hearth.tasks` entry point."""
+    (tmp_path / "my_tasks.py").write_text(
+        "from hearth.tasks.housing import HousingTask\n\n"
+        "class CottagesTask(HousingTask):\n"
+        "    name = 'cottages'\n"
+        "    description = 'House prices, for cottages'\n"
+        "    option_docs = {'garden_weight': 'how much a garden counts'}\n"
+    )  # fmt: skip
+    info = tmp_path / "my_tasks-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-tasks\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[hearth.tasks]\ncottages = my_tasks:CottagesTask\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    from hearth.tasks import available_tasks
+    from hearth.tasks.cli import describe_task
+
+    assert "cottages" in available_tasks()
+    facts = describe_task(load_task("cottages"))
+    assert facts["name"] == "cottages" and facts["parameters"] == 6
+    assert facts["options"] == {"garden_weight": "how much a garden counts"}
+    assert facts["schedule"]["multipliers"][:4] == [0.25, 0.5, 0.75, 1.0]

@@ -53,6 +53,7 @@ def test_collector_reads_the_status_at_scrape_time():
         "hearth_node_paused": 0, "hearth_node_last_group_size": 3, "hearth_node_reports_waiting": 1,
         "hearth_node_reports_acknowledged_total": 5, "hearth_node_credit_granted": 12.5,
         "hearth_node_credit_pending_estimate": 0.25, "hearth_node_state_downloads_total": 2,
+        "hearth_node_digest_reloads_total": 0,
     }  # fmt: skip
     assert {name: value for name, (labels, value) in found.items()} == expected
     for name, (labels, _) in found.items():
