@@ -89,6 +89,9 @@ def build_checkpoint(row: Any, metadata: dict, tensors: Sequence[torch.Tensor], 
     task = configured_task(row.task, getattr(row, "task_options", None), assets)
     model = task.build_model()
     optimizer = task.make_optimizer(model.parameters(), row.hyperparameters["learning_rate"])
+    # Nodes run the task's schedule on their optimizer, which adds "initial_lr" to its param groups: lay the state
+    # out on the same structure, or hivemind's flat state lands shifted by one key (weight_decay=1, maximize=lr).
+    task.make_scheduler(optimizer, row.hyperparameters.get("warmup_epochs", 0))
     params = [param for group in optimizer.param_groups for param in group["params"]]
     if len(tensors) < len(params):
         raise StateMismatch(f"the state has {len(tensors)} tensors, the task's model alone {len(params)}")

@@ -74,6 +74,7 @@ def hivemind_state(epoch: int) -> tuple[dict, list[torch.Tensor]]:
     task = load_task("spirals")
     model = task.build_model()
     optimizer = task.make_optimizer(model.parameters(), 2e-3)
+    task.make_scheduler(optimizer, warmup_epochs=0)  # as on a node: its param groups carry "initial_lr"
     generator = torch.Generator().manual_seed(epoch)
     for param in model.parameters():
         param.grad = torch.randn(param.shape, generator=generator)
@@ -136,6 +137,8 @@ def test_scheduler_saves_when_the_epoch_advanced_and_counts_failures_without_rai
     for name, tensor in zip(loaded["parameter_names"], state[1]):
         assert torch.equal(loaded["model"][name], tensor), name
     assert set(loaded["optimizer"]["state"][0]) >= {"exp_avg", "exp_avg_sq", "step"}
+    group = loaded["optimizer"]["param_groups"][0]  # every setting in its place, none shifted onto another
+    assert (group["lr"], group["initial_lr"], group["weight_decay"], group["maximize"]) == (2e-3, 2e-3, 0, False)
     task = load_task("spirals")
     model = task.build_model()
     model.load_state_dict(loaded["model"])
