@@ -110,7 +110,8 @@ def prepare_assets(task_name: str, options: Mapping[str, Any], inputs: Mapping[s
         raise ValueError(f"task {task_name} takes no asset {', '.join(sorted(unknown))}; it takes: {names}")
     missing = [name for name in getattr(task, "required_assets", ()) if name not in inputs]
     if missing:
-        raise ValueError(f"task {task_name} needs the asset(s) {', '.join(missing)} (hearth swarm create --asset NAME=FILE)")
+        raise ValueError(f"task {task_name} needs the asset(s) {', '.join(missing)} "
+                         "(hearth swarm create --asset NAME=FILE)")
     split = getattr(task, "split_asset", None)
     assets = []
     store.root.mkdir(parents=True, exist_ok=True)

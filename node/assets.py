@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 from urllib.parse import urljoin
 
 import httpx
@@ -60,8 +60,9 @@ def file_sha256(path: Path) -> str:
 
 
 class AssetCache:
-    def __init__(self, base_url: str, cache_dir: Optional[Path] = None, timeout: float = 30.0):
+    def __init__(self, base_url: str, cache_dir: Optional[Path] = None, timeout: float = 30.0, verify: Any = True):
         self.base_url, self.timeout = base_url, timeout
+        self.verify = verify  # httpx's verify: True, or an SSLContext that trusts a private CA
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.downloads = 0  # files fetched over the network (not from the cache)
 
@@ -94,7 +95,8 @@ class AssetCache:
         digest, size = hashlib.sha256(), 0
         handle, temporary = tempfile.mkstemp(dir=self.cache_dir, prefix=".download-")
         try:
-            with os.fdopen(handle, "wb") as out, httpx.stream("GET", url, timeout=self.timeout) as response:
+            with os.fdopen(handle, "wb") as out, httpx.stream("GET", url, timeout=self.timeout,
+                                                              verify=self.verify) as response:  # fmt: skip
                 if response.status_code != 200:
                     raise AssetError(f"asset {asset.name}: {url} answered {response.status_code}")
                 for chunk in response.iter_bytes(CHUNK):

@@ -9,9 +9,9 @@ down for tests and benchmarks: layers, d_model, heads, seq_len; and shard_kb, sh
 
 import math
 import random
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -132,8 +132,8 @@ class TinyLMTask(Task):
         model_options = {f.name: options.pop(f.name) for f in fields(LMConfig) if f.name in options}
         unknown = set(options) - set(self.option_defaults)
         if unknown:
-            raise ValueError(f"{self.name} has no option(s) {', '.join(sorted(unknown))}; it knows "
-                             f"{', '.join(sorted([f.name for f in fields(LMConfig)] + list(self.option_defaults)))}")  # fmt: skip
+            known = sorted([f.name for f in fields(LMConfig)] + list(self.option_defaults))
+            raise ValueError(f"{self.name} has no option(s) {', '.join(sorted(unknown))}; it knows {', '.join(known)}")
         self.config = replace(self.config, **model_options)
         self.options = {**self.option_defaults, **options}
         for key in ("shard_kb", "shards_per_node"):
@@ -205,6 +205,3 @@ class TinyLMTask(Task):
         chunks = torch.stack([text[i * length:i * length + length + 1] for i in range(count)]).long()
         loss = self.loss(model, (chunks[:, :-1], chunks[:, 1:])).item()
         return {"loss": loss, "bits_per_byte": loss / math.log(2)}
-
-    def describe_config(self) -> dict[str, Any]:
-        return asdict(self.config)
