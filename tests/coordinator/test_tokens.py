@@ -208,3 +208,10 @@ def test_receipts_must_be_signed_by_the_coordinator(tmp_path):
                 reporter._open_receipt(forged)
     finally:
         outbox.close()
+
+
+def test_a_corrupt_identity_is_one_clear_error(tmp_path):
+    path = tmp_path / "p2p.key"
+    path.write_bytes(b"not a protobuf")
+    with pytest.raises(ValueError, match="does not hold an RSA libp2p key"):
+        load_identity(path)

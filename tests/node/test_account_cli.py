@@ -108,8 +108,7 @@ def test_two_pcs_one_account_through_the_cli(coordinator, tmp_path, capsys):
     try:
         for pc, name, words in ((pc_b, None, "was detached from its account"), (pc_c, "Two PCs Person", "--name")):
             with pytest.raises(NodeError, match=words) as error:
-                register(client, NodeIdentity.load_or_create(pc), NodeConfig(coordinator.url, name=name, data_dir=pc),
-                         peer_id=None)  # fmt: skip
+                register(client, NodeIdentity.load_or_create(pc), NodeConfig(coordinator.url, name=name, data_dir=pc))
             assert ("choose another with --name" in str(error.value)) == (name is not None)
     finally:
         client.close()
