@@ -315,6 +315,8 @@ class Ingestor:
                       status_time=message.time)  # fmt: skip
         if message.device:
             values["device"] = message.device
+        if message.epsilon_spent is not None:  # a last will carries none: keep the node's latest
+            values["epsilon_spent"] = message.epsilon_spent
         batch.statuses.setdefault(message.node_id, {}).update(values)
         return "status"
 

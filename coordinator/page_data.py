@@ -24,6 +24,7 @@ ROUNDS_SHOWN = 200  # epochs on the loss chart
 ROUNDS_FRESH_SECONDS = 5.0  # the per-epoch aggregate is shared by every viewer for this long (pages poll every 5 s)
 _rounds_cache: "weakref.WeakKeyDictionary[AsyncEngine, dict[str, tuple[float, list]]]" = weakref.WeakKeyDictionary()
 RECENT_REPORTS = 20
+PRIVACY_NODES_SHOWN = 100
 
 
 async def leaderboard(engine: AsyncEngine, sort: str = "credit", offset: int = 0, limit: int = 50,
@@ -275,9 +276,11 @@ async def swarm_page(engine: AsyncEngine, monitor: Any, swarm_id: str) -> Option
                    v.c.name).join(v, v.c.id == r.c.volunteer_id)
             .where(r.c.swarm_id == swarm_id, r.c.epoch >= since).order_by(desc(r.c.id)).limit(RECENT_REPORTS)
         ))  # fmt: skip
+        privacy_spent = await _privacy_spent(conn, swarm_id) if swarm.privacy else []
     hyper = dict(swarm.hyperparameters)
     return {
         "swarm_id": swarm.swarm_id, "title": swarm.title, "task": task_info(swarm.task), "hyperparameters": hyper,
+        "data": swarm.data, "privacy": dict(swarm.privacy) if swarm.privacy else None, "privacy_spent": privacy_spent,
         "flops_per_sample": swarm.flops_per_sample, "created_at": iso(swarm.created_at),
         "progress": live_progress(monitor, swarm_id, int(hyper.get("target_batch_size") or 0)),
         "rounds": rounds,
@@ -291,6 +294,18 @@ async def swarm_page(engine: AsyncEngine, monitor: Any, swarm_id: str) -> Option
             for row in recent
         ],
     }
+
+
+async def _privacy_spent(conn, swarm_id: str) -> list[dict[str, Any]]:
+    """ε each node of a differentially private swarm has spent, from its latest presence; largest first."""
+    n, v = db.nodes, db.volunteers
+    rows = await conn.execute(
+        select(v.c.name, n.c.node_id, n.c.epsilon_spent, n.c.online).join(v, v.c.id == n.c.volunteer_id)
+        .where(n.c.swarm_id == swarm_id, n.c.epsilon_spent.is_not(None))
+        .order_by(desc(n.c.epsilon_spent)).limit(PRIVACY_NODES_SHOWN)
+    )  # fmt: skip
+    return [{"volunteer": row.name, "node_id": row.node_id, "epsilon_spent": row.epsilon_spent, "online": row.online}
+            for row in rows]  # fmt: skip
 
 
 async def swarms_overview(engine: AsyncEngine, monitor: Any) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@
 - bandwidth.py: compression and local-updates modes as Optimizer arguments; the averaging traffic counter.
 - reachability.py: asks the coordinator to dial the listening peer back; unreachable: client mode with relays.
 - trainer.py: the training loop and epoch transitions.
+- privacy.py: differential privacy (Opacus): Poisson batches, per-sample clipping and noise before averaging, ε ledger.
 - digest.py: parameter digests compared across an epoch's peers; a peer outside the majority reloads state.
 - checkpoint.py: when no peer had newer state at join, resume from the coordinator's latest checkpoint.
 - assets.py: the task's files this node needs: downloaded, sha256-checked, cached by digest.

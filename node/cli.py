@@ -58,6 +58,8 @@ def _build_config(**options) -> NodeConfig:
 @click.option("--duration", type=float, help="Stop after this many seconds.")
 @click.option("--view", type=click.Choice(["live", "log", "quiet"]), help="Live table, a log line per epoch, or nothing.")
 @click.option("--connect-timeout", type=float, help="Seconds to keep retrying an unreachable coordinator.")
+@click.option("--local-data", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Your dataset for a `data: local` swarm (CSV or NPZ for `tabular`); it stays on this PC.")
 @click.option("--metrics-port", type=int,
               help="Serve Prometheus metrics on 127.0.0.1 at this port (0: any free port; default: off).")
 @click.option("--idle-minutes", "policy__idle_minutes", type=float,

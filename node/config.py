@@ -115,6 +115,9 @@ class NodeConfig:
     """Terminal output: a live table, a log line per epoch, or nothing."""
     connect_timeout: float = 120.0
     """How long to keep retrying an unreachable coordinator before giving up."""
+    local_data: Optional[Path] = None
+    """Your own dataset, for a `data: local` swarm (in the format its task reads: README, local-data swarms).
+    It never leaves this PC; only averaged model updates do (with differential privacy when the swarm requires it)."""
     metrics_port: Optional[int] = None
     """Serve Prometheus metrics at http://127.0.0.1:PORT/metrics (this PC only); 0 picks a free port, none: off."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -124,6 +127,10 @@ class NodeConfig:
         if isinstance(self.policy, dict):
             self.policy = PolicyConfig(**self.policy)
         self.data_dir = Path(self.data_dir).expanduser()
+        if self.local_data is not None:
+            self.local_data = Path(self.local_data).expanduser().resolve()
+            if not self.local_data.is_file():
+                raise ValueError(f"local_data {self.local_data}: no such file")
         if not self.coordinator_url.startswith(("http://", "https://")):
             raise ValueError(f"coordinator URL must start with http:// or https://, got {self.coordinator_url!r}")
         self.coordinator_url = self.coordinator_url.rstrip("/")
@@ -171,6 +178,7 @@ class NodeConfig:
     def to_json_dict(self) -> dict:
         values = asdict(self)
         values["data_dir"] = str(self.data_dir)
+        values["local_data"] = str(self.local_data) if self.local_data is not None else None
         return values
 
     @classmethod

@@ -98,6 +98,7 @@ def status_table(answer: dict):
                                               training.get("samples_total", 0))),
         ("device", resources.get("device", answer["device"])), ("limits", _limits(answer, resources, rules)),
         ("network", answer.get("reachability")),
+        ("differential privacy", _privacy(answer.get("privacy"))),
         ("credit granted", _granted(credit, answer.get("time"))),
         ("credit pending (estimate)", _credits(credit.get("pending_estimate"))),
         ("broker", "connected" if reporting.get("connected") else f"offline ({reporting.get('last_error') or '…'})"),
@@ -121,6 +122,15 @@ def _limits(answer: dict, resources: dict, rules: str) -> str:
         if resources.get("amp") not in (None, "off"):
             limits.append(f"{resources['amp']} autocast")
     return ", ".join(limits) + f"; pause rules: {rules or 'none'}"
+
+
+def _privacy(privacy: dict | None) -> str | None:
+    if not privacy:
+        return None
+    spent = " (budget spent: no more training here)" if privacy["exhausted"] else ""
+    return (f"ε {privacy['epsilon_spent']:.3g} of {privacy['epsilon_budget']:g} spent at δ {privacy['delta']:g}"
+            f"{spent}; clip {privacy['clip_norm']:g}, noise ×{privacy['noise_multiplier']:g}, "
+            f"{privacy['steps']} steps this run")
 
 
 def _credits(value) -> str:

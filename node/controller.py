@@ -13,6 +13,7 @@ from node.reporter import Reporter
 from node.trainer import Trainer
 
 SNOOZE_MAX_SECONDS = 7 * 24 * 3600
+PRIVACY_BUDGET_SPENT = "privacy budget spent"
 CREDIT_UNKNOWN = ("granted", "pending_estimate", "granted_as_of")  # the status's credit keys before tracking starts
 
 
@@ -34,7 +35,9 @@ class NodeController:
     def gate(self) -> Optional[str]:
         """Why the node must not compute right now, or None."""
         decision = self.policy.evaluate()
-        if not decision.run:
+        if self.trainer is not None and self.trainer.privacy_spent:  # for good: the swarm's ε budget is used up
+            reason = PRIVACY_BUDGET_SPENT
+        elif not decision.run:
             reason = decision.reason
         elif self.device_type == "cuda" and not decision.gpu_allowed:
             reason = f"paused: {decision.reason}"
@@ -59,6 +62,7 @@ class NodeController:
             "coordinator": self.config.coordinator_url, "policy": asdict(self.config.policy),
             "paused": self._pause_reason is not None, "pause_reason": self._pause_reason,
             "training": training, "reporting": reporting, "credit": credit, "metrics_url": self.metrics_url,
+            "privacy": asdict(self.trainer.privacy.snapshot()) if self.trainer and self.trainer.privacy else None,
             "resources": self.trainer.resources.as_dict() if self.trainer else None,
             "reachability": None if self.reachability is None else str(self.reachability),
             "time": time.time(),

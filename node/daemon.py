@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import asdict
 from typing import Optional
 
 from hearth.tasks import TaskContext, load_task
@@ -149,9 +150,23 @@ def configure_task(task, manifest, config: NodeConfig, node_id: str) -> None:
     """Give the task the swarm's options and this node's share of its files (downloaded, verified, cached)."""
     try:
         assets = AssetCache(config.coordinator_url).fetch_all(needed(task, manifest.assets, node_id))
-        task.configure(TaskContext(options=manifest.task_options, assets=assets, local_data=None))
+        local_data = local_data_for(manifest, config)
+        task.configure(TaskContext(options=manifest.task_options, assets=assets, local_data=local_data))
     except (AssetError, ValueError) as e:
         raise NodeError(f"cannot set up task {manifest.task}: {e}") from None
+    if (manifest.data == "local" or manifest.privacy is not None) and task.local_dataset() is None:
+        raise NodeError(f"swarm {manifest.swarm_id} trains on each volunteer's own data, which its task {manifest.task} "
+                        "cannot read; tell the swarm's operator")
+
+
+def local_data_for(manifest, config: NodeConfig):
+    """This node's own dataset in a `data: local` swarm (it never leaves this PC); None in a shared-data swarm."""
+    if manifest.data != "local":
+        return None
+    if config.local_data is None:
+        raise NodeError(f"swarm {manifest.swarm_id} trains on each volunteer's own data: name your dataset with "
+                        f"--local-data FILE (or HEARTH_LOCAL_DATA), in the format its task {manifest.task} reads")
+    return config.local_data
 
 
 def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConfig) -> tuple[str, Optional[tuple]]:
@@ -194,15 +209,19 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
         reporter_thread.call(reporter.update_presence, contribution.epoch + 1, trainer.stats.samples_per_second)
         view.epoch_done(contribution.epoch, contribution.group_size, contribution.samples, contribution.loss)
 
-    trainer = Trainer(task, swarm, decided, identity.node_id, contributed, gate=controller.gate)
+    trainer = Trainer(task, swarm, decided, identity.node_id, contributed, gate=controller.gate,
+                      privacy_state=config.data_dir / "swarms" / manifest.swarm_id / "privacy.json")
+    reporter.epsilon_spent = lambda: trainer.privacy.ledger.epsilon if trainer.privacy else None  # in presence
     hp = manifest.hyperparameters
     trainer.digests = ParameterDigests(manifest.run_id, hp.compression, hp.average_state_every, swarm.digest_handles)
     credit = CreditTracker(config.coordinator_url, name, outbox, manifest.swarm_id, manifest.flops_per_sample)
     controller.attach(trainer, reporter, credit)
-    audits = AuditResponder(task, config.coordinator_url, identity.key, manifest.swarm_id,
-                            CoordinatorCheckpoints(config.coordinator_url, manifest.swarm_id, config.data_dir),
-                            getattr(manifest, "coordinator_key", None)).start()  # fmt: skip
-    trainer.audits, reporter.on_audit = audits, audits.receive
+    audits = None  # in a `data: local` swarm an audit's batch would be the owner's data, unprotected: never answered
+    if manifest.data != "local":
+        audits = AuditResponder(task, config.coordinator_url, identity.key, manifest.swarm_id,
+                                CoordinatorCheckpoints(config.coordinator_url, manifest.swarm_id, config.data_dir),
+                                getattr(manifest, "coordinator_key", None)).start()  # fmt: skip
+    trainer.audits, reporter.on_audit = audits, audits and audits.receive
     view = LiveView(config.view, lambda: render(manifest.swarm_id, device.type, trainer.stats, reporter.stats))
     try:
         metrics = MetricsServer.serve(config.metrics_port, controller.status)
@@ -224,7 +243,8 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
             metrics.stop()
         credit.stop()
         trainer.digests.stop()
-        audits.stop()
+        if audits is not None:
+            audits.stop()
         reporter_thread.stop(REPORTER_DRAIN_SECONDS)
         outbox.close()
     trainer.save_checkpoint(config.data_dir / "swarms" / manifest.swarm_id / "model.pt")
@@ -236,6 +256,7 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
         "reports_acknowledged": reporter.stats.reports_acknowledged, "reports_waiting": reporter.stats.reports_waiting,
         "reachability": str(reachability),
         "resources": trainer.resources.as_dict(),
+        "privacy": asdict(trainer.privacy.snapshot()) if trainer.privacy else None,
         "samples_per_second": round(trainer.stats.samples_total / (time.time() - first_step), 1) if first_step else 0.0,
     }  # fmt: skip
     (config.data_dir / "last-run.json").write_text(json.dumps(summary))

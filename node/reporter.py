@@ -62,6 +62,7 @@ class Reporter:
         self.key, self.swarm_id, self.device, self.peer_id, self.outbox = key, swarm_id, device, peer_id, outbox
         self.stats = ReporterStats()
         self.presence = {"epoch": None, "samples_per_second": 0.0, "pause_reason": None}
+        self.epsilon_spent: Callable[[], Optional[float]] = lambda: None  # differential privacy spent (data: local)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._outbox_empty = asyncio.Event()
@@ -115,7 +116,7 @@ class Reporter:
         self.stats.connected = False
 
     # --- internals -------------------------------------------------------------------------------------------
-    def _status(self, state: NodeState) -> bytes:
+    def _status(self, state: NodeState, will: bool = False) -> bytes:
         reason = self.presence["pause_reason"] if state != "offline" else None
         state = "paused" if reason else state
         status = NodeStatus(
@@ -123,11 +124,13 @@ class Reporter:
             reason=reason[:200] if reason else None,
             epoch=self.presence["epoch"] if state != "offline" else None,
             samples_per_second=self.presence["samples_per_second"] if state != "offline" else 0.0,
+            epsilon_spent=None if will else self.epsilon_spent(),  # a will, written at connect time, would be stale
         )  # fmt: skip
         return seal(status, self.key)
 
     def _client(self) -> aiomqtt.Client:
-        will = aiomqtt.Will(status_topic(self.swarm_id, self.key.node_id), self._status("offline"), qos=1, retain=True)
+        will = aiomqtt.Will(status_topic(self.swarm_id, self.key.node_id), self._status("offline", will=True), qos=1,
+                           retain=True)  # fmt: skip
         return aiomqtt.Client(self.host, self.port, identifier=f"hearth-{self.key.node_id}", will=will, keepalive=15,
                               username=self.login and self.login[0], password=self.login and self.login[1])
 

@@ -5,7 +5,7 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import torch
@@ -49,7 +49,8 @@ def peer_seed(node_id: str, epoch: int) -> int:
 class Trainer:
     def __init__(self, task: Task, swarm: SwarmMember, resources: Resources, node_id: str,
                  on_contribution: Callable[[EpochContribution], None],
-                 gate: Callable[[], Optional[str]] = lambda: None, sleep_detector: Optional[SleepDetector] = None):  # fmt: skip
+                 gate: Callable[[], Optional[str]] = lambda: None, sleep_detector: Optional[SleepDetector] = None,
+                 privacy_state=None):  # fmt: skip
         self.task, self.swarm, self.device, self.node_id = task, swarm, resources.torch_device, node_id
         self.on_contribution = on_contribution
         self.gate = gate  # returns why to pause now, or None to train
@@ -63,6 +64,13 @@ class Trainer:
         swarm.build_optimizer(trainable, lambda params: task.make_optimizer(params, hp.learning_rate),
                               lambda optimizer: task.make_scheduler(optimizer, hp.warmup_epochs))
         self._data, self._data_epoch = None, None
+        self.privacy = None  # differential privacy (node/privacy.py, Opacus: imported only for swarms that require it)
+        if swarm.manifest.privacy is not None:
+            from node.privacy import PrivateTraining
+
+            self.privacy = PrivateTraining(self.model, task.local_dataset(), swarm.manifest.privacy, self.batch_size,
+                                           privacy_state)  # fmt: skip
+            self._data = self.privacy.batches()
         self.accountant = Accountant()
         self.digests = None  # node.digest.ParameterDigests: compares parameters with the peers after each epoch
         self.audits = None  # node.audit.AuditResponder, when the daemon answers audits
@@ -72,6 +80,11 @@ class Trainer:
     @property
     def optimizer(self):
         return self.swarm.optimizer  # replaced when the node leaves the swarm during a pause and rejoins
+
+    @property
+    def privacy_spent(self) -> bool:
+        """The swarm's differential privacy budget is used up: this node must not compute again."""
+        return self.privacy is not None and self.privacy.exhausted
 
     def run(self, stop: threading.Event, max_epochs: Optional[int] = None, deadline: Optional[float] = None,
             min_peers: int = 1, wait_timeout: float = 60.0) -> None:  # fmt: skip
@@ -106,10 +119,14 @@ class Trainer:
             self.stats.state = "training"
             self._train_one_batch(self._next_batch())
         self.stats.state = "stopping"
+        if self.privacy is not None:
+            self.privacy.close()  # the privacy ledger records the steps actually taken
 
     def _next_batch(self):
         """From a stream seeded by this peer and the swarm's epoch: no two peers, and no two epochs of one peer
         (even across restarts), train on the same samples in the same order."""
+        if self.privacy is not None:  # Poisson-sampled from the local dataset, as the privacy accounting assumes
+            return next(self._data)
         epoch = self.optimizer.local_epoch
         if epoch != self._data_epoch:
             self._data, self._data_epoch = self.task.data_stream(peer_seed(self.node_id, epoch), self.batch_size), epoch
@@ -152,18 +169,21 @@ class Trainer:
         optimizer, averager = self.optimizer, self.swarm.rounds
         inputs, targets = (tensor.to(self.device, non_blocking=True) for tensor in batch)
         started = time.perf_counter()
-        loss = self.compute_gradients(self.model, (inputs, targets), amp=self.resources.amp)
+        if self.privacy is not None:  # clipped per sample and noised before hivemind accumulates it
+            loss, samples = self.privacy.backward(self.task.loss, (inputs, targets)), self.privacy.expected_batch_size
+        else:
+            loss, samples = self.compute_gradients(self.model, (inputs, targets), amp=self.resources.amp), len(targets)
         compute_seconds = time.perf_counter() - started
         epoch, rounds, loads = optimizer.local_epoch, averager.rounds_started, optimizer.state_loads
         # this node's batch may differ from the swarm's; step() also clears .grad once it used the gradients
         step_started = time.perf_counter()
-        optimizer.step(batch_size=len(targets))
+        optimizer.step(batch_size=samples)  # with DP, the expected batch: the drawn size is not released
         self.stats.step_seconds += time.perf_counter() - step_started
         if self.stats.first_step_at is None:
             self.stats.first_step_at = time.time()
             warmup.load_deferred_in_background()  # needed from the first averaging round on
-        self.accountant.add_batch(len(targets), compute_seconds, loss.item())
-        self._update_throughput(len(targets))
+        self.accountant.add_batch(samples, compute_seconds, loss.item() if loss is not None else 0.0)
+        self._update_throughput(samples)
 
         if optimizer.state_loads != loads:  # fell behind: the swarm's newer state replaced this work
             self.accountant.discard()
@@ -181,6 +201,8 @@ class Trainer:
             logger.info("Epoch %d: %d samples in %.1f s of compute; %.1f s in the optimizer, its averaging included",
                         epoch, contribution.samples, contribution.compute_seconds, self.stats.step_seconds)
             self.stats.step_seconds = 0.0
+            if self.privacy is not None:  # the training loss is computed on private data without noise: it stays here
+                contribution = replace(contribution, loss=None)
             self.on_contribution(contribution)
             if self.digests is not None:
                 self.digests.epoch_done(optimizer.local_epoch, list(self.model.parameters()))

@@ -3,6 +3,7 @@
 - base.py: the Task interface and FLOPs measurement.
 - registry.py: find tasks through the `hearth.tasks` entry point group.
 - spirals.py: the built-in `spirals` task (2-D spiral classification, generated data).
+- tabular.py: the built-in `tabular` task (classify rows of each node's own CSV/NPZ table: `data: local` swarms).
 - text.py: generated English-like text (a small grammar, two lexicons) and splitting a text file into shards.
 - tiny_lm.py: the built-in `tiny-lm` task (byte-level transformer LM on served text shards or generated text).
 - finetune.py: the built-in `lm-finetune` task (transfer learning from a pretrained tiny-lm, lower layers frozen).

@@ -49,6 +49,11 @@ class Task(ABC):
     def configure(self, context: TaskContext) -> None:
         """Called once before build_model() whenever the swarm gives options, assets or local data."""
 
+    def local_dataset(self) -> Optional[torch.utils.data.Dataset]:
+        """In a `data: local` swarm, the rows of the owner's dataset this node trains on (read by configure()), for
+        differential privacy's Poisson sampling (node/privacy.py); None for a task that does not read local data."""
+        return None
+
     @abstractmethod
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised model; identical on every peer (seeded), so peers start in sync."""

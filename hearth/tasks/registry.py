@@ -13,7 +13,7 @@ class UnknownTask(LookupError):
 
 def _builtin() -> dict[str, str]:
     # Built-ins also resolve from a source checkout that was never pip-installed.
-    return {"spirals": "hearth.tasks.spirals:SpiralsTask",
+    return {"spirals": "hearth.tasks.spirals:SpiralsTask", "tabular": "hearth.tasks.tabular:TabularTask",
             "housing": "hearth.tasks.housing:HousingTask", "digits": "hearth.tasks.digits:DigitsTask",
             "tiny-lm": "hearth.tasks.tiny_lm:TinyLMTask", "lm-finetune": "hearth.tasks.finetune:FinetuneLMTask"}
 
