@@ -15,6 +15,7 @@ import random
 import time
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -95,6 +96,7 @@ def _vary(argument, rng: random.Random):
     return argument
 
 
+@pytest.mark.timeout(900)  # ~1 min on a quiet 2-core machine; several times that while others compete for it
 def test_100k_generated_messages_through_ingestion(tmp_path):
     quiet = logging.getLogger("coordinator.ingest")  # one warning per refusal: 60,000 of them, not read here
     level = quiet.level
