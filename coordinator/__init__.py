@@ -18,6 +18,8 @@ JSON API and website, all in one asyncio process. Never imports `node`.
 - metrics.py: Prometheus /metrics (its own registry): report counters, ingest latency, scrape-time gauges.
 - reachability.py: dials a node back from a fresh libp2p host (POST /api/v1/reachability): address policy, limits.
 - queries.py: read queries shared by the API and the website (leaderboard, volunteer audit trail, stats).
+- privacy.py: a volunteer's data: export, erasure keeping anonymous aggregates, retention of peer ids and addresses.
+- tls.py: TLS for the HTTP API and the embedded broker (operator's certificate; plain loopback listener for ingest).
 - exports.py: public stats dumps (gzip JSON/CSV of volunteers, teams, nodes + index.json), regenerated
   periodically and served at /api/v1/exports/.
 - checkpoints.py: swarm checkpoints on disk (atomic writes, sha256 sidecars, last K) and the task taking them.

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, field_validator
 
-from coordinator import accounts
+from coordinator import accounts, privacy
 from coordinator.accounts import AccountRefused
 from coordinator.api import ApiError, bearer, services
 from coordinator.tokens import bind_peer, proven_peer_id
@@ -89,3 +89,17 @@ async def rotate_attach_key(request: Request, authorization: Optional[str] = Hea
 async def rename(request: Request, body: Rename, authorization: Optional[str] = Header(None)) -> JSONResponse:
     """Change the display name (account key): {name, previous_name}; 409 "name_taken"."""
     return await _answer(accounts.rename(services(request).ledger.engine, bearer(authorization), body.name))
+
+
+@router.get("/me/export")
+async def export_account(request: Request, authorization: Optional[str] = Header(None)) -> JSONResponse:
+    """Everything this coordinator holds about the account (account key): {exported_at, volunteer, totals, team,
+    nodes (with their totals), reports, grants, rejected_messages, team_actions} (coordinator/privacy.py)."""
+    return await _answer(privacy.export_volunteer(services(request).ledger.engine, bearer(authorization)))
+
+
+@router.delete("/me")
+async def delete_account(request: Request, authorization: Optional[str] = Header(None)) -> JSONResponse:
+    """Erase the account's personal data (account key): name, keys, node keys and details, team actions; the
+    credit totals stay, anonymous, so team and swarm totals do not change. {erased, nodes, reports}."""
+    return await _answer(privacy.erase_volunteer(services(request).ledger, bearer(authorization)))

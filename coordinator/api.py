@@ -21,6 +21,7 @@ from coordinator.accounts import AccountRefused
 from coordinator.assets import prepare_assets
 from coordinator.ledger import Ledger, NameTaken, SwarmExists
 from coordinator.reachability import CheckRefused, ReachabilityAnswer
+from coordinator.queries import peer_fingerprint
 from coordinator.swarms import define_swarm, manifest
 from coordinator.teams import TeamRefused
 from coordinator.tokens import bind_peer, proven_peer_id
@@ -136,7 +137,7 @@ def progress_json(svc: Services, swarm_id: str) -> dict:
     return {
         "swarm_id": swarm_id, "epoch": p.epoch, "peers_online": len(p.peers), "samples_per_second": p.samples_per_second,
         "updated_at": snapshot.updated_at,
-        "peers": [{"peer_id": peer.peer_id, "epoch": peer.epoch, "samples_per_second": peer.samples_per_second,
+        "peers": [{"peer_id": peer_fingerprint(peer.peer_id), "epoch": peer.epoch, "samples_per_second": peer.samples_per_second,
                    "client_mode": peer.client_mode} for peer in p.peers],
     }  # fmt: skip
 

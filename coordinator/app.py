@@ -37,6 +37,7 @@ from coordinator.ingest import Ingestor
 from coordinator.ledger import Ledger
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.monitor import DHTMonitor
+from coordinator.privacy import RetentionSweeper, app_rate_limiters
 from coordinator.ratelimit import RateLimiter, RateLimitMiddleware
 from coordinator.reachability import ReachabilityProber, own_scopes
 from coordinator.swarms import ensure_default_swarm
@@ -139,6 +140,7 @@ class Coordinator:
         self.work_check: Optional[WorkChecker] = None
         self.server: Optional[_Server] = None
         self._server_task: Optional[asyncio.Task] = None
+        self.retention: Optional[RetentionSweeper] = None
         self.url = self.broker_url = ""
 
     async def start(self) -> None:
@@ -156,14 +158,14 @@ class Coordinator:
         if config.broker_url:
             host, port = parse_mqtt_url(config.broker_url)
             await check_reachable(host, port)
-            self.broker_url = config.broker_url
+            self.broker_url = config.broker_public_url or config.broker_url  # what nodes are told
         else:
-            self.broker = EmbeddedBroker(config.broker_host, config.broker_port)
+            self.broker = EmbeddedBroker(config.broker_host, config.broker_port, config.tls_cert, config.tls_key)
             self.broker.auth_secret = broker_secret if config.broker_auth else None
             await self.broker.start()
-            host = "127.0.0.1" if config.broker_host in ("0.0.0.0", "::") else config.broker_host
-            port = self.broker.port
-            self.broker_url = f"mqtt://{config.advertised_host}:{port}"
+            host = "127.0.0.1" if config.broker_host in ("0.0.0.0", "::") or config.tls_cert else config.broker_host
+            port = self.broker.local_port  # with TLS: the plain listener on 127.0.0.1, for our own ingest client
+            self.broker_url = f"{'mqtts' if config.tls_cert else 'mqtt'}://{config.advertised_host}:{self.broker.port}"
         await ensure_default_swarm(ledger, config.default_task)
         self.ingestor = Ingestor(ledger, host, port, metrics=self.metrics, workers=config.ingest_workers,
                                  database_url=config.database_url)  # fmt: skip
@@ -202,9 +204,14 @@ class Coordinator:
     async def _serve_http(self, app: FastAPI) -> None:
         app.state.checkpoints = self.checkpoints  # served by coordinator/checkpoint_api.py
         app.state.auditor = self.auditor  # coordinator/audits_api.py
+        self.retention = RetentionSweeper(self.engine, self.config.peer_id_retention_hours, app_rate_limiters(app),
+                                          self.prober)  # fmt: skip
+        self.retention.start()
         sock = listening_socket(self.config.host, self.config.port)
         port = sock.getsockname()[1]
-        uv_config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+        tls = dict(ssl_certfile=str(self.config.tls_cert), ssl_keyfile=str(self.config.tls_key)) if self.config.tls_cert else {}
+        uv_config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+                                   **tls)  # fmt: skip
         self.server = _Server(uv_config)
         self._server_task = asyncio.create_task(self.server.serve(sockets=[sock]), name="http")
         while not self.server.started:
@@ -212,7 +219,7 @@ class Coordinator:
                 self._server_task.result()
                 raise OSError("the HTTP server stopped during start-up")
             await asyncio.sleep(0.02)
-        self.url = f"http://{self.config.advertised_host}:{port}"
+        self.url = f"{'https' if self.config.tls_cert else 'http'}://{self.config.advertised_host}:{port}"
 
     def ready_info(self) -> dict:
         return {
@@ -229,6 +236,8 @@ class Coordinator:
         if self.server is not None:
             self.server.should_exit = True
             await _bounded(self._server_task, timeout, "HTTP server")
+        if self.retention is not None:
+            await _bounded(self.retention.stop(), timeout, "retention sweeps")
         if self.exporter is not None:
             await _bounded(self.exporter.stop(), timeout, "stats exports")
         if self.prober is not None:

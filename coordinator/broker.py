@@ -4,6 +4,8 @@ import asyncio
 import logging
 from typing import Optional
 
+from coordinator.tls import broker_listeners
+
 logger = logging.getLogger(__name__)
 
 
@@ -17,10 +19,12 @@ class EmbeddedBroker:
 
     auth_secret: Optional[str] = None
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 1883):
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883, tls_cert=None, tls_key=None):
         self.host = host
         self.requested_port = port
+        self.tls_cert, self.tls_key = tls_cert, tls_key  # MQTT over TLS on host:port (coordinator/tls.py)
         self.port: Optional[int] = None
+        self.local_port: Optional[int] = None  # plain MQTT for this process's own clients (TLS: on 127.0.0.1)
         self._broker = None
 
     async def start(self) -> None:
@@ -30,7 +34,7 @@ class EmbeddedBroker:
         from coordinator.broker_acl import amqtt_plugins
 
         config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.requested_port}"}},
+            "listeners": broker_listeners(self.host, self.requested_port, self.tls_cert, self.tls_key),
             "plugins": amqtt_plugins(self.auth_secret) if self.auth_secret else
             {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
@@ -41,16 +45,17 @@ class EmbeddedBroker:
             self._broker = None
             cause = e.__cause__ or e
             raise BrokerUnavailable(f"cannot start the MQTT broker on {self.host}:{self.requested_port}: {cause}") from e
-        self.port = self._bound_port()
+        self.port = self._bound_port("tls" if self.tls_cert else "default")
+        self.local_port = self._bound_port("default")
         logger.info("Embedded MQTT broker listening on %s:%s", self.host, self.port)
 
-    def _bound_port(self) -> int:
-        server = self._broker._servers["default"].instance  # amqtt keeps the asyncio.Server here
+    def _bound_port(self, listener: str = "default") -> int:
+        server = self._broker._servers[listener].instance  # amqtt keeps the asyncio.Server here
         return server.sockets[0].getsockname()[1]
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls_cert else 'mqtt'}://{self.host}:{self.port}"
 
     async def stop(self) -> None:
         if self._broker is None:

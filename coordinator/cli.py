@@ -52,8 +52,18 @@ def coordinator() -> None:
 @click.option("--verify-work/--no-verify-work", default=False, show_default=True,
               help="Grant reports only for work the swarm's DHT records make plausible, and audit nodes' gradients "
                    "(reports stay pending a few seconds; repeated failed audits ban the volunteer).")  # fmt: skip
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Serve the website/API over HTTPS and the embedded broker over MQTT/TLS with this PEM certificate "
+                   "(chain); needs --tls-key.")  # fmt: skip
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="The private key (PEM) of --tls-cert.")
+@click.option("--broker-public-url", metavar="mqtts://HOST:PORT",
+              help="With --broker: the URL nodes get for it, e.g. its TLS listener (scripts/mosquitto.py --tls-cert).")
+@click.option("--peer-id-retention-hours", type=click.FloatRange(min=0, min_open=True), default=24.0,
+              show_default=True, metavar="HOURS", help="Clear a node's libp2p peer id this long after it went offline.")
 def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, broker_port, ingest_workers, dht_host, dht_port,
-          ready_file, checkpoint_every, keep_checkpoints, rate_limit, token_lifetime, broker_auth, verify_work) -> None:  # fmt: skip
+          ready_file, checkpoint_every, keep_checkpoints, rate_limit, token_lifetime, broker_auth, verify_work,
+          **privacy_options) -> None:  # fmt: skip
     """Start the coordinator in this process; Ctrl+C stops it (twice: at once)."""
     from coordinator.ratelimit import parse_rate
 
@@ -63,6 +73,7 @@ def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, br
             broker_host=broker_host, broker_port=broker_port, ingest_workers=ingest_workers, dht_host=dht_host, dht_port=dht_port,
             ready_file=ready_file, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
             rate_limit=parse_rate(rate_limit), token_lifetime=token_lifetime, broker_auth=broker_auth, verify_work=verify_work,
+            **privacy_options,  # tls_cert, tls_key, broker_public_url, peer_id_retention_hours
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from e

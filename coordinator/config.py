@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
+from coordinator.tls import check_pair as check_tls_pair
+
 DEFAULT_BROKER_PORT = 1883
 DEFAULT_HTTP_PORT = 8000
 OPERATOR_TOKEN_FILE = "operator-token"
@@ -81,6 +83,15 @@ class CoordinatorConfig:
     """How many checkpoints per swarm stay in data_dir/checkpoints/<swarm_id> (the newest)."""
     rate_limit: float = 20.0
     """Requests per second each client IP may make to the website and API (bursts of 5 s worth); 0 disables."""
+    tls_cert: Optional[Path] = None
+    """PEM certificate (chain) for TLS on the HTTP API and the embedded broker's listener (coordinator/tls.py)."""
+    tls_key: Optional[Path] = None
+    """The certificate's private key (PEM, unencrypted)."""
+    broker_public_url: Optional[str] = None
+    """With --broker: the URL nodes are given for it when it differs, e.g. mqtts://broker.example.org:8883 (its TLS
+    listener) while the coordinator uses the plain one on 127.0.0.1."""
+    peer_id_retention_hours: float = 24.0
+    """A node's libp2p peer id is cleared this long after it went offline (coordinator/privacy.py)."""
     max_body_bytes: int = 64 * 1024
     verify_work: bool = False
     """Grant reports only once their epoch's DHT evidence is in, for what it makes plausible, and audit nodes
@@ -115,6 +126,17 @@ class CoordinatorConfig:
             raise ValueError("--rate-limit must be 0 (off) or positive")
         if self.token_lifetime < 2:
             raise ValueError("--token-lifetime must be at least 2 seconds")
+        self.tls_cert = Path(self.tls_cert).expanduser() if self.tls_cert is not None else None
+        self.tls_key = Path(self.tls_key).expanduser() if self.tls_key is not None else None
+        check_tls_pair(self.tls_cert, self.tls_key)
+        if self.broker_public_url is not None:
+            if self.broker_url is None:
+                raise ValueError("--broker-public-url goes with --broker (the embedded broker's URL is known)")
+            parts = urlsplit(self.broker_public_url)
+            if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+                raise ValueError(f"--broker-public-url must look like mqtts://host:port, got {self.broker_public_url!r}")
+        if self.peer_id_retention_hours <= 0:
+            raise ValueError("--peer-id-retention-hours must be positive")
         if self.max_body_bytes < 1:
             raise ValueError("the request body limit must be positive")
         if self.checkpoint_every <= 0:

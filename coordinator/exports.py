@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional
@@ -27,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import db
 from coordinator.api import ApiError, services
-from coordinator.queries import iso
+from coordinator.queries import device_kind, iso
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +41,7 @@ COLUMNS = {
 FILES = tuple(f"{kind}.{fmt}.gz" for kind in COLUMNS for fmt in ("json", "csv"))
 
 
-def _device_type(device: Optional[str]) -> str:
-    """'cuda:0' → 'cuda': the kind of device only, never an index or a hardware name."""
-    kind = (device or "").split(":", 1)[0].lower()
-    return kind if re.fullmatch(r"[a-z0-9_]{1,16}", kind) else ""
+_device_type = device_kind  # 'cuda:0' → 'cuda': the kind of device only, never an index or a hardware name
 
 
 def _volunteers_query():

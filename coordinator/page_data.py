@@ -13,7 +13,7 @@ from sqlalchemy import Integer, cast, desc, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import db, queries
-from coordinator.queries import iso, rac_now
+from coordinator.queries import iso, peer_fingerprint, rac_now
 from coordinator.rankings import SORTS, rankings_for
 
 logger = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def live_progress(monitor: Any, swarm_id: str, target_batch_size: int) -> dict[s
     return {
         "epoch": p.epoch, "peers_online": len(p.peers), "samples_per_second": speed,
         "eta_seconds": remaining / speed if speed > 0 else None, "updated_at": snapshot.updated_at,
-        "peers": [{"peer_id": peer.peer_id, "epoch": peer.epoch, "samples_per_second": peer.samples_per_second,
+        "peers": [{"peer_id": peer_fingerprint(peer.peer_id), "epoch": peer.epoch, "samples_per_second": peer.samples_per_second,
                    "client_mode": peer.client_mode} for peer in p.peers],
     }  # fmt: skip
 

@@ -1,6 +1,7 @@
 """Read queries shared by the JSON API and the website. Leaderboards and totals read the maintained totals tables
 (never a scan of reports); recent average credit is decayed to the time of reading, so an idle volunteer's falls."""
 
+import re
 import time
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -12,6 +13,19 @@ from coordinator import db
 from protocol.credit import recent_average
 
 AUDIT_LIMIT = 100
+
+
+def device_kind(device: Optional[str]) -> str:
+    """'cuda:0' → 'cuda': what public pages, the API and exports show of a device; never an index or a name a node
+    may have put there (a modified node can send any text)."""
+    kind = (device or "").split(":", 1)[0].lower()
+    return kind if re.fullmatch(r"[a-z0-9_]{1,16}", kind) else ""
+
+
+def peer_fingerprint(peer_id: Optional[str]) -> str:
+    """The last 8 characters of a libp2p peer id: enough to tell peers apart on a page, too little to look the
+    peer (and so its addresses) up in a swarm's DHT."""
+    return (peer_id or "")[-8:]
 
 
 def iso(value: Optional[datetime]) -> Optional[str]:
@@ -93,7 +107,7 @@ async def volunteer_detail(engine: AsyncEngine, name: str, limit: int = AUDIT_LI
         "granted_credit": row.credit, "pending_credit": row.pending_credit, "pending_reports": row.pending_reports,
         "recent_average_credit": rac_now(row.rac, row.rac_updated_at),
         "nodes": [
-            {"node_id": node.node_id, "device": node.device, "online": node.online, "swarm_id": node.swarm_id,
+            {"node_id": node.node_id, "device": device_kind(node.device), "online": node.online, "swarm_id": node.swarm_id,
              "last_seen": iso(node.last_seen), "last_seq": node.last_seq,
              "detached": node.detached_at is not None}  # fmt: skip
             for node in nodes
@@ -109,7 +123,7 @@ async def volunteer_detail(engine: AsyncEngine, name: str, limit: int = AUDIT_LI
 
 def _report_entry(rep: Any) -> dict:
     return {"node_id": rep.node_id, "swarm_id": rep.swarm_id, "seq": rep.seq, "epoch": rep.epoch,
-            "samples": rep.samples, "compute_seconds": rep.compute_seconds, "device": rep.device, "loss": rep.loss,
+            "samples": rep.samples, "compute_seconds": rep.compute_seconds, "device": device_kind(rep.device), "loss": rep.loss,
             "status": rep.status, "reason": rep.reason, "credit": rep.credit, "received_at": iso(rep.received_at),
             "rule": rep.rule, "granted_at": iso(rep.granted_at),
             "group_size": rep.group_size, "bytes_sent": rep.bytes_sent, "bytes_received": rep.bytes_received}  # fmt: skip

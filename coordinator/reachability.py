@@ -182,9 +182,15 @@ class RateLimiter:
 
     def hit(self, key: object, now: float) -> None:
         self._hits[key].append(now)
-        if len(self._hits) > 10_000:  # forget keys whose hits all expired
-            for stale in [k for k, hits in self._hits.items() if not hits or hits[-1] <= now - self.window]:
-                del self._hits[stale]
+        if len(self._hits) > 10_000:
+            self.forget_expired(now)
+
+    def forget_expired(self, now: float) -> int:
+        """Forget keys (requester and target addresses) whose hits all expired; how many."""
+        stale = [k for k, hits in self._hits.items() if not hits or hits[-1] <= now - self.window]
+        for key in stale:
+            del self._hits[key]
+        return len(stale)
 
 
 class ReachabilityProber:
@@ -323,6 +329,11 @@ class ReachabilityProber:
         finally:
             self._probes.discard(probe)
             await probe.shutdown()
+
+    def forget_idle(self, now: Optional[float] = None) -> int:
+        """Forget the requester and target addresses that no longer limit a check (coordinator/privacy.py)."""
+        now = time.monotonic() if now is None else now
+        return sum(limiter.forget_expired(now) for limiter in (self._peers, self._targets, self._clients))
 
     async def close(self) -> None:
         """End the probe hosts of checks still running (at coordinator shutdown)."""

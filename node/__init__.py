@@ -2,7 +2,7 @@
 
 - cli.py: `hearth join URL` (supervised) and `hearth node …`.
 - team_cli.py: `hearth team create NAME | join NAME | leave` (signed with the node key, sent with the account key).
-- account_cli.py: `hearth account show | attach | attach-key | detach | rename`, and `hearth join --attach KEY`.
+- account_cli.py: `hearth account show | attach | attach-key | detach | rename | export | delete`, and `hearth join --attach KEY`.
 - accounts.py: this PC's copies of the account key and attach key (0600, next to the node key).
 - worker.py: the supervised process's entry point.
 - config.py: NodeConfig, the one config object, with its PolicyConfig (when to compute).
@@ -13,6 +13,7 @@
 - schedule.py: weekly windows such as "mon-fri 22:00-07:00, sat-sun *".
 - identity.py: Ed25519 node key (0600), libp2p identity path, display name.
 - access.py: proof of the libp2p identity at registration; private swarms' access tokens for the DHT.
+- tls.py: which TLS certificates the node trusts (system, certifi, --ca-cert / HEARTH_CA_CERT); clear refusals.
 - coordinator_client.py: HTTP to the coordinator (register, manifests) with retry and backoff.
 - daemon.py: one run wired top to bottom; signals; reporter thread.
 - swarm.py: the hivemind peer: DHT, Optimizer, round outcomes.

@@ -1,5 +1,5 @@
-"""`hearth account show | attach KEY | attach-key [--rotate] | detach NODE | rename NAME`, and the attach step of
-`hearth join URL --attach KEY`: one account, several PCs. Keys live in the data dir (node/accounts.py)."""
+"""`hearth account show | attach KEY | attach-key [--rotate] | detach NODE | rename NAME | export | delete`, and the
+attach step of `hearth join URL --attach KEY`: one account, several PCs. Keys live in the data dir (node/accounts.py)."""
 
 import time
 from pathlib import Path
@@ -113,6 +113,46 @@ def rename(name: str, coordinator_url: Optional[str], data_dir: Optional[str]) -
     profile_team = _profile_team(identity)
     identity.remember(answer["name"], profile_team)
     click.echo(f"{answer['previous_name']} is now {answer['name']}.")
+
+
+@account.command("export")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+              help="Write the JSON here (mode 0600) instead of standard output.")
+@coordinator_option
+@data_dir_option
+def export_command(output: Optional[str], coordinator_url: Optional[str], data_dir: Optional[str]) -> None:
+    """Everything the coordinator holds about your account, as JSON: your volunteer record, nodes, every report
+    and grant, team and team actions, rejected messages (needs the account key)."""
+    import json
+
+    with _session(coordinator_url, data_dir) as (client, identity, folder):
+        data = _call(client.export_account, account_key_for(client, identity, folder))
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if output is None:
+        click.echo(text)
+        return
+    accounts.write_private(Path(output), text)
+    click.echo(f"Wrote {len(data['reports'])} report(s) and {len(data['nodes'])} node(s) to {output}.", err=True)
+
+
+@account.command("delete")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@coordinator_option
+@data_dir_option
+def delete_command(yes: bool, coordinator_url: Optional[str], data_dir: Optional[str]) -> None:
+    """Erase your account's personal data at the coordinator (name, keys, your PCs' keys and details) and this
+    PC's identity files. The credit you earned stays in team and swarm totals, under an anonymous placeholder.
+    Cannot be undone; `hearth account export` first if you want a copy."""
+    with _session(coordinator_url, data_dir) as (client, identity, folder):
+        key = account_key_for(client, identity, folder)
+        name = identity.registered_name() or "this account"
+        if not yes:
+            click.confirm(f"Erase {name!r} and every PC attached to it at {client.base_url}? This cannot be undone",
+                          abort=True)  # fmt: skip
+        answer = _call(client.delete_account, key)
+    removed = accounts.forget_identity(folder)
+    click.echo(f"Erased {name!r}: {answer['nodes']} PC(s) revoked, {answer['reports']} report(s) kept anonymously. "
+               f"Removed from this PC: {', '.join(removed) or 'nothing'}.")  # fmt: skip
 
 
 def attach_this_node(url: str, data_dir: Path, key: str, on_join: bool = False) -> Optional[dict]:

@@ -3,6 +3,7 @@ until a node actually starts. Settings come from defaults < config.toml < HEARTH
 
 import json
 import logging
+import os
 import sys
 
 import click
@@ -58,6 +59,9 @@ def _build_config(**options) -> NodeConfig:
 @click.option("--duration", type=float, help="Stop after this many seconds.")
 @click.option("--view", type=click.Choice(["live", "log", "quiet"]), help="Live table, a log line per epoch, or nothing.")
 @click.option("--connect-timeout", type=float, help="Seconds to keep retrying an unreachable coordinator.")
+@click.option("--ca-cert", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Trust this CA certificate (PEM) too, for a coordinator and broker with a private CA's TLS "
+                   "certificate (https://, mqtts://); env HEARTH_CA_CERT.")
 @click.option("--local-data", type=click.Path(dir_okay=False), metavar="FILE",
               help="Your dataset for a `data: local` swarm (CSV or NPZ for `tabular`); it stays on this PC.")
 @click.option("--metrics-port", type=int,
@@ -85,6 +89,8 @@ def join(ctx: click.Context, coordinator_url: str | None, attach_key: str | None
     from hearth.processes import python_argv, run_supervised
 
     config = _build_config(coordinator_url=coordinator_url, **options)
+    if config.ca_cert:  # for the attach step here (node/tls.py)
+        os.environ["HEARTH_CA_CERT"] = str(config.ca_cert)
     if attach_key:
         from node.account_cli import attach_this_node
 

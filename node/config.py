@@ -115,6 +115,9 @@ class NodeConfig:
     """Terminal output: a live table, a log line per epoch, or nothing."""
     connect_timeout: float = 120.0
     """How long to keep retrying an unreachable coordinator before giving up."""
+    ca_cert: Optional[Path] = None
+    """A private CA's certificate (PEM) to trust, besides the system's, for an https:// coordinator and an mqtts://
+    broker; env HEARTH_CA_CERT."""
     local_data: Optional[Path] = None
     """Your own dataset, for a `data: local` swarm (in the format its task reads: README, local-data swarms).
     It never leaves this PC; only averaged model updates do (with differential privacy when the swarm requires it)."""
@@ -131,6 +134,10 @@ class NodeConfig:
             self.local_data = Path(self.local_data).expanduser().resolve()
             if not self.local_data.is_file():
                 raise ValueError(f"local_data {self.local_data}: no such file")
+        if self.ca_cert is not None:
+            self.ca_cert = Path(self.ca_cert).expanduser()
+            if not self.ca_cert.is_file():
+                raise ValueError(f"ca_cert {self.ca_cert}: no such file")
         if not self.coordinator_url.startswith(("http://", "https://")):
             raise ValueError(f"coordinator URL must start with http:// or https://, got {self.coordinator_url!r}")
         self.coordinator_url = self.coordinator_url.rstrip("/")
@@ -179,6 +186,7 @@ class NodeConfig:
         values = asdict(self)
         values["data_dir"] = str(self.data_dir)
         values["local_data"] = str(self.local_data) if self.local_data is not None else None
+        values["ca_cert"] = str(self.ca_cert) if self.ca_cert is not None else None
         return values
 
     @classmethod

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 import httpx
 
+from node import tls
 from protocol.envelope import seal
 from protocol.messages import NodeAttach, SwarmManifest, TeamAction, VolunteerRegistration
 
@@ -23,11 +24,16 @@ class CoordinatorError(RuntimeError):
 
 
 class CoordinatorClient:
-    def __init__(self, base_url: str, connect_timeout: float = 120.0, on_retry: Optional[Callable[[str], None]] = None):
+    def __init__(self, base_url: str, connect_timeout: float = 120.0, on_retry: Optional[Callable[[str], None]] = None,
+                 ca_cert: Optional[str] = None):  # fmt: skip
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
         self.on_retry = on_retry or (lambda message: logger.warning("%s", message))
-        self._http = httpx.Client(base_url=self.base_url, timeout=10.0)
+        try:  # https: the system's and Mozilla's CAs, plus --ca-cert / HEARTH_CA_CERT (node/tls.py)
+            verify = tls.client_context(ca_cert) if self.base_url.startswith("https:") else True
+        except ValueError as e:
+            raise CoordinatorError(str(e)) from None
+        self._http = httpx.Client(base_url=self.base_url, timeout=10.0, verify=verify)
 
     def close(self) -> None:
         self._http.close()
@@ -38,6 +44,8 @@ class CoordinatorClient:
             try:
                 return self._http.request(method, path, **kwargs)
             except httpx.TransportError as e:
+                if (failure := tls.untrusted(e)) is not None:  # retrying cannot help
+                    raise CoordinatorError(tls.untrusted_message("coordinator", self.base_url, failure)) from None
                 if time.monotonic() + delay > deadline:
                     raise CoordinatorError(
                         f"cannot reach the coordinator at {self.base_url} ({type(e).__name__}); "
@@ -70,6 +78,12 @@ class CoordinatorClient:
 
     def rename(self, account_key: str, name: str) -> dict:
         return self._account_call("POST", "/api/v1/accounts/name", account_key, "cannot rename", json={"name": name})
+
+    def export_account(self, account_key: str) -> dict:
+        return self._account_call("GET", "/api/v1/accounts/me/export", account_key, "cannot export the account")
+
+    def delete_account(self, account_key: str) -> dict:
+        return self._account_call("DELETE", "/api/v1/accounts/me", account_key, "cannot delete the account")
 
     def _post_signed(self, path: str, message, key, refused: str, bearer: Optional[str] = None) -> dict:
         headers = {"content-type": "application/json", **_authorization(bearer)}

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from node.accounting import EpochContribution
 from node.outbox import Outbox
+from node.tls import client_context, untrusted, untrusted_message
 from protocol.envelope import seal, verify_envelope
 from protocol.encoding import parse_canonical
 from protocol.errors import ProtocolError
@@ -45,9 +46,9 @@ class ReporterStats:
 
 def parse_broker_url(url: str) -> tuple[str, int]:
     parsed = urlparse(url)
-    if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
-        raise ValueError(f"unsupported broker URL {url!r}: expected mqtt://host:port")
-    return parsed.hostname, parsed.port or 1883
+    if parsed.scheme not in ("mqtt", "tcp", "mqtts") or not parsed.hostname:
+        raise ValueError(f"unsupported broker URL {url!r}: expected mqtt://host:port or mqtts://host:port (TLS)")
+    return parsed.hostname, parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
 
 
 class Reporter:
@@ -57,6 +58,7 @@ class Reporter:
         """`coordinator_key`: receipts must be sealed with it (the manifest's); None accepts unsigned receipts from a
         coordinator that publishes no key."""
         self.host, self.port = parse_broker_url(broker_url)
+        self.tls = urlparse(broker_url).scheme == "mqtts"  # verified like the coordinator's HTTPS (node/tls.py)
         self.coordinator_key = coordinator_key
         self.login = login  # (username, password) on the broker, from registration (coordinator/broker_acl.py)
         self.key, self.swarm_id, self.device, self.peer_id, self.outbox = key, swarm_id, device, peer_id, outbox
@@ -107,6 +109,9 @@ class Reporter:
                     return
             except aiomqtt.MqttError as e:
                 self.stats.connected, self.stats.last_error = False, str(e)
+                if (failure := untrusted(e)) is not None:
+                    self.stats.last_error = untrusted_message("MQTT broker", f"mqtts://{self.host}:{self.port}", failure)
+                    logger.error("%s", self.stats.last_error)
                 logger.warning("MQTT broker %s:%s unreachable (%s); retrying in about %.0f s", self.host, self.port, e, delay)
                 try:  # jitter, so that a swarm's nodes do not all come back in the same instant
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay * random.uniform(0.5, 1.5))
@@ -131,8 +136,10 @@ class Reporter:
     def _client(self) -> aiomqtt.Client:
         will = aiomqtt.Will(status_topic(self.swarm_id, self.key.node_id), self._status("offline", will=True), qos=1,
                            retain=True)  # fmt: skip
+        tls_context = client_context() if self.tls else None
         return aiomqtt.Client(self.host, self.port, identifier=f"hearth-{self.key.node_id}", will=will, keepalive=15,
-                              username=self.login and self.login[0], password=self.login and self.login[1])
+                              username=self.login and self.login[0], password=self.login and self.login[1],
+                              tls_context=tls_context)
 
     async def _publish_presence(self, client: aiomqtt.Client, state: NodeState) -> None:
         topic = status_topic(self.swarm_id, self.key.node_id)

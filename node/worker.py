@@ -8,6 +8,7 @@ import threading
 
 from node.config import NodeConfig
 from node.daemon import NodeError, install_stop_handlers, run_node
+from node.tls import trust_process_wide
 from node.instance import AlreadyRunning, InstanceLock, die_with_parent
 
 logger = logging.getLogger("node")
@@ -21,6 +22,12 @@ def main(argv: list[str]) -> int:
     die_with_parent()  # if the supervisor is killed, even by SIGKILL, shut down gracefully too
     stop = threading.Event()
     install_stop_handlers(stop)
+    if config.ca_cert:  # every HTTPS and MQTT-over-TLS client of this process trusts it too
+        try:
+            trust_process_wide(config.ca_cert, config.data_dir)
+        except ValueError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            return 2
     lock = InstanceLock(config.data_dir)
     try:
         lock.acquire()

@@ -2,7 +2,7 @@
 config (anonymous, no persistence), waits until it accepts connections, stops cleanly.
 
 Library use: `with Mosquitto() as broker: ... broker.url`. Command line (runs until Ctrl+C):
-    python scripts/mosquitto.py [--port PORT]
+    python scripts/mosquitto.py [--port PORT] [--tls-cert FILE --tls-key FILE [--tls-host HOST]]
 """
 
 import argparse
@@ -49,10 +49,13 @@ class Mosquitto:
     """One mosquitto process. Queues are unbounded for QoS 1 (the default 1,000 queued messages per client
     would drop reports whenever the coordinator falls behind a burst) and 100 messages may be in flight."""
 
-    def __init__(self, port: int = 0, work_dir: Optional[Path] = None, auth_files: Optional[tuple[Path, Path]] = None):
+    def __init__(self, port: int = 0, work_dir: Optional[Path] = None, auth_files: Optional[tuple[Path, Path]] = None,
+                 tls_files: Optional[tuple[Path, Path]] = None, tls_host: str = "127.0.0.1"):  # fmt: skip
         """`auth_files`: (password file, ACL file), e.g. from coordinator.broker_acl.mosquitto_files: no anonymous
-        clients, and topics as the ACL says."""
-        self.auth_files = auth_files
+        clients, and topics as the ACL says. `tls_files`: (certificate, key), PEM: a second listener, MQTT over TLS
+        on tls_host (nodes connect there, mqtts://); the plain one stays on 127.0.0.1 for the coordinator."""
+        self.auth_files, self.tls_files, self.tls_host = auth_files, tls_files, tls_host
+        self.tls_port = 0
         binary = mosquitto_binary()
         if binary is None:
             raise MosquittoMissing(f"the mosquitto binary is not installed; {INSTALL_HINT}")
@@ -66,6 +69,17 @@ class Mosquitto:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def tls_url(self) -> Optional[str]:
+        return f"mqtts://{self.tls_host}:{self.tls_port}" if self.tls_files else None
+
+    def _tls_listener(self) -> list[str]:
+        if self.tls_files is None:
+            return []
+        self.tls_port = self.tls_port or free_port()
+        return [f"listener {self.tls_port} {self.tls_host}", f"certfile {self.tls_files[0]}",
+                f"keyfile {self.tls_files[1]}", "tls_version tlsv1.2"]  # fmt: skip
+
     def _config(self, port: int) -> str:
         lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false",
                  "max_queued_messages 0", "max_inflight_messages 100", "log_dest stderr",
@@ -73,6 +87,7 @@ class Mosquitto:
         if self.auth_files is not None:
             lines[1] = "allow_anonymous false"
             lines += [f"password_file {self.auth_files[0]}", f"acl_file {self.auth_files[1]}"]
+        lines += self._tls_listener()  # (listener options follow their `listener` line)
         if os.geteuid() == 0:
             lines.append("user root")  # otherwise it drops to the `mosquitto` user, who cannot read our files
         return "\n".join(lines) + "\n"
@@ -123,13 +138,19 @@ class Mosquitto:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: also listen for MQTT over TLS")
+    parser.add_argument("--tls-key", type=Path, help="the certificate's PEM private key")
+    parser.add_argument("--tls-host", default="127.0.0.1", help="interface of the TLS listener (0.0.0.0: all)")
     args = parser.parse_args()
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    tls_files = (args.tls_cert.resolve(), args.tls_key.resolve()) if args.tls_cert else None
     try:
-        broker = Mosquitto(args.port).start()
+        broker = Mosquitto(args.port, tls_files=tls_files, tls_host=args.tls_host).start()
     except MosquittoMissing as e:
         raise SystemExit(str(e)) from None
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    print(f"mosquitto listening on {broker.url}", flush=True)
+    print(f"mosquitto listening on {broker.url}" + (f" and {broker.tls_url} (TLS)" if tls_files else ""), flush=True)
     try:
         while True:
             signal.pause()
