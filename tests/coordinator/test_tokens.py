@@ -215,3 +215,52 @@ def test_a_corrupt_identity_is_one_clear_error(tmp_path):
     path.write_bytes(b"not a protobuf")
     with pytest.raises(ValueError, match="does not hold an RSA libp2p key"):
         load_identity(path)
+
+
+def test_reporter_ignores_and_counts_forged_receipts_on_a_real_broker(tmp_path):
+    """Through the embedded broker (anonymous, so anyone may publish there): receipts that are unsigned or signed by
+    another key leave the outbox alone and are counted; the coordinator's own receipt empties it."""
+    import aiomqtt
+
+    from coordinator.broker import EmbeddedBroker
+    from node.accounting import EpochContribution
+    from protocol.topics import receipt_topic, status_topic
+
+    coordinator, node = SigningKey.generate(), SigningKey.generate()
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+
+    async def until(condition, what: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.02)  # polls a condition set by the reporter task in this loop
+
+    async def scenario():
+        broker = EmbeddedBroker("127.0.0.1", 0)
+        await broker.start()
+        reporter = Reporter(broker.url, node, "spirals", "cpu", outbox, coordinator_key=coordinator.public_key)
+        reporter.submit(EpochContribution(epoch=0, samples=10, compute_seconds=1.0, loss=None, group_size=1))
+        running = asyncio.create_task(reporter.run())
+        try:
+            async with aiomqtt.Client("127.0.0.1", broker.port) as other:
+                await other.subscribe(status_topic("spirals", node.node_id), qos=1)
+                async with asyncio.timeout(20):
+                    await anext(aiter(other.messages))  # presence: published once it listens for receipts
+                receipt = Receipt(node_id=node.node_id, swarm_id="spirals", last_seq=1, time=time.time())
+                topic = receipt_topic("spirals", node.node_id)
+                await other.publish(topic, seal(receipt, SigningKey.generate()), qos=1)
+                await other.publish(topic, canonical_bytes(receipt.model_dump(mode="json")), qos=1)
+                await until(lambda: reporter.stats.control_rejected == 2, "the forgeries to be counted")
+                assert len(outbox) == 1 and reporter.stats.reports_acknowledged == 0
+                await other.publish(topic, seal(receipt, coordinator), qos=1)
+                await until(lambda: len(outbox) == 0, "the genuine receipt to empty the outbox")
+                assert reporter.stats.control_rejected == 2
+        finally:
+            reporter.stop()
+            await asyncio.wait_for(running, 20)
+            await broker.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        outbox.close()

@@ -30,9 +30,7 @@ def test_int8_and_local_updates_cut_the_bytes_per_sample(coordinator, nodes):
         for peer in ("a", "b"):
             nodes.start(coordinator.url, f"bw-{mode}-{peer}", "--swarm", swarm_id)
     try:
-        windows = {mode: wait_until(lambda: _window(coordinator, mode), 240, interval=1.0,
-                                    what=f"{WINDOW[mode]} clean epochs of the {mode} swarm with both peers")
-                   for mode in MODES}  # fmt: skip
+        windows = {mode: _wait_for_window(coordinator, mode) for mode in MODES}
     finally:
         for process in nodes.processes.values():  # all at once; the fixture then waits for each
             process.send_signal(signal.SIGINT)
@@ -54,7 +52,18 @@ def test_int8_and_local_updates_cut_the_bytes_per_sample(coordinator, nodes):
         assert all(r["samples"] >= TARGET_BATCH // 4 and r["bytes_received"] > 0 for r in reports if r["bytes_sent"])
 
 
-def _window(coordinator, mode: str):
+def _wait_for_window(coordinator, mode: str) -> list[dict]:
+    seen = {}
+    try:
+        return wait_until(lambda: _window(coordinator, mode, seen), 400, interval=1.0,
+                          what=f"{WINDOW[mode]} clean epochs of the {mode} swarm with both peers")  # fmt: skip
+    except TimeoutError as e:
+        shown = {peer: [(r["epoch"], r["group_size"], r["samples"], r["bytes_sent"]) for r in reports.values()]
+                 for peer, reports in seen.items()}  # fmt: skip
+        raise AssertionError(f"{e}; (epoch, group, samples, bytes sent) so far: {shown}") from None
+
+
+def _window(coordinator, mode: str, seen: dict):
     """Both peers' reports of the latest WINDOW[mode] consecutive epochs they both reported, once there are
     that many without a state download (a peer that fell behind, the coordinator's checkpoint: a whole fp32
     state in some epoch); for int8, epochs both averaged together."""
@@ -64,6 +73,7 @@ def _window(coordinator, mode: str):
         if found.status_code != 200:
             return None
         reports[peer] = {r["epoch"]: r for r in found.json()["reports"] if r["status"] != "rejected"}
+    seen.update(reports)
     common = sorted(set(reports["a"]) & set(reports["b"]))[1:]  # the first may carry the joiner's download
     if mode == "int8":
         common = [e for e in common if reports["a"][e]["group_size"] == reports["b"][e]["group_size"] == 2]

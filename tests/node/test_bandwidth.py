@@ -142,3 +142,11 @@ def test_counts_every_byte_of_an_all_reduce(two_dhts, mode):
     # an 8-bit part carries a codebook: one per message, 2 to 4 of them as hivemind splits the vector
     codebook = 0 if mode == "none" else 8 + 256 * 4
     assert payload + 2 * codebook <= sent_a + sent_b <= (payload + 4 * codebook) * 1.01
+
+
+def test_node_status_shows_the_traffic_per_sample():
+    from tests.node.test_credit import _answer, _render
+
+    answer = _answer()
+    answer["training"].update(bytes_sent=4_000_000, bytes_received=3_000_000, samples_total=1_000)
+    assert "4,000 B sent, 3,000 B received per sample (4.0 MB, 3.0 MB)" in _render(answer)
