@@ -3,9 +3,10 @@
 A client may burst up to `burst` requests, then gets `rate` per second; beyond that it is answered 429 with
 Retry-After and the error shape, and counted in the coordinator's metrics. Two budgets: every public request
 (`--rate-limit`, 20/s), and a much stricter one for the account actions that create or change state
-(registration, attaching or detaching a node, team actions, renames, attach-key rotation: `--account-rate-limit`,
-6/min in bursts of 20), so one address cannot mint accounts or churn teams. Behind a reverse proxy on the same
-host, uvicorn takes the client address from X-Forwarded-For (it trusts 127.0.0.1 by default).
+(registration, attaching or detaching a node, team actions, renames, attach-key rotation, erasure:
+`--account-rate-limit`, 6/min in bursts of 20), so one address cannot mint accounts or churn teams. Behind a
+reverse proxy on the same host, uvicorn takes the client address from X-Forwarded-For (it trusts 127.0.0.1 by
+default).
 """
 
 import math
@@ -28,6 +29,7 @@ DEFAULT_ACCOUNT_BURST = 20  # a household's few PCs, or a volunteer trying thing
 ACCOUNT_ACTIONS = (
     ("POST", "/api/v1/volunteers"), ("POST", "/api/v1/teams/actions"), ("POST", "/api/v1/accounts/nodes"),
     ("DELETE", "/api/v1/accounts/nodes/"), ("POST", "/api/v1/accounts/attach-key"), ("POST", "/api/v1/accounts/name"),
+    ("DELETE", "/api/v1/accounts/me"),
 )  # fmt: skip
 
 
