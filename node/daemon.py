@@ -252,7 +252,7 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
     summary = {
         "name": name, "node_id": identity.node_id, "swarm_id": manifest.swarm_id, "epoch": trainer.stats.epoch,
         "group_sizes": trainer.stats.group_sizes, "samples": trainer.accountant.total_samples,
-        "digest_reloads": trainer.stats.digest_reloads,
+        "digest_reloads": trainer.stats.digest_reloads, "digests": trainer.digests.summary(),
         "reports_acknowledged": reporter.stats.reports_acknowledged, "reports_waiting": reporter.stats.reports_waiting,
         "reachability": str(reachability),
         "resources": trainer.resources.as_dict(),

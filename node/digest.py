@@ -80,7 +80,9 @@ class ParameterDigests:
         self.average_state_every, self.settle_seconds = average_state_every, settle_seconds
         self.swarm_handles = swarm_handles
         self.malformed = 0  # peers' records that did not parse: counted, never fatal
-        self.comparisons = 0
+        self.comparisons = 0  # epochs compared (other peers' digests found or not)
+        self.checked = 0  # epochs compared with at least one other peer's digest
+        self.agreed = 0  # … where every other peer's digest was within the tolerance
         self._verdict: Optional[tuple[int, str]] = None
         self._lock, self._stopped = threading.Lock(), threading.Event()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digests")
@@ -102,8 +104,11 @@ class ParameterDigests:
         self._worker.submit(self._compare, dht, public_key, epoch, own)
 
     def _compare(self, dht, public_key: bytes, epoch: int, own: list[float]) -> None:
-        if self._stopped.wait(self.settle_seconds):
-            return
+        if not self._stopped.wait(self.settle_seconds):
+            self.compare(dht, public_key, epoch, own)
+
+    def compare(self, dht, public_key: bytes, epoch: int, own: list[float]) -> None:
+        """Fetch the epoch's digests and judge this peer's (epoch_done() calls it SETTLE_SECONDS later)."""
         try:
             found = dht.get(self.key, latest=True)
         except Exception as e:  # the DHT stopped (pause, shutdown) or the network failed: try next epoch
@@ -111,6 +116,15 @@ class ParameterDigests:
             return
         others = self._peer_sketches(getattr(found, "value", None), public_key, epoch)
         self.comparisons += 1
+        if others:
+            self.checked += 1
+            apart = [d for d in (distance(own, other) for other in others.values()) if d > self.tolerance]
+            if apart:
+                logger.info("Epoch %d: parameters differ from %d of %d peers (relative distance up to %.2g)",
+                            epoch, len(apart), len(others), max(apart))  # fmt: skip
+            else:
+                self.agreed += 1
+                logger.debug("Epoch %d: parameters agree with all %d peers", epoch, len(others))
         verdict = majority_verdict(own, others, self.tolerance)
         if verdict is not None:
             with self._lock:
@@ -141,6 +155,9 @@ class ParameterDigests:
             logger.info("Dropping a stale digest verdict of epoch %d: %s", *verdict)
             return None
         return verdict
+
+    def summary(self) -> dict[str, int]:
+        return {"compared": self.checked, "agreed": self.agreed, "malformed": self.malformed}
 
     def stop(self) -> None:
         self._stopped.set()

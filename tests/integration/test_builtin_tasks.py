@@ -40,7 +40,7 @@ def test_builtin_task_trains_in_a_two_peer_swarm(coordinator, nodes, task_name, 
     for name in (f"{task_name}-a", f"{task_name}-b"):
         nodes.start(coordinator.url, name, "--swarm", swarm_id, "--min-peers", "2", "--max-epochs", str(epochs))
     for name, process in nodes.processes.items():
-        assert process.wait(timeout=180) == 0, nodes.log(name)
+        assert process.wait(timeout=300) == 0, nodes.log(name)
 
     task = load_task(task_name)
     final = [torch.load(nodes.data_dir(name) / "swarms" / swarm_id / "model.pt", weights_only=True)

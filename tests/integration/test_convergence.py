@@ -8,6 +8,7 @@ epoch (at least target_batch_size: peers overshoot a little while their progress
 optimizer makes runs reproducible to ~1 % (tasks/housing.py), and after EPOCHS its loss still falls by more than
 2 % per epoch: a swarm that stepped once more or once less, or averaged wrongly, would miss the mark."""
 
+import json
 from collections import Counter
 
 import pytest
@@ -54,7 +55,7 @@ def test_a_two_peer_swarm_reaches_the_loss_of_one_process_with_the_same_global_b
     task = load_task("housing")
     hp = coordinator.get(f"/api/v1/swarms/{SWARM_ID}")["hyperparameters"]
     for name, process in nodes.processes.items():
-        assert process.wait(timeout=180) == 0, nodes.log(name)
+        assert process.wait(timeout=300) == 0, nodes.log(name)
     samples = wait_until(lambda: _samples_per_epoch(coordinator, nodes.processes), 60, what="both nodes' reports")
     global_batches = [samples[epoch] for epoch in range(EPOCHS)]
     assert all(batch >= TARGET_BATCH_SIZE for batch in global_batches), global_batches
@@ -64,6 +65,10 @@ def test_a_two_peer_swarm_reaches_the_loss_of_one_process_with_the_same_global_b
     assert abs(reference[EPOCHS] - reference[EPOCHS - 1]) > TOLERANCE * reference[EPOCHS - 1], reference
 
     for name in nodes.processes:
+        # Honest peers' parameter digests matched at every epoch they compared: no reload, no false alarm.
+        summary = json.loads((nodes.data_dir(name) / "last-run.json").read_text())
+        digests = summary["digests"]
+        assert summary["digest_reloads"] == 0 and digests["agreed"] == digests["compared"] >= EPOCHS // 2, summary
         saved = torch.load(nodes.data_dir(name) / "swarms" / SWARM_ID / "model.pt", weights_only=True)
         assert saved["epoch"] == EPOCHS
         model = task.build_model()

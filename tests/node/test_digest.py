@@ -71,19 +71,26 @@ def three_peers():
 
 
 def test_over_a_real_dht_only_the_perturbed_peer_is_told_to_reload(three_peers):
-    digests = [ParameterDigests("digest-test", "none", 1, swarm_handles=lambda peer=peer: peer, settle_seconds=0.5)
+    # Each compares once all three digests are in the DHT (the timer of epoch_done is set far off).
+    digests = [ParameterDigests("digest-test", "none", 1, swarm_handles=lambda peer=peer: peer, settle_seconds=3600)
                for peer in three_peers]  # fmt: skip
     params = parameters()
     perturbed = [p.clone() for p in params]
     perturbed[1][:10] -= 1e-3
+    owns = [params, [p.clone() for p in params], perturbed]
     try:
-        for monitor, own in zip(digests, (params, [p.clone() for p in params], perturbed)):
+        for monitor, own in zip(digests, owns):
             monitor.epoch_done(4, own)
-        wait_until(lambda: all(monitor.comparisons >= 1 for monitor in digests), 60, what="the three comparisons")
+        dht = three_peers[0][0]
+        wait_until(lambda: len(getattr(dht.get(digests[0].key, latest=True), "value", {})) == 3, 60,
+                   what="the three digests in the DHT")  # fmt: skip
+        for monitor, (dht, public_key), own in zip(digests, three_peers, owns):
+            monitor.compare(dht, public_key, 4, sketch(own))
         verdicts = [monitor.take_verdict(local_epoch=4) for monitor in digests]
         assert verdicts[0] is None and verdicts[1] is None, verdicts
         assert verdicts[2] is not None and verdicts[2][0] == 4 and verdicts[2][1].startswith("2 of 3 peers agree")
         assert digests[2].take_verdict(local_epoch=4) is None  # told once
+        assert [monitor.summary() for monitor in digests] == [{"compared": 1, "agreed": 0, "malformed": 0}] * 3
     finally:
         for monitor in digests:
             monitor.stop()
