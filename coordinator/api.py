@@ -25,7 +25,7 @@ from coordinator.queries import peer_fingerprint
 from coordinator.swarms import define_swarm, manifest
 from coordinator.teams import TeamRefused
 from coordinator.tokens import bind_peer, proven_peer_id
-from coordinator.broker_acl import password_for
+from coordinator.broker_acl import HearthBrokerAuth, password_for
 from coordinator.teams import apply as apply_team_action
 from hearth.tasks.registry import UnknownTask
 from protocol.envelope import open_envelope, parse_body
@@ -359,4 +359,5 @@ async def stats(request: Request) -> JSONResponse:
     ledger_stats = await queries.ledger_stats(svc.ledger.engine)
     reachability = dict(svc.reachability.counters) if svc.reachability is not None else {}
     return JSONResponse({**ledger_stats, "ingest": dict(svc.counters), "reachability": reachability,
+                         "broker_refused": dict(HearthBrokerAuth.refused),  # embedded broker, --broker-auth
                          "uptime_seconds": time.time() - svc.started_at})  # fmt: skip

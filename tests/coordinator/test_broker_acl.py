@@ -9,7 +9,7 @@ import aiomqtt
 import pytest
 
 from coordinator.broker import EmbeddedBroker
-from coordinator.broker_acl import COORDINATOR_USER, covers, mosquitto_files, password_for
+from coordinator.broker_acl import COORDINATOR_USER, HearthBrokerAuth, covers, mosquitto_files, password_for
 from protocol.topics import REPORTS_FILTER, receipt_topic, report_topic, status_topic
 from scripts.mosquitto import INSTALL_HINT, Mosquitto, mosquitto_binary
 
@@ -73,6 +73,7 @@ async def _first(client: aiomqtt.Client) -> aiomqtt.Message:
 
 def test_logins_are_checked(broker):
     _, port, secret, (alice, _) = broker
+    refused_before = HearthBrokerAuth.refused.get("login", 0)
 
     async def scenario():
         for username, password in [(None, None), (alice, "wrong"), (alice, password_for(secret, COORDINATOR_USER)),
@@ -84,6 +85,8 @@ def test_logins_are_checked(broker):
             pass
 
     run(broker, scenario())
+    if isinstance(broker[0], asyncio.AbstractEventLoop):  # the embedded broker counts refusals (/api/v1/stats)
+        assert HearthBrokerAuth.refused["login"] == refused_before + 4
 
 
 def test_node_publishes_only_under_its_own_topics(broker):
