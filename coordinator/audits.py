@@ -1,6 +1,6 @@
 """Audits of real work: adaptive spot checks of nodes' gradients, BOINC's adaptive replication for training.
 
-When a report's plausibility is decided (coordinator/work_check.py), its node is audited with a probability that
+When a pending report is first seen (coordinator/work_check.py), its node is audited with a probability that
 halves with every audit passed in a row (from 1: a new node is checked at once) down to P_MIN, and is back at 1
 after a failure until the node passed RECOVERY audits in a row. An audit names a batch (a random seed → the
 first batch of the task's data stream with that seed) and a model state (the swarm's latest checkpoint, else the
@@ -18,6 +18,7 @@ import logging
 import random
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional, Union
 
@@ -26,7 +27,8 @@ from sqlalchemy import insert, select, update
 
 from coordinator import db
 from coordinator.ledger import utcnow
-from hearth.audit import compute_answer, mismatch, reference_backward
+from coordinator.assets import configured_task
+from hearth.audit import audit_model, compute_answer, mismatch, reference_backward
 from protocol.encoding import canonical_bytes
 from protocol.envelope import seal
 from protocol.messages import AuditAnswer, AuditRequest
@@ -39,7 +41,7 @@ RECOVERY = 5  # passes in a row that bring a node that failed back to the halvin
 BAN_AFTER = 3  # failed audits that ban the volunteer
 ANSWER_TIMEOUT = 120.0  # seconds (it may include a checkpoint download)
 DIGEST_SIZE = 32
-MAX_AUDIT_BATCH = 256
+MAX_AUDIT_BATCH = 64  # samples: enough to tell real gradients from any others, cheap to recompute
 
 Outcome = Union[None, bool, str]  # None: not audited; False: open; True: passed; str: why it failed
 
@@ -86,6 +88,8 @@ class Auditor:
         self.trust: dict[str, Trust] = {}
         self._open: dict[int, _Open] = {}  # audit id → what it asked
         self._outcomes: dict[int, Outcome] = {}  # report id → outcome, until work_check settled the report
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="audit-validator")  # one recomputation at a time
+        self._initial: dict[tuple, dict] = {}  # (task, options) → the seeded initial model's state_dict
 
     async def trust_of(self, node_id: str) -> Trust:
         if node_id not in self.trust:
@@ -95,7 +99,7 @@ class Auditor:
         return self.trust[node_id]
 
     # --- asking -----------------------------------------------------------------------------------------------
-    async def consider(self, report, samples: int) -> bool:
+    async def consider(self, report) -> bool:
         """Maybe audit the node of `report` (a pending reports row with node_id, volunteer_id, swarm_id, epoch,
         id); True if an audit was sent and the report's grant now waits for it."""
         if any(o.request.node_id == report.node_id for o in self._open.values()):
@@ -148,24 +152,28 @@ class Auditor:
         if pending is None or pending.request.node_id != answer.node_id or pending.request.swarm_id != answer.swarm_id:
             raise AuditRefused(404, "unknown_audit", f"no open audit {answer.audit_id} of node {answer.node_id}")
         del self._open[answer.audit_id]
-        started = time.perf_counter()
-        expected = await asyncio.to_thread(self._recompute, pending)
-        validator_seconds = time.perf_counter() - started
+        expected, validator_seconds = await asyncio.get_running_loop().run_in_executor(self._executor, self._recompute,
+                                                                                      pending)  # fmt: skip
         why = mismatch(expected, (answer.loss, list(answer.digest)))
         await self._record(pending, "passed" if why is None else "failed", why, answer.loss, expected[0],
                            validator_seconds, answer.compute_seconds)  # fmt: skip
         return {"audit_id": answer.audit_id, "passed": why is None, "reason": why}
 
-    def _recompute(self, pending: _Open) -> tuple[float, list[float]]:
-        from coordinator.assets import configured_task
-
+    def _recompute(self, pending: _Open) -> tuple[tuple[float, list[float]], float]:
+        """(loss, digest) as the validator computes them, and the seconds that took (in the validator's thread)."""
+        started = time.perf_counter()
         task = configured_task(pending.task, pending.task_options, None)
-        state = None
         if pending.state_path is not None:
             state = torch.load(pending.state_path, map_location="cpu", weights_only=True)["model"]
+        else:  # built once: the seeded initial model is the same for every audit of the task
+            key = (pending.task, repr(sorted((pending.task_options or {}).items())))
+            if key not in self._initial:
+                self._initial[key] = audit_model(task, None).state_dict()
+            state = self._initial[key]
         request = pending.request
-        return compute_answer(task, state, request.seed, request.batch_size, request.digest_size,
-                              reference_backward(task))  # fmt: skip
+        answer = compute_answer(task, state, request.seed, request.batch_size, request.digest_size,
+                                reference_backward(task))  # fmt: skip
+        return answer, time.perf_counter() - started
 
     async def expire(self) -> int:
         """Fail the audits that waited longer than answer_timeout; how many."""

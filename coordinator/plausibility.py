@@ -16,6 +16,7 @@ rate to the latest record of that epoch), which gives accurate *shares*. A repor
 Credit is for min(claimed, believed) samples; every cut keeps a readable reason.
 """
 
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
@@ -24,11 +25,13 @@ from hearth.progress import PeerProgress
 
 TOLERANCE = 0.03  # allowance over the observed share (after scaling); also the bound on what an over-claimer gains
 THROUGHPUT_SLACK = 1.5  # samples may exceed measured samples/s × seconds since the previous report by this factor
-EPOCH_SLACK = 1.25  # an epoch's believed samples may exceed target_batch_size by this factor (hivemind overshoots)
+EPOCH_SLACK = 2.0  # an epoch's believed samples may exceed target_batch_size by this factor (hivemind overshoots,
+# most in a swarm's first epochs and on a loaded machine, when peers see each other's progress late)
 MAX_EXTRAPOLATION = 3.0  # seconds a peer's last record is extrapolated at most
 CLAIM_WAIT = 5.0  # seconds an epoch's decision waits, once it closed, for the reports of all its observed peers
 EVIDENCE_TIMEOUT = 60.0  # seconds a report may wait for its epoch to close before it is decided without evidence
 STALE_PEER = 10.0  # seconds without a record after which a peer no longer holds its epoch open
+EXCESS_MEMORY = 20  # epochs of a node's claims remembered to judge how it usually claims
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,13 @@ class _PeerHistory:
 @dataclass
 class _NodeAccount:
     allowance: float = 0.0  # believed samples allowed so far (Σ observed × scale × (1 + TOLERANCE))
-    granted: int = 0
+    used: int = 0  # of the allowance
+    excess: list[float] = field(default_factory=list)  # recent claimed ÷ (observed × the epoch's scale)
     last_claim_at: Optional[float] = None
+
+    @property
+    def usual_excess(self) -> float:
+        return max(1.0, statistics.median(self.excess)) if self.excess else 1.0
 
 
 class SwarmPlausibility:
@@ -95,16 +103,12 @@ class SwarmPlausibility:
         return {e for h in self.peers.values() for e in h.records if e not in self.closed_at}
 
     def _is_closed(self, epoch: int, now: float) -> bool:
-        """Every peer seen in `epoch` has moved past it or gone quiet, and the swarm did move past it."""
-        moved_on = False
+        """Every peer seen in `epoch` has moved past it or gone quiet (a swarm whose peers all left closes its
+        last epoch too: their last records are all the evidence there will be)."""
         for history in self.peers.values():
-            if epoch not in history.records:
-                continue
-            if max(history.records) > epoch:
-                moved_on = True
-            elif now - history.last_seen < STALE_PEER:
+            if epoch in history.records and max(history.records) <= epoch and now - history.last_seen < STALE_PEER:
                 return False
-        return moved_on
+        return True
 
     def estimates(self, epoch: int) -> dict[str, float]:
         """Each peer's samples in `epoch`, estimated at the instant of the epoch's latest record."""
@@ -150,6 +154,12 @@ class SwarmPlausibility:
 
     def _decide_epoch(self, epoch: int, group: list[Claim], estimates: dict[str, float]) -> list[Verdict]:
         scale, believed_so_far = self.decided_epochs.get(epoch) or (self._scale(group, estimates), 0.0)
+        for claim in group:  # how far above the epoch's scale each node claims, for the next epochs' scales
+            observed = estimates.get(claim.peer_id, 0.0) if claim.peer_id else 0.0
+            if observed > 0:
+                excess = self.accounts[claim.node_id].excess
+                excess.append(claim.samples / observed / scale)
+                del excess[:-EXCESS_MEMORY]
         verdicts, believed = [], {}
         for claim in sorted(group, key=lambda c: c.report_id):
             observed = estimates.get(claim.peer_id) if claim.peer_id else None
@@ -159,7 +169,7 @@ class SwarmPlausibility:
             account = self.accounts[claim.node_id]
             account.allowance += (observed or 0.0) * scale * (1 + TOLERANCE)
             allowed, reason = claim.samples, None
-            share_cap = max(0, int(account.allowance - account.granted))
+            share_cap = max(0, int(account.allowance - account.used))
             if share_cap < allowed:
                 allowed, reason = share_cap, f"over observed share: {share_cap} of {claim.samples} believed"
             rate = self.throughput(claim.peer_id)
@@ -169,6 +179,7 @@ class SwarmPlausibility:
                 if rate_cap < allowed:
                     allowed, reason = rate_cap, f"over throughput x time: {rate_cap} of {claim.samples} believed"
             account.last_claim_at = claim.received
+            account.used += allowed  # before the epoch's cap: a cut there must not become allowance later
             believed[claim.report_id] = (claim, allowed, reason)
         cap = self.target_batch_size * EPOCH_SLACK - believed_so_far
         total = sum(allowed for _, allowed, _ in believed.values())
@@ -177,15 +188,16 @@ class SwarmPlausibility:
             if factor < 1.0:
                 allowed = int(allowed * factor)
                 reason = f"epoch over target: {allowed} of {claim.samples} believed"
-            self.accounts[claim.node_id].granted += allowed
             verdicts.append(Verdict(report_id, allowed, reason))
         self.decided_epochs[epoch] = (scale, believed_so_far + sum(v.samples for v in verdicts if not v.rejected))
         return verdicts
 
-    @staticmethod
-    def _scale(group: list[Claim], estimates: dict[str, float]) -> float:
-        """Lower weighted median of claimed ÷ observed (weights: observed); 1 without evidence."""
-        ratios = sorted((c.samples / estimates[c.peer_id], estimates[c.peer_id])
+    def _scale(self, group: list[Claim], estimates: dict[str, float]) -> float:
+        """The epoch's claimed ÷ observed, common to honest nodes (the estimates all miss the work after the
+        epoch's last records): the lower weighted median (weights: observed) of each node's ratio divided by how
+        far above the scale that node has usually claimed (≥ 1), so a steady over-claimer cannot pull it up.
+        1 without evidence."""
+        ratios = sorted((c.samples / estimates[c.peer_id] / self.accounts[c.node_id].usual_excess, estimates[c.peer_id])
                         for c in group if estimates.get(c.peer_id, 0) > 0)  # fmt: skip
         if not ratios:
             return 1.0

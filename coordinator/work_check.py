@@ -31,6 +31,7 @@ class WorkChecker:
         self.ledger, self.monitor, self.auditor, self.poll = ledger, monitor, auditor, poll
         self.swarms: dict[str, SwarmPlausibility] = {}
         self._decided: dict[int, Verdict] = {}  # report id → verdict, while its audit is open
+        self._considered: set[int] = set()  # pending reports the auditor has seen
         self._task: Optional[asyncio.Task] = None
         self.counters: Counter[str] = Counter()
 
@@ -104,7 +105,12 @@ class WorkChecker:
         for row in rows:
             if row.banned_at is not None:
                 rejections[row.id] = "volunteer banned after failed audits"
-            elif row.id not in self._decided:
+                continue
+            if self.auditor is not None and row.id not in self._considered:
+                # at first sight, so that the request reaches a node that stops right after its last report
+                self._considered.add(row.id)
+                await self.auditor.consider(row)
+            if row.id not in self._decided:
                 by_swarm.setdefault(row.swarm_id, []).append(row)
         rows_by_id = {row.id: row for row in rows}
         for swarm_id, swarm_rows in by_swarm.items():
@@ -113,8 +119,6 @@ class WorkChecker:
                       for row in swarm_rows]  # fmt: skip
             for verdict in plausibility.decide(claims, now):
                 self._decided[verdict.report_id] = verdict
-                if self.auditor is not None and not verdict.rejected:
-                    await self.auditor.consider(rows_by_id[verdict.report_id], verdict.samples)
         for report_id, verdict in list(self._decided.items()):
             row = rows_by_id.get(report_id)
             if row is None:  # no longer pending (settled elsewhere) or beyond this pass's page
@@ -134,6 +138,7 @@ class WorkChecker:
         settled = await self.ledger.settle(grants, rejections)
         for report_id in [*grants, *rejections]:
             self._decided.pop(report_id, None)
+            self._considered.discard(report_id)
         return settled
 
 

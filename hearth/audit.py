@@ -6,6 +6,7 @@ recomputes it with the task's plain loss (coordinator/audits.py) and compares wi
 """
 
 import math
+import threading
 from typing import Any, Callable, Optional
 
 import torch
@@ -14,6 +15,10 @@ from hearth.tasks.base import Batch, Task
 
 LOSS_TOLERANCE = 1e-3  # relative; float non-determinism between machines is orders of magnitude below
 DIGEST_TOLERANCE = 1e-2  # relative distance between the two digests
+# Tasks seed their initial model through torch's global generator (fork_rng + manual_seed): two threads building
+# at once would mix their draws, so every build for an audit takes this lock.
+BUILD_LOCK = threading.Lock()
+DIGEST_ENTRIES = 8192  # gradient entries the digest samples
 
 
 def audit_batch(task: Task, seed: int, batch_size: int) -> Batch:
@@ -23,24 +28,26 @@ def audit_batch(task: Task, seed: int, batch_size: int) -> Batch:
 
 def audit_model(task: Task, model_state: Optional[dict[str, Any]]) -> torch.nn.Module:
     """The task's model at the audited state: a checkpoint's state_dict, or None for the seeded initial model."""
-    model = task.build_model()
+    with BUILD_LOCK:
+        model = task.build_model()
     if model_state is not None:
         model.load_state_dict(model_state)
     return model
 
 
-def gradient_digest(model: torch.nn.Module, seed: int, size: int) -> list[float]:
-    """Project the model's gradients (parameter order) onto `size` numbers: every entry goes, with a random sign,
-    into a random bucket; both are drawn from `seed`, so the projection is fixed per audit and unknown before."""
+def gradient_digest(model: torch.nn.Module, seed: int, size: int, entries: int = DIGEST_ENTRIES) -> list[float]:
+    """Project the model's gradient (all parameters, in order, as one vector) onto `size` numbers: `entries`
+    random entries each go, with a random sign, into a random bucket (a count sketch of a random sample). All of
+    it is drawn from `seed`, so the projection is fixed per audit and unknown before it; any gradient other than
+    the real one differs in nearly every entry, so a sample catches it as well as the whole would, for far less."""
+    grads = [p.grad.detach().flatten() if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+             for p in model.parameters()]  # fmt: skip
+    vector = torch.cat(grads).to("cpu", torch.float64)
     generator = torch.Generator().manual_seed(seed)
-    digest = torch.zeros(size, dtype=torch.float64)
-    for param in model.parameters():
-        count = param.numel()
-        buckets = torch.randint(0, size, (count,), generator=generator)
-        signs = torch.randint(0, 2, (count,), generator=generator, dtype=torch.int8).to(torch.float64) * 2 - 1
-        if param.grad is not None:
-            digest.index_add_(0, buckets, param.grad.detach().flatten().to("cpu", torch.float64) * signs)
-    return digest.tolist()
+    picked = torch.randint(0, len(vector), (entries,), generator=generator)
+    buckets = torch.randint(0, size, (entries,), generator=generator)
+    signs = torch.randint(0, 2, (entries,), generator=generator).to(torch.float64) * 2 - 1
+    return torch.zeros(size, dtype=torch.float64).index_add_(0, buckets, vector[picked] * signs).tolist()
 
 
 def compute_answer(task: Task, model_state: Optional[dict[str, Any]], seed: int, batch_size: int, digest_size: int,

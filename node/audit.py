@@ -28,6 +28,8 @@ from protocol.signing import SigningKey
 logger = logging.getLogger(__name__)
 
 ANSWER_WITHIN = 90.0  # seconds the helper waits for the training thread to compute an answer
+DRAIN_QUIET = 2.0  # at shutdown, seconds without a request (once the last report is receipted) before leaving
+DRAIN_LIMIT = 8.0  # at shutdown, seconds spent answering audits at most
 POST_TIMEOUT = 10.0
 
 
@@ -47,6 +49,10 @@ class AuditResponder:
         self.task, self.base_url, self.key, self.swarm_id = task, coordinator_url.rstrip("/"), key, swarm_id
         self.checkpoints = checkpoints
         self.answered = 0
+        self._busy = 0  # requests received and not yet answered or given up
+        self._last_activity = time.monotonic()
+        self._activity = threading.Event()
+        self._lock = threading.Lock()
         self._requests: queue.Queue[Optional[AuditRequest]] = queue.Queue()
         self._jobs: queue.Queue[_Job] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="hearth-audits", daemon=True)
@@ -71,7 +77,10 @@ class AuditResponder:
             return
         if request.node_id != self.key.node_id or request.swarm_id != self.swarm_id:
             return
+        with self._lock:
+            self._busy += 1
         self._requests.put(request)
+        self._activity.set()
 
     def run_pending(self, backward: Callable, device) -> None:
         """Compute the audits waiting (training thread, between two batches)."""
@@ -89,6 +98,25 @@ class AuditResponder:
                 logger.exception("Could not compute audit %d", request.audit_id)
             job.done.set()
 
+    def drain(self, backward: Callable, device, settled: Callable[[], Optional[bool]]) -> None:
+        """At shutdown (training thread): the coordinator audits a report right after its receipt, so keep
+        answering until the last report is receipted (`settled()` True; None: never will be, e.g. offline) and no
+        request came for DRAIN_QUIET seconds, at most DRAIN_LIMIT seconds."""
+        deadline, quiet_from = time.monotonic() + DRAIN_LIMIT, None
+        while time.monotonic() < deadline:
+            self.run_pending(backward, device)
+            now, state = time.monotonic(), settled()
+            if state is None and self._busy == 0:
+                return
+            if self._busy == 0 and state:
+                quiet_from = quiet_from or now
+                if now - max(quiet_from, self._last_activity) >= DRAIN_QUIET:
+                    return
+            else:
+                quiet_from = None
+            self._activity.wait(0.1)
+            self._activity.clear()
+
     def _serve(self) -> None:
         while True:
             request = self._requests.get()
@@ -98,6 +126,11 @@ class AuditResponder:
                 self._answer(request)
             except Exception:  # one audit must never end the helper
                 logger.exception("Audit %d failed", request.audit_id)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                self._last_activity = time.monotonic()
+                self._activity.set()
 
     def _answer(self, request: AuditRequest) -> None:
         state = None
@@ -116,6 +149,7 @@ class AuditResponder:
                 return
         job = _Job(request, state)
         self._jobs.put(job)
+        self._activity.set()
         if not job.done.wait(ANSWER_WITHIN) or job.result is None:
             return
         loss, digest, seconds = job.result

@@ -237,6 +237,8 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
     try:
         with view:
             trainer.run(stop, config.max_epochs, deadline, config.min_peers, config.connect_timeout)
+        if audits is not None:  # its last report's audit comes right after the receipt
+            audits.drain(trainer.compute_gradients, device, lambda: len(outbox) == 0 if reporter.stats.connected else None)
     finally:
         control.stop()
         if metrics:

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from coordinator.plausibility import CLAIM_WAIT, EVIDENCE_TIMEOUT, EPOCH_SLACK, TOLERANCE, Claim, SwarmPlausibility
+from coordinator.plausibility import (CLAIM_WAIT, EPOCH_SLACK, EVIDENCE_TIMEOUT, STALE_PEER, TOLERANCE, Claim,
+                                      SwarmPlausibility)
 from hearth.progress import PeerProgress
 
 TARGET = 12_000
@@ -105,6 +106,16 @@ def test_an_epoch_is_capped_at_its_target():
     verdicts = rules.decide([Claim(1, "n", "p", 0, 1000, 5.0), Claim(2, "m", "q", 0, 1000, 5.0)], now=5.0)
     assert sum(v.samples for v in verdicts) <= 100 * EPOCH_SLACK
     assert all(v.reason.startswith("epoch over target") for v in verdicts)
+
+
+def test_the_last_epoch_closes_once_its_peers_went_quiet():
+    rules = SwarmPlausibility(TARGET)
+    rules.observe([PeerProgress("p", 4, 900, 100.0, 0.0, False)], now=0.0)
+    claim = Claim(1, "n", "p", 4, 1000, received=9.0)  # 9 s of work at 100/s, within THROUGHPUT_SLACK
+    assert rules.decide([claim], now=9.5) == []  # p may still be training
+    rules.observe([], now=STALE_PEER)
+    [verdict] = rules.decide([claim], now=STALE_PEER + CLAIM_WAIT)
+    assert verdict.samples == 1000 and not verdict.rejected  # 900 + 100/s × up to MAX_EXTRAPOLATION, +TOLERANCE
 
 
 def test_a_claim_waits_for_evidence_then_is_rejected_without_it():

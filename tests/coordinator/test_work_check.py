@@ -1,0 +1,105 @@
+"""Verified work through the real ingest path and ledger (SQLite and PostgreSQL): reports wait `pending`, a second
+report of an epoch is refused but keeps its sequence number, and the work check grants what the DHT evidence
+supports (fed here straight into the plausibility rules, with a fake clock, instead of from a DHT) with the reason
+of any cut, moving pending credit into the totals exactly once."""
+
+import asyncio
+
+from sqlalchemy import select
+
+from coordinator import db
+from coordinator.ingest import Ingestor
+from coordinator.ledger import Batch, credit_for
+from coordinator.plausibility import CLAIM_WAIT, STALE_PEER
+from coordinator.work_check import WorkChecker
+from hearth.progress import PeerProgress
+from protocol.envelope import open_envelope, parse_body, seal
+from protocol.messages import VolunteerRegistration
+from protocol.signing import SigningKey
+from protocol.topics import report_topic
+from tests.coordinator.helpers import FLOPS, make_ledger, registration, report
+
+
+async def _register(ledger, key: SigningKey, name: str, peer_id: str) -> None:
+    await ledger.register(parse_body(open_envelope(registration(key, name)), VolunteerRegistration))
+    async with ledger.engine.begin() as conn:  # as a node that proved its libp2p key (coordinator/tokens.py) has
+        await conn.execute(db.nodes.update().where(db.nodes.c.node_id == key.node_id).values(peer_id=peer_id))
+
+
+def test_reports_wait_for_evidence_and_are_granted_for_what_it_supports(tmp_path, ledger_url):
+    async def scenario():
+        ledger = await make_ledger(tmp_path, ledger_url)
+        ingestor = Ingestor(ledger, "127.0.0.1", 1)  # never started: messages go in through handle()
+        ingestor.hold_for_verification = True
+        honest, inflator = SigningKey.generate(), SigningKey.generate()
+        await _register(ledger, honest, "honest", "peer-h")
+        await _register(ledger, inflator, "inflator", "peer-x")
+        try:
+            batch = Batch()
+            outcomes = [
+                await ingestor.handle(report_topic("spirals", honest.node_id), seal(report(honest, 1, samples=3000, epoch=0), honest), batch),
+                await ingestor.handle(report_topic("spirals", inflator.node_id), seal(report(inflator, 1, samples=4000, epoch=0), inflator), batch),
+                # the same epoch again under a new sequence number (a re-signed replay)
+                await ingestor.handle(report_topic("spirals", inflator.node_id), seal(report(inflator, 2, samples=4000, epoch=0), inflator), batch),
+            ]  # fmt: skip
+            await ledger.write(batch)
+            assert outcomes == ["accepted", "accepted", "duplicate_epoch"]
+            assert ledger.nodes[inflator.node_id].last_seq == 2  # receipted: its outbox lets it go
+
+            checker = WorkChecker(ledger, monitor=None)
+            assert await checker.run_once() == 0  # no evidence yet: both wait
+            plausibility = checker.swarms["spirals"]
+            now = (await _received(ledger))[0]
+            # Both peers worked 3000 samples in epoch 0 (the epoch's last records, then the next epoch's first).
+            plausibility.observe([PeerProgress("peer-h", 0, 2900, 1000.0, now - 0.1, False),
+                                  PeerProgress("peer-x", 0, 2900, 1000.0, now - 0.1, False)], now - 5)  # fmt: skip
+            plausibility.observe([PeerProgress("peer-h", 1, 0, 1000.0, now, False),
+                                  PeerProgress("peer-x", 1, 0, 1000.0, now, False)], now - 4)  # fmt: skip
+            assert await checker._settle(now + CLAIM_WAIT) == 2
+
+            async with ledger.engine.connect() as conn:
+                rows = {(r.node_id, r.seq): r for r in await conn.execute(select(db.reports))}
+                totals = {r.volunteer_id: r for r in await conn.execute(select(db.volunteer_totals))}
+            h, x, dup = rows[(honest.node_id, 1)], rows[(inflator.node_id, 1)], rows[(inflator.node_id, 2)]
+            assert (h.status, h.reason, h.credit) == ("granted", None, credit_for(3000, FLOPS))
+            assert x.status == "granted" and x.reason.startswith("over observed share")
+            assert x.credit <= credit_for(int(3000 * 1.03) + 1, FLOPS)
+            assert (dup.status, dup.reason) == ("rejected", "duplicate_epoch: epoch 0 already reported")
+            assert totals[h.volunteer_id].credit == h.credit and totals[x.volunteer_id].credit == x.credit
+            assert all(t.pending_reports == 0 and abs(t.pending_credit) < 1e-9 for t in totals.values())
+            assert await checker._settle(now + CLAIM_WAIT + 1) == 0  # exactly once
+        finally:
+            await ledger.engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_report_without_evidence_is_rejected_after_the_timeout(tmp_path):
+    async def scenario():
+        ledger = await make_ledger(tmp_path)
+        ingestor = Ingestor(ledger, "127.0.0.1", 1)
+        ingestor.hold_for_verification = True
+        key = SigningKey.generate()
+        await _register(ledger, key, "unseen", "peer-u")
+        try:
+            batch = Batch()
+            await ingestor.handle(report_topic("spirals", key.node_id), seal(report(key, 1, epoch=3), key), batch)
+            await ledger.write(batch)
+            checker = WorkChecker(ledger, monitor=None)
+            now = (await _received(ledger))[0]
+            assert await checker._settle(now + STALE_PEER) == 0
+            assert await checker._settle(now + 61) == 1
+            async with ledger.engine.connect() as conn:
+                row = (await conn.execute(select(db.reports))).first()
+            assert (row.status, row.reason) == ("rejected", "no progress record in the DHT for this epoch")
+        finally:
+            await ledger.engine.dispose()
+
+    asyncio.run(scenario())
+
+
+async def _received(ledger) -> list[float]:
+    from coordinator.ledger import _seconds
+
+    async with ledger.engine.connect() as conn:
+        return [_seconds(r.received_at) for r in await conn.execute(select(db.reports.c.received_at))]
