@@ -142,8 +142,16 @@ def export_command(output: Optional[str], coordinator_url: Optional[str], data_d
 def delete_command(yes: bool, coordinator_url: Optional[str], data_dir: Optional[str]) -> None:
     """Erase your account's personal data at the coordinator (name, keys, your PCs' keys and details) and this
     PC's identity files. The credit you earned stays in team and swarm totals, under an anonymous placeholder.
-    Cannot be undone; `hearth account export` first if you want a copy."""
-    with _session(coordinator_url, data_dir) as (client, identity, folder):
+    Stop the node on each of your PCs first. Cannot be undone; `hearth account export` first if you want a copy."""
+    from node.instance import AlreadyRunning, InstanceLock
+
+    session = _session(coordinator_url, data_dir)
+    lock = InstanceLock(session.folder)  # a running node would go on signing with the key erased here
+    try:
+        lock.acquire()
+    except AlreadyRunning as e:
+        raise click.ClickException(f"{e}; stop it first (hearth node stop), and the nodes on your other PCs") from None
+    with session as (client, identity, folder):
         key = account_key_for(client, identity, folder)
         name = identity.registered_name() or "this account"
         if not yes:
@@ -151,6 +159,7 @@ def delete_command(yes: bool, coordinator_url: Optional[str], data_dir: Optional
                           abort=True)  # fmt: skip
         answer = _call(client.delete_account, key)
     removed = accounts.forget_identity(folder)
+    lock.release()
     click.echo(f"Erased {name!r}: {answer['nodes']} PC(s) revoked, {answer['reports']} report(s) kept anonymously. "
                f"Removed from this PC: {', '.join(removed) or 'nothing'}.")  # fmt: skip
 

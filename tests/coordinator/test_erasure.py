@@ -18,6 +18,7 @@ from coordinator.ingest import Ingestor
 from coordinator.ledger import Batch
 from node import accounts as node_accounts
 from node.identity import NodeIdentity
+from node.instance import InstanceLock
 from protocol.envelope import seal
 from protocol.messages import ContributionReport, NodeStatus
 from protocol.signing import SigningKey
@@ -189,6 +190,13 @@ def test_cli_export_and_delete(coordinator, tmp_path):
     assert data["volunteer"]["name"] == name and [n["public_key"] for n in data["nodes"]] == [identity.key.public_key]
     assert out.stat().st_mode & 0o077 == 0
 
+    running = InstanceLock(folder)  # as a node running on this identity holds it
+    running.acquire()
+    try:
+        busy = run_hearth("account", "delete", "--yes", *common)
+    finally:
+        running.release()
+    assert busy.returncode != 0 and "stop it first" in busy.stderr and "Traceback" not in busy.stderr
     refused = run_hearth("account", "delete", *common, input="n\n")
     assert refused.returncode != 0 and "Aborted" in refused.stderr
     assert coordinator.get(f"/api/v1/volunteers/{name}")["name"] == name
