@@ -134,6 +134,10 @@ class SwarmPlausibility:
         verdicts = []
         by_epoch: dict[int, list[Claim]] = defaultdict(list)
         for claim in claims:
+            if claim.peer_id not in self.peers:  # not seen in the DHT yet (a young swarm's reads can miss peers)
+                if now - claim.received >= EVIDENCE_TIMEOUT:
+                    verdicts.append(self._unobserved(claim))
+                continue
             by_epoch[claim.epoch].append(claim)
         for epoch, group in sorted(by_epoch.items()):
             closed = self.closed_at.get(epoch)
@@ -162,10 +166,7 @@ class SwarmPlausibility:
                 del excess[:-EXCESS_MEMORY]
         verdicts, believed = [], {}
         for claim in sorted(group, key=lambda c: c.report_id):
-            observed = estimates.get(claim.peer_id) if claim.peer_id else None
-            if observed is None and claim.peer_id not in self.peers:
-                verdicts.append(self._unobserved(claim))
-                continue
+            observed = estimates.get(claim.peer_id)
             account = self.accounts[claim.node_id]
             account.allowance += (observed or 0.0) * scale * (1 + TOLERANCE)
             allowed, reason = claim.samples, None

@@ -49,9 +49,9 @@ def patch_inflator(data_dir: Path) -> None:
 
     honest_close = Accountant.close_epoch
 
-    def close_epoch(self, epoch: int, group_size: int):
-        contribution = honest_close(self, epoch, group_size)
-        _log(data_dir, {"epoch": epoch, "true": contribution.samples, "claimed": contribution.samples * 2})
+    def close_epoch(self, *args, **kwargs):
+        contribution = honest_close(self, *args, **kwargs)
+        _log(data_dir, {"epoch": contribution.epoch, "true": contribution.samples, "claimed": contribution.samples * 2})
         return dataclasses.replace(contribution, samples=contribution.samples * 2)
 
     Accountant.close_epoch = close_epoch
