@@ -38,7 +38,7 @@ from coordinator.ledger import Ledger
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.monitor import DHTMonitor
 from coordinator.privacy import RetentionSweeper, app_rate_limiters
-from coordinator.ratelimit import RateLimiter, RateLimitMiddleware
+from coordinator.ratelimit import DEFAULT_ACCOUNT_BURST, RateLimiter, RateLimitMiddleware, is_account_action
 from coordinator.reachability import ReachabilityProber, own_scopes
 from coordinator.swarms import ensure_default_swarm
 from coordinator.work_check import WorkChecker
@@ -50,14 +50,19 @@ SUBSCRIBE_TIMEOUT = 15.0
 
 
 def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None, rate_limit: float = 0.0,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, clock: Callable[[], float] = time.monotonic) -> FastAPI:  # fmt: skip
-    """The HTTP app; `rate_limit`: requests/s per client IP on public endpoints (0: no limit), timed by `clock`."""
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, clock: Callable[[], float] = time.monotonic,
+               account_rate_limit: float = 0.0, account_burst: float = DEFAULT_ACCOUNT_BURST) -> FastAPI:  # fmt: skip
+    """The HTTP app; `rate_limit`: requests/s per client IP on public endpoints (0: no limit), `account_rate_limit`
+    (in bursts of `account_burst`): the stricter budget of account actions (coordinator/ratelimit.py), timed by `clock`."""
     metrics = metrics or CoordinatorMetrics()
     app = FastAPI(title="Hearth coordinator", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json",
                   responses=ERROR_RESPONSES)  # fmt: skip
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, exempt=("/api/v1/assets",))  # uploads: their own cap
+    if account_rate_limit > 0:  # inside the general limit: a request refused there takes no account token
+        app.add_middleware(RateLimitMiddleware, limiter=RateLimiter(account_rate_limit, account_burst, clock=clock),
+                           on_limited=metrics.rate_limited.inc, applies=is_account_action, what="account actions")
     if rate_limit > 0:  # added last: runs first, before any body is read
         app.add_middleware(RateLimitMiddleware, limiter=RateLimiter(rate_limit, clock=clock), on_limited=metrics.rate_limited.inc)
     app.add_middleware(ErrorCounter, count=lambda status: metrics.http_errors.labels(str(status)).inc())
@@ -66,8 +71,8 @@ def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None,
     app.include_router(access_router)
     app.include_router(exports_router)
     app.include_router(checkpoints_router)
-    app.include_router(assets_router)
     app.include_router(audits_router)
+    app.include_router(assets_router)
     app.include_router(web.router)
 
     @app.get("/healthz", include_in_schema=False)
@@ -196,7 +201,9 @@ class Coordinator:
         services.assets = self.assets  # the task files swarms are defined with (coordinator/assets.py)
         self.exporter = ExportScheduler(self.engine, config.exports_dir, config.export_interval_seconds)
         self.exporter.start()
-        await self._serve_http(create_app(services, self.metrics, config.rate_limit, config.max_body_bytes))
+        await self._serve_http(create_app(services, self.metrics, config.rate_limit, config.max_body_bytes,
+                                          account_rate_limit=config.account_rate_limit,
+                                          account_burst=config.account_burst))  # fmt: skip
         if config.ready_file is not None:
             write_ready_file(config.ready_file, self.ready_info())
         logger.info("Hearth coordinator ready: %s", self.url)

@@ -45,6 +45,11 @@ def coordinator() -> None:
 @click.option("--rate-limit", "rate_limit", default="20/s", show_default=True, metavar="N/s",
               help="Requests per second each client IP may make to the website and API (bursts of 5 s worth; "
                    "also N/min); 0 disables.")  # fmt: skip
+@click.option("--account-rate-limit", "account_rate_limit", default="6/min", show_default=True, metavar="N/min",
+              help="Account actions (registrations, attaching/detaching nodes, team actions, renames) each client IP "
+                   "may make, after a burst of --account-burst; 0 disables.")  # fmt: skip
+@click.option("--account-burst", type=click.IntRange(min=1), default=20, show_default=True, metavar="N",
+              help="Account actions a client IP may make at once before --account-rate-limit applies.")
 @click.option("--broker-auth/--no-broker-auth", default=False, show_default=True,
               help="Embedded broker: only logged-in clients, each node publishing under its own topics only.")
 @click.option("--token-lifetime", type=click.FloatRange(min=2), default=600.0, show_default=True, metavar="SECONDS",
@@ -62,8 +67,8 @@ def coordinator() -> None:
 @click.option("--peer-id-retention-hours", type=click.FloatRange(min=0, min_open=True), default=24.0,
               show_default=True, metavar="HOURS", help="Clear a node's libp2p peer id this long after it went offline.")
 def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, broker_port, ingest_workers, dht_host, dht_port,
-          ready_file, checkpoint_every, keep_checkpoints, rate_limit, token_lifetime, broker_auth, verify_work,
-          **privacy_options) -> None:  # fmt: skip
+          ready_file, checkpoint_every, keep_checkpoints, rate_limit, account_rate_limit, account_burst,
+          token_lifetime, broker_auth, verify_work, **privacy_options) -> None:  # fmt: skip
     """Start the coordinator in this process; Ctrl+C stops it (twice: at once)."""
     from coordinator.ratelimit import parse_rate
 
@@ -72,7 +77,8 @@ def serve(data_dir, db_url, host, port, public_host, broker_url, broker_host, br
             data_dir=data_dir, db_url=db_url, host=host, port=port, public_host=public_host, broker_url=broker_url,
             broker_host=broker_host, broker_port=broker_port, ingest_workers=ingest_workers, dht_host=dht_host, dht_port=dht_port,
             ready_file=ready_file, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-            rate_limit=parse_rate(rate_limit), token_lifetime=token_lifetime, broker_auth=broker_auth, verify_work=verify_work,
+            rate_limit=parse_rate(rate_limit), account_rate_limit=parse_rate(account_rate_limit, "--account-rate-limit"),
+            account_burst=account_burst, token_lifetime=token_lifetime, broker_auth=broker_auth, verify_work=verify_work,
             **privacy_options,  # tls_cert, tls_key, broker_public_url, peer_id_retention_hours
         )  # fmt: skip
     except ValueError as e:

@@ -83,6 +83,10 @@ class CoordinatorConfig:
     """How many checkpoints per swarm stay in data_dir/checkpoints/<swarm_id> (the newest)."""
     rate_limit: float = 20.0
     """Requests per second each client IP may make to the website and API (bursts of 5 s worth); 0 disables."""
+    account_rate_limit: float = 0.1
+    """Account actions (registration, attach/detach, team actions, renames) per second each client IP may make; 0 disables."""
+    account_burst: int = 20
+    """Account actions a client IP may make at once before account_rate_limit applies."""
     tls_cert: Optional[Path] = None
     """PEM certificate (chain) for TLS on the HTTP API and the embedded broker's listener (coordinator/tls.py)."""
     tls_key: Optional[Path] = None
@@ -124,6 +128,10 @@ class CoordinatorConfig:
             raise ValueError("export interval must be positive")
         if self.rate_limit < 0:
             raise ValueError("--rate-limit must be 0 (off) or positive")
+        if self.account_rate_limit < 0:
+            raise ValueError("--account-rate-limit must be 0 (off) or positive")
+        if self.account_burst < 1:
+            raise ValueError("--account-burst must be at least 1")
         if self.token_lifetime < 2:
             raise ValueError("--token-lifetime must be at least 2 seconds")
         self.tls_cert = Path(self.tls_cert).expanduser() if self.tls_cert is not None else None

@@ -219,7 +219,7 @@ def run(work: Path, volunteers: int, reports: int, publishers: int, in_flight: i
         coordinator = spawn_group(python_argv("hearth", "coordinator", "serve", "--data-dir", str(work / "c"),
                                               "--db", db_url, "--port", "0", "--broker", broker.url,
                                               "--ingest-workers", str(ingest_workers), "--ready-file", str(ready_file),
-                                              "--rate-limit", "0"),  # every volunteer registers from 127.0.0.1
+                                              "--rate-limit", "0", "--account-rate-limit", "0"),  # every volunteer registers from 127.0.0.1
                                   stdout=log, stderr=log)  # fmt: skip
         workers = []
         try:

@@ -28,7 +28,10 @@ class CoordinatorProcess:
         self.ready_file = data_dir / "ready.json"
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         broker = () if "--broker" in extra_args else ("--broker-port", "0")  # else the embedded broker
-        argv = hearth_argv("coordinator", "serve", "--data-dir", str(data_dir), "--port", "0", *broker, *extra_args,
+        # Every test client registers from 127.0.0.1, far faster than a person would: the strict account budget
+        # (coordinator/ratelimit.py) is off unless a test sets it.
+        account = () if "--account-rate-limit" in extra_args else ("--account-rate-limit", "0")
+        argv = hearth_argv("coordinator", "serve", "--data-dir", str(data_dir), "--port", "0", *broker, *account, *extra_args,
                            "--dht-port", "0", "--ready-file", str(self.ready_file))  # fmt: skip
         self.process = spawn_group(argv, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
         self.info = wait_until(self._ready, COORDINATOR_START_TIMEOUT, what="the coordinator to start")
