@@ -31,6 +31,14 @@ def test_accountant_closes_epochs_and_discards_stale_work():
     assert (accountant.total_samples, accountant.discarded_samples) == (512, 128)
 
 
+def test_a_diverged_loss_is_reported_as_unknown_and_the_work_still_counts():
+    for loss in (float("nan"), float("inf"), 1e31):  # the protocol refuses these (|loss| <= 1e30, finite)
+        accountant = Accountant()
+        accountant.add_batch(64, 0.1, loss)
+        closed = accountant.close_epoch(epoch=1, group_size=1)
+        assert closed.loss is None and closed.samples == 64, loss
+
+
 def test_identity_is_created_once_with_private_files(tmp_path):
     first = NodeIdentity.load_or_create(tmp_path)
     assert stat.S_IMODE((tmp_path / "node.key").stat().st_mode) == 0o600
