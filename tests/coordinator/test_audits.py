@@ -9,6 +9,7 @@ import threading
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
+import httpx
 import pytest
 import torch
 from sqlalchemy import select
@@ -164,6 +165,11 @@ async def _honest_node_passes(tmp_path):
             row = (await conn.execute(select(db.audits).where(db.audits.c.id == audit_id))).first()
         assert row.validator_seconds > 0 and row.node_seconds > 0
         assert row.loss == pytest.approx(row.expected_loss, rel=1e-3)
+        async with httpx.AsyncClient(base_url=c.url) as client:  # the node's audit trail in the API
+            listed = (await client.get("/api/v1/audits", params={"node_id": key.node_id})).json()
+            forged = await client.post("/api/v1/audits/answers", content=b'{"body": "{}", "sig": "x"}')
+        assert [(a["id"], a["status"], a["reason"]) for a in listed["audits"]] == [(audit_id, "passed", None)]
+        assert forged.status_code == 400 and forged.json()["error"]["code"] == "unsupported_version"  # an empty body
 
 
 def test_random_gradients_fail_every_audit_and_the_volunteer_is_banned(tmp_path):
