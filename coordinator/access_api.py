@@ -22,7 +22,15 @@ router = APIRouter(prefix="/api/v1", tags=["access"])
 @router.get("/coordinator-key")
 async def coordinator_key(request: Request) -> JSONResponse:
     """{public_key}: the Ed25519 key that signs receipts and access tokens (also in every swarm manifest)."""
-    return JSONResponse({"public_key": services(request).issuer.key.public_key})
+    return JSONResponse({"public_key": _issuer(request).key.public_key})
+
+
+def _issuer(request: Request):
+    """The coordinator's TokenIssuer; an app built without one (tests, benchmarks) answers 503, never 500."""
+    issuer = services(request).issuer
+    if issuer is None:
+        raise ApiError(503, "unavailable", "this coordinator has no signing key")
+    return issuer
 
 
 @router.post("/swarms/{swarm_id}/access-token")
@@ -42,7 +50,7 @@ async def access_token(request: Request, swarm_id: str) -> JSONResponse:
     if message.swarm_id != swarm_id:
         raise ApiError(400, "wrong_swarm", "the signed request names another swarm than the URL")
     try:
-        grant = await svc.issuer.for_node(svc.ledger.engine, message)
+        grant = await _issuer(request).for_node(svc.ledger.engine, message)
     except TokenRefused as e:
         raise ApiError(e.status, e.code, e.message) from e
     return JSONResponse(grant.model_dump())
