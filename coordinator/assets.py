@@ -103,8 +103,8 @@ def prepare_assets(task_name: str, options: Mapping[str, Any], inputs: Mapping[s
     wants. Blocking (reads and hashes files). Raises ValueError with a message for the operator."""
     task = load_task(task_name)
     task.configure(TaskContext(options=dict(options)))
-    accepted = getattr(task, "asset_inputs", {})
-    unknown = set(inputs) - set(accepted)
+    accepted = getattr(task, "asset_inputs", None)  # {name: what it is}; a task that names none takes any file
+    unknown = set(inputs) - set(accepted) if accepted is not None else set()
     if unknown:
         names = ", ".join(sorted(accepted)) or "none"
         raise ValueError(f"task {task_name} takes no asset {', '.join(sorted(unknown))}; it takes: {names}")
