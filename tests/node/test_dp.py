@@ -163,8 +163,10 @@ def membership_gap(private: bool) -> tuple[float, float]:
     task.configure(TaskContext(options={"hidden": 128}))
     model = task.build_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    dp = PrivateTraining(model, TensorDataset(*train), settings(clip=1.0, noise=2.0, budget=1e6), MIA_BATCH, seed=7)
-    batches, generator = dp.batches(), torch.Generator().manual_seed(7)
+    if private:  # (its hooks would slow the plain run down)
+        dp = PrivateTraining(model, TensorDataset(*train), settings(clip=1.0, noise=2.0, budget=1e6), MIA_BATCH, seed=7)
+        batches = dp.batches()
+    generator = torch.Generator().manual_seed(7)
     for _ in range(MIA_STEPS):
         if private:
             dp.backward(task.loss, next(batches))
