@@ -16,6 +16,7 @@ rate to the latest record of that epoch), which gives accurate *shares*. A repor
 Credit is for min(claimed, believed) samples; every cut keeps a readable reason.
 """
 
+import bisect
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ class _NodeAccount:
     allowance: float = 0.0  # believed samples allowed so far (Σ observed × scale × (1 + TOLERANCE))
     used: int = 0  # of the allowance
     excess: list[float] = field(default_factory=list)  # recent claimed ÷ (observed × the epoch's scale)
-    last_claim_at: Optional[float] = None
+    claim_times: list[float] = field(default_factory=list)  # when its recent claims arrived, in order
 
     @property
     def usual_excess(self) -> float:
@@ -175,11 +176,13 @@ class SwarmPlausibility:
                 allowed, reason = share_cap, f"over observed share: {share_cap} of {claim.samples} believed"
             rate = self.throughput(claim.peer_id)
             if rate is not None:
-                since = account.last_claim_at or self.peers[claim.peer_id].first_seen
+                earlier = [t for t in account.claim_times if t < claim.received]  # epochs may be decided out of order
+                since = earlier[-1] if earlier else self.peers[claim.peer_id].first_seen
                 rate_cap = int(rate * max(claim.received - since, 0.0) * THROUGHPUT_SLACK)
                 if rate_cap < allowed:
                     allowed, reason = rate_cap, f"over throughput x time: {rate_cap} of {claim.samples} believed"
-            account.last_claim_at = claim.received
+            bisect.insort(account.claim_times, claim.received)
+            del account.claim_times[:-EXCESS_MEMORY]
             account.used += allowed  # before the epoch's cap: a cut there must not become allowance later
             believed[claim.report_id] = (claim, allowed, reason)
         cap = self.target_batch_size * EPOCH_SLACK - believed_so_far

@@ -134,3 +134,14 @@ def test_an_epoch_waits_for_its_peers_reports_but_not_forever():
     assert rules.decide([claim], now=5.5) == []  # q's report may still come
     [verdict] = rules.decide([claim], now=5.0 + CLAIM_WAIT)
     assert verdict.samples == 500 and verdict.reason is None
+
+
+def test_a_later_epoch_decided_first_does_not_starve_the_earlier_one():
+    rules = SwarmPlausibility(TARGET)
+    for now, records in ((0.0, [("p", 0, 900, 0.0)]), (10.0, [("p", 1, 0, 10.0)]), (19.0, [("p", 1, 900, 19.0)]),
+                         (20.0, [("p", 2, 0, 20.0)])):  # fmt: skip
+        rules.observe([PeerProgress(peer, epoch, samples, 100.0, t, False) for peer, epoch, samples, t in records], now)
+    later, earlier = Claim(2, "n", "p", 1, 1000, received=20.5), Claim(1, "n", "p", 0, 1000, received=10.5)
+    [first] = rules.decide([later], now=20.5 + CLAIM_WAIT)
+    [second] = rules.decide([earlier], now=21.0 + CLAIM_WAIT)
+    assert (first.samples, second.samples) == (1000, 1000)  # each fits 100/s × its own time since the one before
