@@ -9,8 +9,9 @@ tables are not touched, so every team, swarm and leaderboard total stays as it w
 team membership for the same reason (exports count members per team).
 
 Retention: the ledger holds no IP address. A node's libp2p peer id (which finds its addresses in a swarm's DHT) is
-cleared once the node has been offline for `peer_id_hours`; the in-memory per-address state of the HTTP rate
-limiter and of reachability checks is dropped as soon as it no longer limits anything (seconds to minutes).
+cleared once the node has been offline for `peer_id_hours`, and messages from unknown senders (such as a PC still
+running after its account was erased) go after as long; the in-memory per-address state of the HTTP rate limiter
+and of reachability checks is dropped as soon as it no longer limits anything (seconds to minutes).
 """
 
 import asyncio
@@ -146,6 +147,17 @@ def app_rate_limiters(app: Any) -> list:
     return [m.kwargs["limiter"] for m in app.user_middleware if m.cls is RateLimitMiddleware]
 
 
+async def forget_unknown_senders(engine, older_than: timedelta, now: Optional[datetime] = None) -> int:
+    """Drop rejected messages from senders no registered node matches (e.g. a PC still running after its account
+    was erased: the node id it claims is a hash of the erased key) once older than `older_than`; how many."""
+    cutoff = (now or datetime.now(timezone.utc)) - older_than
+    x, n = db.rejected_messages, db.nodes
+    known = select(n.c.node_id).where(n.c.node_id == x.c.node_id).exists()
+    async with engine.begin() as conn:
+        done = await conn.execute(delete(x).where(x.c.reason == "unknown_sender", x.c.received_at < cutoff, ~known))
+    return done.rowcount or 0
+
+
 def forget_idle_addresses(rate_limiters: list = (), prober: Any = None) -> int:
     """Drop per-address state that no longer limits anything; how many entries went."""
     dropped = sum(limiter.forget_idle() for limiter in rate_limiters)
@@ -168,6 +180,7 @@ class RetentionSweeper:
 
     async def sweep(self) -> tuple[int, int]:
         cleared = await forget_peer_ids(self.engine, self.keep)
+        await forget_unknown_senders(self.engine, self.keep)
         dropped = forget_idle_addresses(self.rate_limiters, self.prober)
         if cleared:
             logger.info("Retention: cleared the peer id of %d node(s) offline for over %s", cleared, self.keep)

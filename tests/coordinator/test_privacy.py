@@ -18,7 +18,7 @@ from coordinator.api import Services
 from coordinator.app import create_app
 from coordinator.exports import FILES, write_exports
 from coordinator.monitor import DHTMonitor, ProgressSnapshot
-from coordinator.privacy import RetentionSweeper, app_rate_limiters, forget_peer_ids
+from coordinator.privacy import RetentionSweeper, app_rate_limiters, forget_peer_ids, forget_unknown_senders
 from coordinator.ratelimit import RateLimiter
 from coordinator.reachability import ReachabilityProber
 from hearth.progress import PeerProgress, SwarmProgress
@@ -139,6 +139,14 @@ def test_retention_forgets_peer_ids_and_addresses(tmp_path):
         async with ledger.engine.connect() as conn:
             kept = dict((await conn.execute(select(db.nodes.c.node_id, db.nodes.c.peer_id))).all())
         assert kept == {keys[0].node_id: None, keys[1].node_id: PEERS[1], keys[2].node_id: "QmThird"}
+
+        # an erased PC still running: its reports are refused and recorded under the id it claims, for a while
+        stranger = SigningKey.generate()
+        assert await send(ledger, stranger, contribution(stranger, 1, 100)) == "unknown_sender"
+        assert await forget_unknown_senders(ledger.engine, timedelta(hours=24)) == 0  # recent: kept
+        assert await forget_unknown_senders(ledger.engine, timedelta(hours=24), now + timedelta(hours=25)) == 1
+        async with ledger.engine.connect() as conn:
+            assert (await conn.execute(select(db.rejected_messages.c.node_id))).scalars().all() == []
 
         limiters = app_rate_limiters(app)
         assert [len(limiter) for limiter in limiters] == [1]  # the requester's bucket

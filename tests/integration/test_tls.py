@@ -70,7 +70,7 @@ def tls_coordinator(tmp_path_factory):
     process = CoordinatorProcess(base / "data", "--tls-cert", str(cert), "--tls-key", str(key))
     try:
         process.api.close()
-        process.api = httpx.Client(base_url=process.url, timeout=10, verify=client_context(ca_path))
+        process.api = httpx.Client(base_url=process.url, timeout=60, verify=client_context(ca_path))  # swarm creation measures FLOPs
         yield process, ca_path, wrong_ca
     finally:
         process.stop()
