@@ -24,7 +24,7 @@ from typing import Optional
 
 from hearth.progress import PeerProgress
 
-TOLERANCE = 0.03  # allowance over the observed share (after scaling); also the bound on what an over-claimer gains
+TOLERANCE = 0.02  # allowance over the observed share (after scaling); also the bound on what an over-claimer gains
 THROUGHPUT_SLACK = 1.5  # samples may exceed measured samples/s × seconds since the previous report by this factor
 EPOCH_SLACK = 2.0  # an epoch's believed samples may exceed target_batch_size by this factor (hivemind overshoots,
 # most in a swarm's first epochs and on a loaded machine, when peers see each other's progress late)

@@ -9,11 +9,14 @@ The cheaters run the real node with one part replaced inside their own process (
   its previous report under a new sequence number.
 
 Figures (last stdout line, JSON):
-- inflator_credit_ratio: the inflator's granted credit ÷ the credit of the samples it really trained (its
-  reported epochs), so 1.0 = paid for its true share;
+- inflator_credit_ratio: the inflator's share of the credit ÷ its share of the real work (the samples it really
+  trained in its reported epochs; shares among the honest nodes, the inflator and the replayer's own reports),
+  so 1.0 = paid exactly its true share;
 - garbage_caught_after_audits: audits of the garbage node up to and including its first failed one;
 - replays_accepted: replayed reports that earned credit (re-signed copies granted, or an epoch granted twice);
-- honest_share_error: the largest |granted ÷ claimed − 1| of an honest node's credit (honest claims are true);
+- honest_share_error: the largest relative error of an honest node's share of the credit against its share of the
+  real work (honest nodes, the inflator and the replayer's own reports; the garbage node did none), i.e.
+  |credit share ÷ work share − 1|; stderr also shows each node's credit ÷ the credit of its real work;
 - audit_cost_fraction: (validator + nodes' audit compute seconds) ÷ the compute seconds of all reports.
 
 Usage: .venv/bin/python scripts/cheat_sim.py --seconds 180   (a run takes about --seconds + 90 s on 2 cores)
@@ -165,18 +168,18 @@ def figures(work: Path, honest: list[str]) -> dict:
     flops = conn.execute("SELECT flops_per_sample FROM swarms WHERE swarm_id = ?", (SWARM_ID,)).fetchone()[0]
     per_sample = flops / 4.32e11
 
-    errors = {}
+    true_work, credit = {}, {}  # credit units, over decided reports: what each really did and what it was granted
     for name in honest:
         rows = [r for r in reports(name) if r[3] != "pending"]
-        claimed = sum(r[2] for r in rows) * per_sample
-        granted = sum(r[4] for r in rows if r[3] == "granted")
-        errors[name] = abs(granted / claimed - 1) if claimed else 1.0
+        true_work[name] = sum(r[2] for r in rows) * per_sample  # honest claims are true
+        credit[name] = sum(r[4] for r in rows if r[3] == "granted")
 
     inflator_log = [json.loads(line) for line in (work / "inflator" / "cheat.jsonl").read_text().splitlines()]
     true_by_epoch = {entry["epoch"]: entry["true"] for entry in inflator_log}
     decided = [r for r in reports("inflator") if r[3] != "pending" and r[1] in true_by_epoch]
     inflator_true = sum(true_by_epoch[r[1]] for r in decided) * per_sample
     inflator_credit = sum(r[4] for r in decided if r[3] == "granted")
+    true_work["inflator"], credit["inflator"] = inflator_true, inflator_credit
 
     audits = conn.execute("SELECT status FROM audits WHERE node_id = ? AND status != 'open' ORDER BY id",
                           (node_of["garbage"],)).fetchall()  # fmt: skip
@@ -189,12 +192,18 @@ def figures(work: Path, honest: list[str]) -> dict:
     granted_epochs = [r[1] for r in replayer if r[3] == "granted"]
     accepted = sum(1 for r in replayer if r[0] in resigned and r[3] == "granted")
     accepted += len(granted_epochs) - len(set(granted_epochs))
+    own = [r for r in replayer if r[3] != "pending" and r[0] not in resigned and not (r[5] or "").startswith("duplicate")]
+    true_work["replayer"], credit["replayer"] = sum(r[2] for r in own) * per_sample, sum(r[4] for r in own if r[3] == "granted")
+    total_true, total_credit = sum(true_work.values()), sum(credit.values())
+    errors = {name: abs((credit[name] / total_credit) / (true_work[name] / total_true) - 1) if true_work[name] else 1.0
+              for name in honest}  # fmt: skip
 
     audit_seconds = conn.execute("SELECT COALESCE(SUM(validator_seconds + node_seconds), 0) FROM audits").fetchone()[0]
     compute_seconds = conn.execute("SELECT COALESCE(SUM(compute_seconds), 0) FROM reports").fetchone()[0]
     banned = conn.execute("SELECT name FROM volunteers WHERE banned_at IS NOT NULL").fetchall()
     detail = {
-        "honest_errors": {k: round(v, 4) for k, v in errors.items()},
+        "honest_share_errors": {k: round(v, 4) for k, v in errors.items()},
+        "credit_per_true_work": {k: round(credit[k] / true_work[k], 4) for k in true_work if true_work[k]},
         "garbage_audits": statuses, "banned": [b for (b,) in banned],
         "replays_sent": {"raw": sum("raw_replay_seq" in e for e in replay_log), "resigned": len(resigned)},
         "reports": dict(conn.execute("SELECT status, COUNT(*) FROM reports GROUP BY status")),
@@ -208,7 +217,8 @@ def figures(work: Path, honest: list[str]) -> dict:
     }  # fmt: skip
     print(json.dumps(detail), file=sys.stderr)
     return {
-        "inflator_credit_ratio": round(inflator_credit / inflator_true, 4) if inflator_true else None,
+        "inflator_credit_ratio": round((inflator_credit / total_credit) / (inflator_true / total_true), 4)
+        if inflator_true and total_credit else None,
         "garbage_caught_after_audits": caught,
         "replays_accepted": accepted,
         "honest_share_error": round(max(errors.values()), 4),
