@@ -15,6 +15,10 @@ JSON API and website, all in one asyncio process. Never imports `node`.
 - access_cli.py: `hearth volunteer ban|unban`, `hearth coordinator broker-files`.
 - ingest.py: MQTT reports and presence → verification → the ledger; bad input counted and recorded.
 - monitor.py: the coordinator's hivemind DHT peer: bootstrap for nodes, reader of swarm progress.
+- work_check.py: `--verify-work`: pending reports decided from DHT evidence (plausibility) and audits.
+- plausibility.py: how many claimed samples to believe: observed shares, throughput x time, the epoch cap.
+- audits.py: adaptive spot checks of nodes' gradients (trust, requests, recomputation, bans).
+- audits_api.py: POST /api/v1/audits/answers (a node's signed answer), GET /api/v1/audits (a node's audits).
 - metrics.py: Prometheus /metrics (its own registry): report counters, ingest latency, scrape-time gauges.
 - reachability.py: dials a node back from a fresh libp2p host (POST /api/v1/reachability): address policy, limits.
 - queries.py: read queries shared by the API and the website (leaderboard, volunteer audit trail, stats).

@@ -25,6 +25,7 @@
 - checkpoint.py: when no peer had newer state at join, resume from the coordinator's latest checkpoint.
 - assets.py: the task's files this node needs: downloaded, sha256-checked, cached by digest.
 - accounting.py: samples and compute time per epoch.
+- audit.py: answers the coordinator's audits through the trainer's own gradient path (and at shutdown).
 - outbox.py: durable SQLite outbox and the report sequence counter.
 - reporter.py: aiomqtt reports (QoS 1) and retained presence with an "offline" last will.
 - view.py: the live terminal view.
