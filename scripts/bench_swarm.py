@@ -32,6 +32,7 @@ from node.control import ControlError, request, socket_path  # noqa: E402
 
 START_TIMEOUT = 300  # a node's start, its state download and first epoch, on a loaded 2-core machine
 WINDOW_TRIES = 3
+NO_CHECKPOINTS = 10**7  # seconds between the coordinator's checkpoints
 
 
 def pinned_to(cores: set[int]):
@@ -98,8 +99,11 @@ class Bench:
         self.options = [f"--task-option={option}" for option in args.task_option]
         ready = work / "ready.json"
         log = open(work / "coordinator.log", "w")
+        # No checkpoints: the peer serving the coordinator's state download would send a whole fp32 state
+        # inside some measured epoch, and that is not the mode's averaging traffic.
         self.coordinator = spawn_group(hearth("coordinator", "serve", "--data-dir", str(work / "c"), "--port", "0",
-                                              "--broker-port", "0", "--ready-file", str(ready)),
+                                              "--broker-port", "0", "--ready-file", str(ready),
+                                              "--checkpoint-every", str(NO_CHECKPOINTS)),
                                        stdout=log, stderr=log)  # fmt: skip
         self.url = wait_until(lambda: ready.exists() and json.loads(ready.read_text())["url"], 120, what="coordinator")
 
