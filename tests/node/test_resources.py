@@ -182,8 +182,10 @@ class StubOptimizer:
 
 class StubSwarm:
     def __init__(self, batch_size: int):
-        self.manifest = SimpleNamespace(hyperparameters=SimpleNamespace(batch_size=batch_size, learning_rate=2e-3))
+        self.manifest = SimpleNamespace(hyperparameters=SimpleNamespace(batch_size=batch_size, learning_rate=2e-3),
+                                        privacy=None)
         self.grad_averager = SimpleNamespace(rounds_started=0)
+        self.rounds = self.grad_averager  # SwarmMember.rounds: the averager whose rounds close epochs
 
     def build_optimizer(self, params, make_optimizer, make_scheduler=None):
         self.optimizer = StubOptimizer(make_optimizer(list(params)))

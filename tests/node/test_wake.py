@@ -53,8 +53,9 @@ class StubSwarm:
     """The parts of SwarmMember the trainer uses, counting leaves and rejoins."""
 
     def __init__(self, stop: threading.Event, steps_before_stop: int):
-        self.manifest = SimpleNamespace(hyperparameters=SimpleNamespace(batch_size=32, learning_rate=2e-3))
+        self.manifest = SimpleNamespace(hyperparameters=SimpleNamespace(batch_size=32, learning_rate=2e-3), privacy=None)
         self.grad_averager = SimpleNamespace(rounds_started=0)
+        self.rounds = self.grad_averager  # SwarmMember.rounds: the averager whose rounds close epochs
         self.joined, self.leaves, self.rejoins = True, 0, 0
         self.stop, self.steps_left = stop, steps_before_stop
 
