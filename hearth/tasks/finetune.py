@@ -97,7 +97,13 @@ class FinetuneLMTask(TinyLMTask):
         return model
 
     def make_optimizer(self, params, learning_rate: float) -> torch.optim.Optimizer:
-        return torch.optim.Adam([param for param in params if param.requires_grad], lr=learning_rate)
+        """Adam over the trainable parameters only; `params` are tensors, or param groups (as hivemind passes them)."""
+        params = list(params)
+        if params and isinstance(params[0], dict):
+            params = [dict(group, params=[p for p in group["params"] if p.requires_grad]) for group in params]
+        else:
+            params = [param for param in params if param.requires_grad]
+        return torch.optim.Adam(params, lr=learning_rate)
 
 
 def pretrain(steps: int, config: LMConfig = LMConfig(), batch_size: int = 16, learning_rate: float = 2e-3,

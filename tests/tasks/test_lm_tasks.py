@@ -94,7 +94,10 @@ def test_fine_tuning_starts_from_the_pretrained_model_trains_only_its_top_and_be
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {name for name, _ in model.named_parameters() if name.startswith(("embed", "position", "blocks.0."))}
     optimizer = task.make_optimizer(model.parameters(), 1e-3)
-    assert [p for group in optimizer.param_groups for p in group["params"]] == [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert [p for group in optimizer.param_groups for p in group["params"]] == trainable
+    grouped = task.make_optimizer([{"params": list(model.parameters())}], 1e-3)  # as hivemind calls it
+    assert grouped.param_groups[0]["params"] == trainable
 
     bad = load_task("lm-finetune")
     with pytest.raises(ValueError, match="not a tiny-lm model"):
