@@ -30,6 +30,7 @@ CASES = [
 ]
 
 
+@pytest.mark.timeout(600)  # two node processes and a coordinator: minutes on a loaded 2-core machine
 @pytest.mark.parametrize("task_name, options, epochs, learned", CASES)
 def test_builtin_task_trains_in_a_two_peer_swarm(coordinator, nodes, task_name, options, epochs, learned):
     swarm_id = f"builtin-{task_name}-{next(_numbers)}"

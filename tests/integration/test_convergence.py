@@ -4,7 +4,8 @@ samples reach held-out losses within 2 % of each other.
 
 hivemind averages the peers' gradients weighted by their samples and takes one optimizer step per epoch, so the
 reference is one process taking one step per epoch over as many samples as the swarm's peers reported for that
-epoch (at least target_batch_size: peers overshoot a little while their progress records travel). housing's
+epoch (about target_batch_size: more when peers overshoot while their progress records travel, less when hivemind's
+estimate of the others' progress ran ahead), with hivemind's optimizer initialisation. housing's
 optimizer makes runs reproducible to ~1 % (tasks/housing.py), and after EPOCHS its loss still falls by more than
 2 % per epoch: a swarm that stepped once more or once less, or averaged wrongly, would miss the mark."""
 
@@ -29,9 +30,14 @@ TOLERANCE = 0.02
 
 def single_process_losses(task, global_batches: list[int], learning_rate: float, warmup_epochs: int) -> list[float]:
     """Held-out loss after each optimizer step, one per global batch (samples, in BATCH_SIZE batches)."""
+    from hivemind.optim.state_averager import initialize_optimizer_state_
+
     model = task.build_model()
     optimizer = task.make_optimizer(model.parameters(), learning_rate)
     scheduler = task.make_scheduler(optimizer, warmup_epochs)
+    # As on every node: hivemind starts Adam's statistics with one zero-gradient step (its step count is then one
+    # ahead, which changes the bias correction of the first epochs' updates by up to a third).
+    initialize_optimizer_state_(optimizer)
     losses = []
     for epoch, samples in enumerate(global_batches):
         data = task.data_stream(peer_seed=10_000 + epoch, batch_size=BATCH_SIZE)
@@ -44,6 +50,7 @@ def single_process_losses(task, global_batches: list[int], learning_rate: float,
     return losses
 
 
+@pytest.mark.timeout(600)  # two node processes and a coordinator: minutes on a loaded 2-core machine
 def test_a_two_peer_swarm_reaches_the_loss_of_one_process_with_the_same_global_batch(coordinator, nodes):
     created = run_hearth("swarm", "create", SWARM_ID, "--task", "housing", "--target-batch-size", str(TARGET_BATCH_SIZE),
                          "--batch-size", str(BATCH_SIZE), "--matchmaking-time", "1", "--coordinator", coordinator.url,
@@ -58,7 +65,7 @@ def test_a_two_peer_swarm_reaches_the_loss_of_one_process_with_the_same_global_b
         assert process.wait(timeout=300) == 0, nodes.log(name)
     samples = wait_until(lambda: _samples_per_epoch(coordinator, nodes.processes), 60, what="both nodes' reports")
     global_batches = [samples[epoch] for epoch in range(EPOCHS)]
-    assert all(batch >= TARGET_BATCH_SIZE for batch in global_batches), global_batches
+    assert all(batch >= BATCH_SIZE for batch in global_batches), global_batches
     reference = single_process_losses(task, global_batches + [TARGET_BATCH_SIZE], hp["learning_rate"], hp["warmup_epochs"])
     # The test can fail: one step more or fewer changes the loss by more than the tolerance.
     assert abs(reference[EPOCHS - 2] - reference[EPOCHS - 1]) > TOLERANCE * reference[EPOCHS - 1], reference
