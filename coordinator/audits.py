@@ -1,7 +1,7 @@
 """Audits of real work: adaptive spot checks of nodes' gradients, BOINC's adaptive replication for training.
 
 When a pending report is first seen (coordinator/work_check.py), its node is audited with a probability that
-halves with every audit passed in a row (from 1: a new node is checked at once) down to P_MIN, and is back at 1
+starts at P_START, halves with every audit passed in a row down to P_MIN, and is 1
 after a failure until the node passed RECOVERY audits in a row. An audit names a batch (a random seed → the
 first batch of the task's data stream with that seed) and a model state (the swarm's latest checkpoint, else the
 task's seeded initial model) and asks, over the node's MQTT audits topic, for the loss and a gradient digest
@@ -36,6 +36,7 @@ from protocol.topics import audit_topic
 
 logger = logging.getLogger(__name__)
 
+P_START = 0.5  # a new node's odds: its first reports are likely checked (every audit of a cheater fails)
 P_MIN = 0.05
 RECOVERY = 5  # passes in a row that bring a node that failed back to the halving probability
 BAN_AFTER = 3  # failed audits that ban the volunteer
@@ -56,7 +57,7 @@ class Trust:
     def probability(self) -> float:
         if self.failures and self.passes_in_row < RECOVERY:
             return 1.0
-        return max(P_MIN, 0.5 ** (self.passes_in_row - (RECOVERY if self.failures else 0)))
+        return max(P_MIN, P_START * 0.5 ** (self.passes_in_row - (RECOVERY if self.failures else 0)))
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Auditor:
         self._outcomes: dict[int, Outcome] = {}  # report id → outcome, until work_check settled the report
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="audit-validator")  # one recomputation at a time
         self._initial: dict[tuple, dict] = {}  # (task, options) → the seeded initial model's state_dict
+        self._states: dict[str, dict] = {}  # checkpoint path → its model state (the latest few)
 
     async def trust_of(self, node_id: str) -> Trust:
         if node_id not in self.trust:
@@ -164,7 +166,10 @@ class Auditor:
         started = time.perf_counter()
         task = configured_task(pending.task, pending.task_options, None)
         if pending.state_path is not None:
-            state = torch.load(pending.state_path, map_location="cpu", weights_only=True)["model"]
+            if pending.state_path not in self._states:
+                self._states = dict(list(self._states.items())[-2:])
+                self._states[pending.state_path] = torch.load(pending.state_path, map_location="cpu", weights_only=True)["model"]
+            state = self._states[pending.state_path]
         else:  # built once: the seeded initial model is the same for every audit of the task
             key = (pending.task, repr(sorted((pending.task_options or {}).items())))
             if key not in self._initial:

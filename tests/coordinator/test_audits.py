@@ -17,7 +17,7 @@ from sqlalchemy import select
 from coordinator import db
 from coordinator.api import Services
 from coordinator.app import _Server, create_app, listening_socket
-from coordinator.audits import BAN_AFTER, P_MIN, Auditor, Trust
+from coordinator.audits import BAN_AFTER, P_MIN, P_START, Auditor, Trust
 from coordinator.broker import EmbeddedBroker
 from coordinator.checkpoints import CheckpointStore
 from coordinator.ingest import Ingestor
@@ -39,12 +39,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def test_audit_probability_halves_with_passes_and_returns_to_one_after_a_failure():
-    assert Trust().probability == 1.0
-    assert Trust(passes_in_row=1, audits=1).probability == 0.5
-    assert Trust(passes_in_row=3, audits=3).probability == 0.125
+    assert Trust().probability == P_START == 0.5
+    assert Trust(passes_in_row=1, audits=1).probability == 0.25
+    assert Trust(passes_in_row=3, audits=3).probability == 0.0625
     assert Trust(passes_in_row=50, audits=50).probability == P_MIN
     assert Trust(passes_in_row=2, audits=10, failures=1).probability == 1.0
-    assert Trust(passes_in_row=6, audits=10, failures=1).probability == 0.5
+    assert Trust(passes_in_row=6, audits=10, failures=1).probability == 0.25
 
 
 class Node:
