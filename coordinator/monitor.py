@@ -40,6 +40,7 @@ class DHTMonitor:
         self.private_dht = None
         self.private_peers: list[str] = []
         self._private_run_ids: set[str] = set()
+        self._private_registered: set[str] = set()  # run_ids whose validators the private peer has
         self.progress: dict[str, ProgressSnapshot] = {}  # swarm_id → latest progress read
         self._registered: set[str] = set()
         self._task: Optional[asyncio.Task] = None
@@ -72,11 +73,14 @@ class DHTMonitor:
         if private and run_id not in self._private_run_ids and self.dht is not None:
             await self._start_private()
             self._private_run_ids.add(run_id)
+        # A poll can meet a new private swarm before its creation registers it as private: then the open peer got
+        # its validators first, and the private peer needs them all the same.
         dht = self.dht_for(run_id)
-        if dht is None or run_id in self._registered:
+        done = self._private_registered if run_id in self._private_run_ids else self._registered
+        if dht is None or run_id in done:
             return
         await asyncio.to_thread(dht.add_validators, progress_validators(run_id))
-        self._registered.add(run_id)
+        done.add(run_id)
         logger.info("DHT monitor now validates progress records of %s", run_id)
 
     def dht_for(self, run_id: str):

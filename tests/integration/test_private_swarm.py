@@ -83,14 +83,18 @@ def test_banned_volunteer_falls_out(private, tmp_path):
     banned_access = SwarmAccess(coordinator.url, banned_key, manifest, banned_identity)
     good_access = SwarmAccess(coordinator.url, good_key, manifest, good_identity)
     banned = _dht(manifest, authorizer=banned_access.authorizer(banned_access.fetch()), identity_path=str(banned_identity))
-    good = _dht(manifest, authorizer=good_access.authorizer(good_access.fetch()), identity_path=str(good_identity))
+    good_grant = good_access.fetch()
+    good = _dht(manifest, authorizer=good_access.authorizer(good_grant), identity_path=str(good_identity))
     try:
-        def heard(timeout: float = 5.0) -> bool:
-            """Does a value the banned peer stores now reach the good peer?"""
+        def reaches(writer, reader) -> bool:
+            """Does a value `writer` stores now reach `reader`?"""
             key = f"{manifest.run_id}_probe_{uuid.uuid4().hex}"
-            banned.store(key, "hello", expiration_time=_dht_time() + 60)
-            found = good.get(key, latest=True)
+            writer.store(key, "hello", expiration_time=_dht_time() + 60)
+            found = reader.get(key, latest=True)
             return found is not None and found.value == "hello"
+
+        def heard() -> bool:
+            return reaches(banned, good)
 
         wait_until(heard, 30, what="the two token holders to see each other's records")
         result = run_hearth("volunteer", "ban", "to-be-banned", "--coordinator", coordinator.url,
@@ -102,7 +106,11 @@ def test_banned_volunteer_falls_out(private, tmp_path):
         fresh_key, fresh_identity = _volunteer(coordinator, tmp_path, "late-joiner")
         fresh = SwarmAccess(coordinator.url, fresh_key, manifest, fresh_identity)
         late = _dht(manifest, authorizer=fresh.authorizer(fresh.fetch()))  # the swarm still works for others
-        late.shutdown()
+        try:  # and the good peer, once its first token has expired, goes on with a renewed one
+            wait_until(lambda: time.time() > float(good_grant.expiration_time) and reaches(good, late),
+                       TOKEN_LIFETIME * 3, what="the good peer to go on with a renewed token")  # fmt: skip
+        finally:
+            late.shutdown()
     finally:
         banned.shutdown()
         good.shutdown()
@@ -120,10 +128,10 @@ def test_node_with_a_token_trains(private, nodes):
     wait_until(lambda: coordinator.get("/api/v1/volunteers/insider")["reports"] >= 1 if _exists(coordinator, "insider")
                else False, 180, what="the node in the private swarm to report an epoch")  # fmt: skip
     # the coordinator's own private peer reads the swarm's progress records and downloads its state
-    assert coordinator.get("/api/v1/swarms/hidden/progress")["peers_online"] >= 1
+    wait_until(lambda: coordinator.get("/api/v1/swarms/hidden/progress")["peers_online"] >= 1, 60,
+               what="the coordinator to read the private swarm's progress")  # fmt: skip
     wait_until(lambda: coordinator.get("/api/v1/swarms/hidden/checkpoints")["checkpoints"], 120,
                what="a checkpoint of the private swarm")  # fmt: skip
-    assert "Could not renew" not in nodes.log("insider")  # renewed at each half-life while it trained
 
 
 def _exists(coordinator, name: str) -> bool:
