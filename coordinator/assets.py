@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterable, Mapping, Optional
 
 from hearth.tasks import Task, TaskContext, load_task
+from hearth.tasks.assets import needed_names
 from protocol.messages import TaskAsset
 
 logger = logging.getLogger(__name__)
@@ -128,12 +129,20 @@ def prepare_assets(task_name: str, options: Mapping[str, Any], inputs: Mapping[s
     return assets
 
 
-def configured_task(task_name: str, task_options: Optional[Mapping[str, Any]], store: Optional[AssetStore]) -> Task:
-    """The task as the coordinator runs it for a swarm: its options, and its assets from the local store.
+def configured_task(task_name: str, task_options: Optional[Mapping[str, Any]], store: Optional[AssetStore],
+                    node_id: Optional[str] = None) -> Task:  # fmt: skip
+    """The task as the coordinator runs it for a swarm: its options, and its assets from the local store (with
+    `node_id`: only the assets that node has, e.g. its own text shards, so its data stream is the node's).
     `task_options` is the swarms row's column: {"options": {...}, "assets": [...]} or None."""
     task = load_task(task_name)
     stored = task_options or {}
-    assets = store.local_paths(stored.get("assets", [])) if store is not None else {}
-    if stored.get("options") or assets:
-        task.configure(TaskContext(options=dict(stored.get("options", {})), assets=assets))
+    options = dict(stored.get("options", {}))
+    listed = stored.get("assets", [])
+    if node_id is not None and listed:
+        task.configure(TaskContext(options=options))  # the options may say which assets a node takes
+        chosen = set(needed_names(task, [asset["name"] for asset in listed], node_id))
+        listed = [asset for asset in listed if asset["name"] in chosen]
+    assets = store.local_paths(listed) if store is not None else {}
+    if options or assets:
+        task.configure(TaskContext(options=options, assets=assets))
     return task

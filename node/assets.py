@@ -17,6 +17,7 @@ from urllib.parse import urljoin
 import httpx
 from platformdirs import user_cache_dir
 
+from hearth.tasks.assets import needed_names
 from protocol.messages import TaskAsset
 
 logger = logging.getLogger(__name__)
@@ -33,21 +34,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HEARTH_CACHE_DIR") or user_cache_dir("hearth", appauthor=False)) / "assets"
 
 
-def asset_seed(node_id: str) -> int:
-    """Which shards a node takes: fixed per node, so a restart reuses its cache."""
-    return int.from_bytes(hashlib.sha256(f"{node_id}:assets".encode()).digest()[:8], "little")
-
-
 def needed(task, assets: Iterable[TaskAsset], node_id: str) -> list[TaskAsset]:
     """The assets this node needs: the task chooses (tiny-lm: a few text shards); by default all of them."""
     assets = list(assets)
     missing = [name for name in getattr(task, "required_assets", ()) if name not in {asset.name for asset in assets}]
     if missing:
         raise AssetError(f"the swarm lists no {', '.join(missing)} asset, which task {task.name} needs")
-    choose = getattr(task, "assets_needed", None)
-    if choose is None:
-        return assets
-    names = set(choose([asset.name for asset in assets], asset_seed(node_id)))
+    names = set(needed_names(task, [asset.name for asset in assets], node_id))
     return [asset for asset in assets if asset.name in names]
 
 

@@ -5,7 +5,9 @@ match the manifest is refused after one retry and never kept."""
 import hashlib
 
 import pytest
+import torch
 
+from coordinator.assets import AssetStore, configured_task
 from hearth.tasks import TaskContext, load_task
 from hearth.tasks.text import generate_text
 from node.assets import AssetCache, AssetError, needed
@@ -17,7 +19,7 @@ OPTIONS = {"layers": 1, "d_model": 32, "heads": 2, "seq_len": 32, "shard_kb": 4,
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """(base URL, manifest) of a tiny-lm swarm whose 40 KiB text the coordinator split into 4 KiB shards."""
+    """(base URL, manifest, the coordinator's asset dir) of a tiny-lm swarm whose 40 KiB text the coordinator split into 4 KiB shards."""
     tmp_path = tmp_path_factory.mktemp("assets")
     with live_server(tmp_path) as client:
         auth = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
@@ -25,7 +27,7 @@ def served(tmp_path_factory):
         body = {"swarm_id": "lm", "task": "tiny-lm", "task_options": OPTIONS, "assets": {"text": uploaded["sha256"]}}
         created = client.post("/api/v1/swarms", json=body, headers=auth, timeout=120)
         assert created.status_code == 201, created.text
-        yield str(client.base_url), SwarmManifest.model_validate(created.json())
+        yield str(client.base_url), SwarmManifest.model_validate(created.json()), tmp_path / "assets"
 
 
 def tiny_lm():
@@ -39,7 +41,7 @@ def cached(cache_dir) -> list[str]:
 
 
 def test_a_node_downloads_only_its_own_shards_and_reuses_its_cache(served, tmp_path):
-    base_url, manifest = served
+    base_url, manifest, store_dir = served
     chosen = needed(tiny_lm(), manifest.assets, "node-a")
     assert len(manifest.assets) == 10 and [a.name for a in chosen] == sorted(a.name for a in chosen)
     assert len(chosen) == 2 and all(a.name.startswith("text-0") for a in chosen)  # two shards, not the held-out one
@@ -64,13 +66,20 @@ def test_a_node_downloads_only_its_own_shards_and_reuses_its_cache(served, tmp_p
     assert inputs.shape == (4, 32) and torch_equal_shifted(inputs, targets)
     assert all(bytes(row.tolist()) in text for row in inputs)
 
+    # The coordinator rebuilds the task as this node runs it (its shards, so its data): e.g. to check its work.
+    listed = {"options": OPTIONS, "assets": [asset.model_dump() for asset in manifest.assets]}
+    as_node = configured_task("tiny-lm", listed, AssetStore(store_dir), node_id="node-a")
+    assert sorted(as_node.assets) == sorted(paths)
+    coordinator_inputs, _ = next(as_node.data_stream(peer_seed=3, batch_size=4))
+    assert torch.equal(coordinator_inputs, inputs)
+
 
 def torch_equal_shifted(inputs, targets) -> bool:
     return bool((inputs[:, 1:] == targets[:, :-1]).all())
 
 
 def test_a_corrupt_cached_copy_is_downloaded_again(served, tmp_path):
-    base_url, manifest = served
+    base_url, manifest, _ = served
     asset = manifest.assets[0]
     cache = AssetCache(base_url, tmp_path / "cache")
     path = cache.fetch(asset)
@@ -81,7 +90,7 @@ def test_a_corrupt_cached_copy_is_downloaded_again(served, tmp_path):
 
 
 def test_a_file_that_does_not_match_the_manifest_is_refused_after_a_retry_and_never_kept(served, tmp_path):
-    base_url, manifest = served
+    base_url, manifest, _ = served
     real = manifest.assets[0]
     wrong = TaskAsset(name=real.name, url=real.url, sha256="ab" * 32, size=real.size)  # the manifest lies
     cache = AssetCache(base_url, tmp_path / "cache")
