@@ -7,8 +7,8 @@ closed epoch every peer's samples are estimated at one common instant (its last 
 rate to the latest record of that epoch), which gives accurate *shares*. A report is then believed:
 
 1. up to its node's measured throughput × the time since its previous report (× THROUGHPUT_SLACK);
-2. up to its observed samples × the epoch's scale × (1 + TOLERANCE), where the scale is the lower weighted
-   median of claimed ÷ observed over the epoch's reports (honest peers agree on it; cheaters would need most of
+2. up to its observed samples × the epoch's scale × (1 + TOLERANCE), where the scale is the weighted median
+   of claimed ÷ observed over the epoch's reports (honest peers agree on it; cheaters would need most of
    the epoch's samples to move it). Allowance not used in one epoch carries to the next, so estimation noise
    evens out while a node's total credit stays within (1 + TOLERANCE) of what it was observed to do;
 3. the epoch's believed samples are scaled down, all alike, to target_batch_size × EPOCH_SLACK.
@@ -198,7 +198,7 @@ class SwarmPlausibility:
 
     def _scale(self, group: list[Claim], estimates: dict[str, float]) -> float:
         """The epoch's claimed ÷ observed, common to honest nodes (the estimates all miss the work after the
-        epoch's last records): the lower weighted median (weights: observed) of each node's ratio divided by how
+        epoch's last records): the weighted median (weights: observed) of each node's ratio divided by how
         far above the scale that node has usually claimed (≥ 1), so a steady over-claimer cannot pull it up.
         1 without evidence."""
         ratios = sorted((c.samples / estimates[c.peer_id] / self.accounts[c.node_id].usual_excess, estimates[c.peer_id])
@@ -206,8 +206,10 @@ class SwarmPlausibility:
         if not ratios:
             return 1.0
         half, running = sum(weight for _, weight in ratios) / 2, 0.0
-        for ratio, weight in ratios:
+        for index, (ratio, weight) in enumerate(ratios):
             running += weight
-            if running >= half:
+            if running > half:
                 return ratio
+            if running == half:  # an even split: halfway between the two middle ratios (no bias either way)
+                return (ratio + ratios[index + 1][0]) / 2
         return ratios[-1][0]
