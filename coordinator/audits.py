@@ -81,9 +81,10 @@ class AuditRefused(Exception):
 class Auditor:
     def __init__(self, engine, publish: Callable[[str, bytes], Awaitable[None]], checkpoints=None,
                  rng: Optional[random.Random] = None, clock: Callable[[], float] = time.time,
-                 answer_timeout: float = ANSWER_TIMEOUT, key=None):  # fmt: skip
-        """`key`: the coordinator's protocol.signing.SigningKey that seals requests (None: sent unsigned)."""
-        self.key = key
+                 answer_timeout: float = ANSWER_TIMEOUT, key=None, assets=None):  # fmt: skip
+        """`key`: the coordinator's protocol.signing.SigningKey that seals requests (None: sent unsigned);
+        `assets`: the coordinator.assets.AssetStore, for tasks built from files (a pretrained model, text shards)."""
+        self.key, self.assets = key, assets
         self.engine, self.publish, self.checkpoints = engine, publish, checkpoints
         self.rng, self.clock, self.answer_timeout = rng or random.SystemRandom(), clock, answer_timeout
         self.trust: dict[str, Trust] = {}
@@ -164,7 +165,7 @@ class Auditor:
     def _recompute(self, pending: _Open) -> tuple[tuple[float, list[float]], float]:
         """(loss, digest) as the validator computes them, and the seconds that took (in the validator's thread)."""
         started = time.perf_counter()
-        task = configured_task(pending.task, pending.task_options, None)
+        task = configured_task(pending.task, pending.task_options, self.assets, node_id=pending.request.node_id)
         if pending.state_path is not None:
             if pending.state_path not in self._states:
                 self._states = dict(list(self._states.items())[-2:])
