@@ -3,8 +3,11 @@ the coordinator serves them, each node downloads only what it needs (its own tex
 every epoch, and the coordinator's checkpoints of the swarm are evaluated on the held-out text. In the
 fine-tuned swarm the frozen layers stay exactly the pretrained ones."""
 
+import contextlib
 import io
 import json
+import signal
+import subprocess
 
 import pytest
 import torch
@@ -19,6 +22,7 @@ from tests.conftest import CoordinatorProcess, run_hearth
 pytestmark = [pytest.mark.swarm, pytest.mark.timeout(900)]  # ~1 min each on a quiet 2-core machine, 5+ when loaded
 
 SHAPE = {"layers": 2, "d_model": 64, "heads": 2, "seq_len": 64}
+STOP_TIMEOUT = 120  # a stop waits for the current batch and an averaging round already under way
 CHECKPOINT_EPOCH = 2  # the nodes train until the coordinator holds a checkpoint of at least this epoch
 
 
@@ -58,8 +62,12 @@ def train_until_checkpoint(coordinator, nodes, monkeypatch, tmp_path, swarm_id: 
     except TimeoutError as e:
         logs = "\n".join(f"--- {name}:\n{nodes.log(name)[-3000:]}" for name in names)
         raise AssertionError(f"{e}\n{logs}\n--- coordinator:\n{coordinator.log_path.read_text()[-3000:]}") from None
+    for process in nodes.processes.values():  # both at once, like Ctrl+C: neither waits alone for the other's round
+        process.send_signal(signal.SIGINT)
     for name, process in nodes.processes.items():
-        assert stop_group(process, grace=60) == (0, 0), nodes.log(name)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(STOP_TIMEOUT)
+        assert stop_group(process, grace=1) == (0, 0), nodes.log(name)
         summary = json.loads((nodes.data_dir(name) / "last-run.json").read_text())
         averaged = {int(epoch): size for epoch, size in summary["group_sizes"].items()}
         together = range(1, newest["epoch"])  # epochs closed while both trained (the last may close alone as they stop)
