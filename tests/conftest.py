@@ -111,3 +111,14 @@ def swarm(coordinator):
                         timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return coordinator.get(f"/api/v1/swarms/{swarm_id}")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test's torch work on one thread: small models run fastest so, and a node trains with --threads 1."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,6 +4,7 @@ import asyncio
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from inspect import isawaitable
 from typing import Awaitable, Callable
 
 import httpx
@@ -64,9 +65,16 @@ def status(key: SigningKey, state: str = "online", swarm_id: str = "spirals") ->
     return NodeStatus(node_id=key.node_id, swarm_id=swarm_id, state=state, time=time.time(), device="cpu:2")
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition") -> None:
+async def wait_for(condition: Callable[[], Awaitable[bool] | bool], timeout: float = 15.0,
+                   what: str = "condition") -> None:
+    """Wait until `condition()` (a plain or an async function) is true."""
     deadline = time.monotonic() + timeout
-    while not await condition():
+    while not await _holds(condition):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def _holds(condition: Callable[[], Awaitable[bool] | bool]) -> bool:
+    result = condition()
+    return bool(await result if isawaitable(result) else result)

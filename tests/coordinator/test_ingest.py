@@ -30,26 +30,19 @@ def test_ingestion_through_the_broker(tmp_path, ledger_url):
             # The broker goes away and comes back on the same port: ingestion reconnects and goes on.
             port = broker.port
             await broker.stop()
-            await wait_for(_async(lambda: not ingestor.subscribed.is_set()), what="the ingest client to notice")
+            await wait_for(lambda: not ingestor.subscribed.is_set(), what="the ingest client to notice")
             broker = EmbeddedBroker("127.0.0.1", port)
             await broker.start()
             await asyncio.wait_for(ingestor.subscribed.wait(), 20)
             async with aiomqtt.Client("127.0.0.1", port) as client:
                 await client.publish(report_topic("spirals", key.node_id), seal(report(key, seq=3), key), qos=1)
-            await wait_for(_async(lambda: ingestor.counters["accepted"] == 3), what="a grant after reconnecting")
+            await wait_for(lambda: ingestor.counters["accepted"] == 3, what="a grant after reconnecting")
         finally:
             await ingestor.stop()
             await broker.stop()
             await ledger.engine.dispose()
 
     asyncio.run(scenario())
-
-
-def _async(predicate):
-    async def check() -> bool:
-        return predicate()
-
-    return check
 
 
 async def _register(ledger, key: SigningKey, name: str) -> None:

@@ -19,13 +19,8 @@ from scripts.make_local_data import make_datasets
 logger = logging.getLogger(__name__)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Opacus' per-sample work in many small ops: more threads than free cores only slow it down (~10× here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Opacus' per-sample work runs in many small ops: more threads than free cores only slow it (~10× here).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def settings(clip=1.0, noise=1.0, delta=1e-5, budget=100.0) -> DifferentialPrivacy:

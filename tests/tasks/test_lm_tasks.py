@@ -14,13 +14,8 @@ from hearth.tasks.tiny_lm import LMConfig
 SMALL = {"layers": 2, "d_model": 32, "heads": 2, "seq_len": 32}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small run fastest on one thread (and a node trains with --threads 1 here too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Models this small run fastest on one thread (a node trains with --threads 1 here too).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def configured(name: str, **options):
