@@ -2,7 +2,6 @@
 retained receipt out."""
 
 import asyncio
-import json
 import time
 
 import aiomqtt
@@ -10,8 +9,8 @@ import httpx
 import pytest
 
 from hearth.processes import wait_until
-from protocol.envelope import seal
-from protocol.messages import ContributionReport, VolunteerRegistration
+from protocol.envelope import seal, verify_envelope
+from protocol.messages import ContributionReport, Receipt, VolunteerRegistration
 from protocol.signing import SigningKey
 from protocol.topics import receipt_topic, report_topic
 from scripts.mosquitto import INSTALL_HINT, Mosquitto, mosquitto_binary
@@ -42,15 +41,16 @@ def report(key: SigningKey, seq: int) -> bytes:
                                    compute_seconds=1.0, device="cpu", time=time.time()), key)  # fmt: skip
 
 
-async def publish_and_await_receipt(port: int, key: SigningKey, payloads: list[bytes], timeout: float = 30) -> dict:
+async def publish_and_await_receipt(port: int, key: SigningKey, payloads: list[bytes], coordinator_key: str,
+                                    timeout: float = 30) -> Receipt:  # fmt: skip
     async with aiomqtt.Client("127.0.0.1", port) as client:
         await client.subscribe(receipt_topic(SWARM, key.node_id), qos=1)
         for payload in payloads:
             await client.publish(report_topic(SWARM, key.node_id), payload, qos=1)
         async with asyncio.timeout(timeout):
             async for message in client.messages:
-                receipt = json.loads(message.payload)
-                if receipt["last_seq"] >= 3:
+                receipt = verify_envelope(message.payload, Receipt, lambda _: coordinator_key)  # sealed by it
+                if receipt.last_seq >= 3:
                     return receipt
 
 
@@ -64,8 +64,9 @@ def test_reports_through_mosquitto_are_persisted_once_with_a_receipt(coordinator
     assert response.status_code == 201, response.text
 
     first, second, third = (report(key, seq) for seq in (1, 2, 3))
-    receipt = asyncio.run(publish_and_await_receipt(mosquitto.port, key, [first, second, second, third]))
-    assert receipt["node_id"] == key.node_id and receipt["last_seq"] == 3
+    coordinator_key = coordinator.get("/api/v1/coordinator-key")["public_key"]
+    receipt = asyncio.run(publish_and_await_receipt(mosquitto.port, key, [first, second, second, third], coordinator_key))
+    assert receipt.node_id == key.node_id and receipt.last_seq == 3
 
     def ledger_holds_three():
         detail = coordinator.get("/api/v1/volunteers/mosquitto-volunteer")
