@@ -32,6 +32,10 @@ async def define_swarm(swarm_id: str, task_name: str, title: Optional[str] = Non
     if not is_valid_swarm_id(swarm_id):
         raise ValueError(f"swarm id {swarm_id!r} must be 1-63 lowercase letters, digits or '-', starting alphanumeric")
     task = await asyncio.to_thread(configured_task, task_name, task_options, assets)  # options checked, files read
+    if privacy is not None and data != "local":
+        raise ValueError("differential privacy settings apply to swarms that train on local data only (data: local)")
+    if data == "local" and not task.reads_local_data:
+        raise ValueError(f"task {task_name} cannot train on nodes' local data (data: local needs a task such as tabular)")
     defaults = {name: getattr(task.defaults, name) for name in HYPERPARAMETERS}
     chosen = {**defaults, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     unknown = set(chosen) - set(HYPERPARAMETERS)

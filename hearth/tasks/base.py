@@ -49,6 +49,9 @@ class Task(ABC):
     def configure(self, context: TaskContext) -> None:
         """Called once before build_model() whenever the swarm gives options, assets or local data."""
 
+    reads_local_data: bool = False
+    """True for a task that can train on each node's own dataset (a `data: local` swarm)."""
+
     def local_dataset(self) -> Optional[torch.utils.data.Dataset]:
         """In a `data: local` swarm, the rows of the owner's dataset this node trains on (read by configure()), for
         differential privacy's Poisson sampling (node/privacy.py); None for a task that does not read local data."""

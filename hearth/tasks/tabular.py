@@ -102,6 +102,7 @@ class TabularTask(Task):
     name = "tabular"
     description = "Classify rows of numeric features from each node's own table (local data: CSV or NPZ)"
     defaults = TaskDefaults(batch_size=32, target_batch_size=2048, learning_rate=3e-3)
+    reads_local_data = True
     option_docs = {
         "features": f"feature columns in every node's table (default {OPTIONS['features']})",
         "classes": f"classes; labels are 0 … classes − 1 (default {OPTIONS['classes']})",

@@ -138,16 +138,20 @@ def test_manifest_and_operator_swarm_creation(tmp_path, ledger_url):
             assert_error(await client.post("/api/v1/swarms", json=bad_task, headers=auth), 400, "unknown_task")
             assert_error(await client.post("/api/v1/swarms", json={"swarm_id": "Bad Id"}, headers=auth), 422, "invalid_request")
 
-            private = {"swarm_id": "private-spirals", "access": "token", "compression": "int8", "local_updates": True,
-                       "warmup_epochs": 3, "task_options": {"depth": 2, "text": "a.txt"}, "data": "local",
+            private = {"swarm_id": "private-tabular", "task": "tabular", "access": "token", "compression": "int8",
+                       "local_updates": True, "warmup_epochs": 3, "task_options": {"hidden": 8}, "data": "local",
                        "privacy": {"clip_norm": 1.0, "noise_multiplier": 1.1, "delta": 1e-5, "epsilon_budget": 8}}  # fmt: skip
             created = await client.post("/api/v1/swarms", json=private, headers=auth)
             assert created.status_code == 201, created.text
-            served = SwarmManifest.model_validate_json((await client.get("/api/v1/swarms/private-spirals")).content)
-            assert served.access == "token" and served.data == "local" and served.task_options == {"depth": 2, "text": "a.txt"}
+            served = SwarmManifest.model_validate_json((await client.get("/api/v1/swarms/private-tabular")).content)
+            assert served.access == "token" and served.data == "local" and served.task_options == {"hidden": 8}
             assert (served.hyperparameters.compression, served.hyperparameters.local_updates) == ("int8", True)
             assert served.hyperparameters.warmup_epochs == 3 and served.privacy.epsilon_budget == 8
             bad_privacy = {**private, "swarm_id": "p2", "privacy": {**private["privacy"], "delta": 2}}
             assert_error(await client.post("/api/v1/swarms", json=bad_privacy, headers=auth), 422, "invalid_request")
+            shared_with_privacy = {**private, "swarm_id": "p3", "data": "shared"}
+            assert_error(await client.post("/api/v1/swarms", json=shared_with_privacy, headers=auth), 400, "invalid_swarm")
+            local_spirals = {"swarm_id": "p4", "data": "local"}
+            assert_error(await client.post("/api/v1/swarms", json=local_spirals, headers=auth), 400, "invalid_swarm")
 
     asyncio.run(scenario())
