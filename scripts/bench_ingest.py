@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hearth.processes import python_argv, spawn_group, stop_group, tree_cpu_seconds, wait_until  # noqa: E402
 from scripts.mosquitto import Mosquitto, MosquittoMissing  # noqa: E402
+from protocol.envelope import open_envelope  # noqa: E402
 
 SWARM = "spirals"  # the coordinator's default swarm
 RECEIPTS = f"hearth/v1/swarms/{SWARM}/nodes/+/receipts"
@@ -152,6 +153,8 @@ async def collect_receipts(port: int, expected: dict[str, int], subscribed: asyn
                 async for message in client.messages:
                     arrived = time.time()
                     receipt = json.loads(message.payload)
+                    if "body" in receipt:  # sealed by the coordinator's key
+                        receipt = open_envelope(message.payload).fields
                     node_id, last_seq = receipt["node_id"], receipt["last_seq"]
                     receipts[node_id].append((last_seq, arrived))
                     if node_id in expected and last_seq >= expected[node_id]:
