@@ -145,3 +145,9 @@ def wait_until(condition, timeout: float, interval: float = 0.2, what: str = "co
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a script's `finally:` blocks stop the process groups it started (by
+    default SIGTERM ends Python at once and leaves them running)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -32,7 +32,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hearth.processes import python_argv, spawn_group, stop_group, tree_cpu_seconds, wait_until  # noqa: E402
+from hearth.processes import (exit_on_sigterm, python_argv, spawn_group, stop_group,  # noqa: E402
+                              tree_cpu_seconds, wait_until)
 from scripts.mosquitto import Mosquitto, MosquittoMissing  # noqa: E402
 from protocol.envelope import open_envelope  # noqa: E402
 
@@ -311,6 +312,7 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="run the ledger on a throwaway PostgreSQL cluster")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the ledger and logs here")
     args = parser.parse_args()
+    exit_on_sigterm()
     options = (args.volunteers, args.reports, args.publishers, args.in_flight, args.timeout, args.ingest_workers, args.rate)
     try:
         with contextlib.ExitStack() as stack:

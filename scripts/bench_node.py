@@ -32,7 +32,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hearth.processes import python_argv, spawn_group, stop_group, tree_cpu_seconds, wait_until  # noqa: E402
+from hearth.processes import (exit_on_sigterm, python_argv, spawn_group, stop_group,  # noqa: E402
+                              tree_cpu_seconds, wait_until)
 from node.control import request, socket_path  # noqa: E402
 
 
@@ -172,6 +173,7 @@ def main() -> None:
     parser.add_argument("--average-state-every", type=int, metavar="N",
                         help="create the swarm with this average_state_every (default: the task's)")
     args = parser.parse_args()
+    exit_on_sigterm()
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         sys.exit("bench_node needs at least 2 CPU cores: one for the measured node, one for its peer and the coordinator")

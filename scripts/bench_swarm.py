@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hearth.processes import python_argv, spawn_group, stop_group, wait_until  # noqa: E402
+from hearth.processes import exit_on_sigterm, python_argv, spawn_group, stop_group, wait_until  # noqa: E402
 from node.control import ControlError, request, socket_path  # noqa: E402
 
 START_TIMEOUT = 300  # a node's start, its state download and first epoch, on a loaded 2-core machine
@@ -198,6 +198,7 @@ def main() -> None:
     parser.add_argument("--local-average-every", type=int, default=100, help="local updates: average state every N epochs")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep logs and data here")
     args = parser.parse_args()
+    exit_on_sigterm()
     args.task = args.task or default_task()
     cores = sorted(os.sched_getaffinity(0))[:2]
     if len(cores) < 2:

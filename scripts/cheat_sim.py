@@ -29,12 +29,11 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hearth.processes import python_argv, spawn_group, stop_group, wait_until  # noqa: E402
+from hearth.processes import exit_on_sigterm, python_argv, spawn_group, stop_group, wait_until  # noqa: E402
 
 ROLES = ("inflator", "garbage", "replayer")
 GARBAGE_STD = 0.01  # the random gradients' scale: about that of the task's real ones
@@ -267,6 +266,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=float, default=60.0)
     parser.add_argument("--work-dir", help="keep logs and the ledger here (default: a new temporary directory)")
     args = parser.parse_args()
+    exit_on_sigterm()
     print(json.dumps(simulate(args)))
 
 
