@@ -51,7 +51,7 @@ def trained_alone(features, labels, steps=300) -> torch.nn.Module:
 def test_a_local_data_swarm_with_dp_beats_each_node_alone_and_reports_the_accountants_epsilon(coordinator, nodes,
                                                                                                tmp_path):  # fmt: skip
     tables, held_out = make_datasets(nodes=2, rows=ROWS, mix=0.0, seed=11)
-    paths = {"alice": tmp_path / "alice.npz", "bob": tmp_path / "bob.csv"}  # both formats
+    paths = {"dp-alice": tmp_path / "alice.npz", "dp-bob": tmp_path / "bob.csv"}  # both formats
     for path, table in zip(paths.values(), tables):
         write_table(path, *table)
     created = run_hearth("swarm", "create", SWARM_ID, "--task", "tabular", "--data", "local",
@@ -61,8 +61,8 @@ def test_a_local_data_swarm_with_dp_beats_each_node_alone_and_reports_the_accoun
                          "--token-file", str(coordinator.data_dir / "operator-token"), timeout=120)  # fmt: skip
     assert created.returncode == 0, created.stderr
 
-    refused = run_hearth("join", coordinator.url, "--swarm", SWARM_ID, "--name", "carol", "--data-dir",
-                         str(tmp_path / "carol"), timeout=120)  # fmt: skip
+    refused = run_hearth("join", coordinator.url, "--swarm", SWARM_ID, "--name", "dp-carol", "--data-dir",
+                         str(tmp_path / "dp-carol"), timeout=120)  # fmt: skip
     assert refused.returncode != 0 and "--local-data FILE" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
 
@@ -83,7 +83,7 @@ def test_a_local_data_swarm_with_dp_beats_each_node_alone_and_reports_the_accoun
     # the shared held-out table: the swarm's model against each node's data alone
     held = tuple(torch.as_tensor(array) for array in held_out)
     swarm_model = TabularTask().build_model()
-    swarm_model.load_state_dict(torch.load(nodes.data_dir("alice") / "swarms" / SWARM_ID / "model.pt")["model"])
+    swarm_model.load_state_dict(torch.load(nodes.data_dir("dp-alice") / "swarms" / SWARM_ID / "model.pt")["model"])
     together = score(swarm_model, *held)
     alone = [score(trained_alone(*(torch.as_tensor(array) for array in table)), *held) for table in tables]
     print(f"held-out accuracy: swarm with DP {together['accuracy']:.3f}, alone {[a['accuracy'] for a in alone]}")
@@ -97,15 +97,15 @@ def test_a_local_data_swarm_with_dp_beats_each_node_alone_and_reports_the_accoun
         wait_until(lambda: 'id="privacy-spent"' in page() and shown in page(), 30, what=f"ε {shown} on the dashboard")
 
     # alice again, with 10× the batch (q = 0.32): her ledger goes on from the recorded steps until the budget is spent
-    alice = nodes.start(coordinator.url, "alice", "--swarm", SWARM_ID, "--local-data", str(paths["alice"]),
+    alice = nodes.start(coordinator.url, "dp-alice", "--swarm", SWARM_ID, "--local-data", str(paths["dp-alice"]),
                         "--batch-size", str(10 * BATCH))  # fmt: skip
-    status = wait_until(lambda: _status_when_spent(nodes.data_dir("alice"), alice), 180, what="alice's budget spent")
+    status = wait_until(lambda: _status_when_spent(nodes.data_dir("dp-alice"), alice), 180, what="alice's budget spent")
     assert status["pause_reason"] == "privacy budget spent" and status["privacy"]["exhausted"]
-    shown = run_hearth("node", "status", env={**os.environ, "HEARTH_DATA_DIR": str(nodes.data_dir("alice"))})
+    shown = run_hearth("node", "status", env={**os.environ, "HEARTH_DATA_DIR": str(nodes.data_dir("dp-alice"))})
     assert "privacy budget spent" in shown.stdout, shown.stdout + shown.stderr
-    assert stop_group(alice, grace=30)[0] == 0, nodes.log("alice")
-    privacy = json.loads((nodes.data_dir("alice") / "last-run.json").read_text())["privacy"]
-    first = summaries["alice"]["privacy"]["steps"]
+    assert stop_group(alice, grace=30)[0] == 0, nodes.log("dp-alice")
+    privacy = json.loads((nodes.data_dir("dp-alice") / "last-run.json").read_text())["privacy"]
+    first = summaries["dp-alice"]["privacy"]["steps"]
     assert privacy["history"] == [[NOISE, BATCH / ROWS, first], [NOISE, 10 * BATCH / ROWS, privacy["steps"]]]
     history = privacy["history"]
     assert accountant_epsilon(history) == pytest.approx(privacy["epsilon_spent"], rel=1e-5)
