@@ -29,7 +29,7 @@ from coordinator.broker import EmbeddedBroker, check_reachable
 from coordinator.broker_acl import COORDINATOR_USER, load_or_create_secret, password_for
 from coordinator.checkpoint_api import router as checkpoints_router
 from coordinator.checkpoints import CheckpointScheduler, CheckpointStore
-from coordinator.config import CoordinatorConfig, parse_mqtt_url
+from coordinator.config import CoordinatorConfig, parse_mqtt_url, read_or_create_private_file
 from coordinator.errors import DEFAULT_MAX_BODY_BYTES, ERROR_RESPONSES, BodySizeLimit, ErrorCounter, install_error_handlers
 from coordinator.exports import ExportScheduler
 from coordinator.exports import router as exports_router
@@ -89,13 +89,7 @@ def create_app(services: Services, metrics: Optional[CoordinatorMetrics] = None,
 
 def load_or_create_token(path: Path) -> str:
     """The operator token that authorises `hearth swarm create`: random, written once, readable by its owner only."""
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
+    return read_or_create_private_file(path, lambda: secrets.token_urlsafe(32))
 
 
 def write_ready_file(path: Path, content: dict) -> None:

@@ -23,6 +23,7 @@ from typing import Iterable, Optional
 from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 
+from coordinator.config import read_or_create_private_file
 from protocol.topics import PREFIX
 
 COORDINATOR_USER = "hearth-coordinator"
@@ -33,14 +34,7 @@ NODE_READ = (f"{PREFIX}/swarms/+/nodes/%u/#",)
 
 def load_or_create_secret(data_dir: Path) -> str:
     """The broker secret (hex), created once, readable by its owner only."""
-    path = Path(data_dir) / SECRET_FILE
-    if path.exists():
-        return path.read_text().strip()
-    secret = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    return secret
+    return read_or_create_private_file(Path(data_dir) / SECRET_FILE, lambda: secrets.token_hex(32))
 
 
 def password_for(secret: str, username: str) -> str:

@@ -4,7 +4,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -195,3 +195,14 @@ class CoordinatorConfig:
             os.chmod(self.data_dir, 0o700)
         except OSError:
             pass
+
+
+def read_or_create_private_file(path: Path, make: Callable[[], str]) -> str:
+    """A secret kept in one file: read it, or write `make()` there once, readable by its owner only."""
+    if path.exists():
+        return path.read_text().strip()
+    value = make()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
