@@ -26,10 +26,11 @@ async def coordinator_key(request: Request) -> JSONResponse:
 
 
 def _issuer(request: Request):
-    """The coordinator's TokenIssuer; an app built without one (tests, benchmarks) answers 503, never 500."""
+    """The coordinator's TokenIssuer. An app built without one (tests, benchmarks) answers 404 no_signing_key, as a
+    coordinator without audits answers audits_off: nothing is down, the resource does not exist there."""
     issuer = services(request).issuer
     if issuer is None:
-        raise ApiError(503, "unavailable", "this coordinator has no signing key")
+        raise ApiError(404, "no_signing_key", "this coordinator has no signing key")
     return issuer
 
 

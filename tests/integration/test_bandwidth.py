@@ -66,7 +66,7 @@ def _wait_for_window(coordinator, mode: str) -> list[dict]:
 def _window(coordinator, mode: str, seen: dict):
     """Both peers' reports of the latest WINDOW[mode] consecutive epochs they both reported, once there are
     that many without a state download (a peer that fell behind, the coordinator's checkpoint: a whole fp32
-    state in some epoch); for int8, epochs both averaged together."""
+    state in some epoch, sent by one peer only); for int8, epochs both averaged together."""
     reports = {}
     for peer in ("a", "b"):
         found = coordinator.api.get(f"/api/v1/volunteers/bw-{mode}-{peer}/reports")
@@ -82,8 +82,10 @@ def _window(coordinator, mode: str, seen: dict):
         return None
     window = [reports[peer][epoch] for epoch in common[-size:] for peer in ("a", "b")]
     sent = [r["bytes_sent"] for r in window]
-    if mode == "local" and len([count for count in sent if count > 0]) != 2:
-        return None
-    if mode == "int8" and max(sent) > 1.05 * min(sent):  # without downloads each peer sends as much as the other
+    if mode == "local":  # one state round, not a state download served in the same epoch
+        sent = [count for count in sent if count > 0]
+        if len(sent) != 2:
+            return None
+    if max(sent) > 1.05 * min(sent):  # without downloads each peer sends as much as the other
         return None
     return window
