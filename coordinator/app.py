@@ -170,7 +170,8 @@ class Coordinator:
                                  database_url=config.database_url)  # fmt: skip
         self.ingestor.receipt_key = self.issuer.key
         self.ingestor.credentials = (COORDINATOR_USER, password_for(broker_secret, COORDINATOR_USER))
-        self.ingestor.hold_for_verification = config.verify_work  # pending until coordinator/work_check.py decides
+        # pending until coordinator/work_check.py decides, which needs the DHT monitor's evidence
+        self.ingestor.hold_for_verification = config.verify_work and config.enable_monitor
         await self.ingestor.start()
         await asyncio.wait_for(self.ingestor.subscribed.wait(), SUBSCRIBE_TIMEOUT)
 

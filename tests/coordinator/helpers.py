@@ -61,6 +61,11 @@ def report(key: SigningKey, seq: int, samples: int = 1000, swarm_id: str = "spir
     )  # fmt: skip
 
 
+def broker_login(registered: dict) -> dict:
+    """aiomqtt.Client's login from a registration answer: the broker admits only logged-in nodes by default."""
+    return {"username": registered["broker_username"], "password": registered["broker_password"]}
+
+
 def status(key: SigningKey, state: str = "online", swarm_id: str = "spirals") -> NodeStatus:
     return NodeStatus(node_id=key.node_id, swarm_id=swarm_id, state=state, time=time.time(), device="cpu:2")
 

@@ -18,7 +18,7 @@ from hearth.progress import PeerProgress, SwarmProgress
 from protocol.envelope import seal
 from protocol.signing import SigningKey
 from protocol.topics import report_topic, status_topic
-from tests.coordinator.helpers import registration, report, status, wait_for
+from tests.coordinator.helpers import broker_login, registration, report, status, wait_for
 
 
 def samples(text: str) -> dict[tuple, float]:
@@ -35,10 +35,11 @@ def test_metrics_count_reports_over_http(tmp_path):
         try:
             async with httpx.AsyncClient(base_url=coordinator.url, timeout=10) as api:
                 key, stranger = SigningKey.generate(), SigningKey.generate()
-                assert (await api.post("/api/v1/volunteers", content=registration(key, "dora"))).status_code == 201
+                registered = await api.post("/api/v1/volunteers", content=registration(key, "dora"))
+                assert registered.status_code == 201
                 host, port = coordinator.broker_url.removeprefix("mqtt://").split(":")
                 topic = report_topic("spirals", key.node_id)
-                async with aiomqtt.Client(host, int(port)) as client:
+                async with aiomqtt.Client(host, int(port), **broker_login(registered.json())) as client:
                     await client.publish(topic, seal(report(key, seq=1, samples=100), key), qos=1)
                     await client.publish(topic, seal(report(key, seq=2), stranger), qos=1)  # signed by someone else
                     await client.publish(status_topic("spirals", key.node_id), seal(status(key), key), qos=1)

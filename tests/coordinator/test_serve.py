@@ -19,7 +19,7 @@ from protocol.topics import report_topic
 from hearth.processes import wait_until
 from tests.conftest import hearth_argv
 from tests.conftest import run_hearth as hearth
-from tests.coordinator.helpers import registration, report
+from tests.coordinator.helpers import broker_login, registration, report
 
 START_TIMEOUT = 90
 
@@ -29,8 +29,9 @@ def served(tmp_path):
     data_dir, ready = tmp_path / "data", tmp_path / "ready.json"
     log = (tmp_path / "serve.log").open("w")
     process = subprocess.Popen(
+        # --no-verify-work: the report below stands for no training, so the (default) work check would never grant it
         hearth_argv("coordinator", "serve", "--data-dir", str(data_dir), "--port", "0", "--broker-port", "0",
-                    "--ready-file", str(ready)),
+                    "--ready-file", str(ready), "--no-verify-work"),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
@@ -60,11 +61,15 @@ def test_serve_end_to_end(served):
     assert manifest.run_id.startswith("hearth-spirals-") and manifest.flops_per_sample > 0
 
     key = SigningKey.generate()
-    assert api.post("/api/v1/volunteers", content=registration(key, "carol", "blue")).status_code == 201
+    registered = api.post("/api/v1/volunteers", content=registration(key, "carol", "blue"))
+    assert registered.status_code == 201
 
     async def publish() -> None:
         host, port = info["broker_url"].removeprefix("mqtt://").split(":")
-        async with aiomqtt.Client(host, int(port)) as client:
+        with pytest.raises(aiomqtt.MqttError):  # the embedded broker admits only logins by default
+            async with aiomqtt.Client(host, int(port), timeout=10):
+                pass
+        async with aiomqtt.Client(host, int(port), **broker_login(registered.json())) as client:
             await client.publish(report_topic("spirals", key.node_id), seal(report(key, seq=1, samples=432), key), qos=1)
 
     asyncio.run(publish())
