@@ -47,6 +47,7 @@ def default_db(volunteers: int, reports: int) -> Path:
 
 
 def create_schema(path: Path) -> None:
+    """The coordinator's own entry point: `alembic upgrade head` on a new or existing ledger."""
     from coordinator import db
 
     async def run() -> None:
@@ -127,7 +128,11 @@ def seed(path: Path, volunteers: int, reports: int) -> None:
 def prepare(path: Path, volunteers: int, reports: int) -> None:
     done = path.with_suffix(".complete")
     if path.exists() and done.exists():
-        print(f"Reusing the seeded ledger {path}", file=sys.stderr)
+        # a ledger seeded by an older checkout: bring it to the newest migration, as the coordinator does at start
+        print(f"Reusing the seeded ledger {path}; migrating it to head", file=sys.stderr, flush=True)
+        began = time.perf_counter()
+        create_schema(path)
+        print(f"  migrated in {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"), done):
