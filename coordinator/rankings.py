@@ -80,11 +80,14 @@ def _orders(ids: np.ndarray, keys: dict[str, np.ndarray]) -> tuple[dict, dict]:
     return orders, positions
 
 
+# built once: a small ledger asks at every request
+_VERSION = select(select(func.max(db.grants.c.id)).scalar_subquery(), select(func.max(db.volunteers.c.id)).scalar_subquery())
+
+
 async def ledger_version(engine: AsyncEngine) -> tuple:
     """Changes whenever any volunteer's credit, samples or RAC can have changed, or a volunteer was added."""
-    query = select(select(func.max(db.grants.c.id)).scalar_subquery(), select(func.max(db.volunteers.c.id)).scalar_subquery())
     async with engine.connect() as conn:
-        return tuple((await conn.execute(query)).one())
+        return tuple((await conn.execute(_VERSION)).one())
 
 
 async def build(engine: AsyncEngine) -> Snapshot:

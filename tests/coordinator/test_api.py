@@ -94,6 +94,10 @@ def test_credit_rule_totals_and_leaderboard(tmp_path, ledger_url):
             assert board["volunteers"][2]["recent_average_credit"] == 0
             page2 = (await client.get("/api/v1/leaderboard", params={"limit": 1, "offset": 1})).json()
             assert [(e["rank"], e["name"]) for e in page2["volunteers"]] == [(2, "low")]
+            found = (await client.get("/api/v1/leaderboard", params={"search": "h", "limit": 1})).json()  # a full page: counted
+            assert [(e["rank"], e["name"]) for e in found["volunteers"]] == [(1, "high")] and found["total"] == 1
+            past = (await client.get("/api/v1/leaderboard", params={"search": "n", "offset": 5})).json()
+            assert past["volunteers"] == [] and past["total"] == 1
 
             detail = (await client.get("/api/v1/volunteers/high")).json()
             assert detail["credit"] == 70_000 * FLOPS / 4.32e11

@@ -57,6 +57,26 @@ def test_sort_by_recent_average_credit_and_search_by_name(tmp_path):
     asyncio.run(scenario())
 
 
+def test_search_pages_count_their_matches(tmp_path):
+    async def scenario():
+        ledger = await make_ledger(tmp_path)
+        nodes = {name: await register(ledger, name) for name in ("sam", "sara", "sol", "ted")}
+        for samples, name in enumerate(nodes, start=1):
+            await grant(ledger, nodes[name], 1000 * samples)
+        async with api_client(ledger) as client:
+            pages = [(await client.get(f"/api/v1/leaderboard?search=s&limit=2&offset={offset}")).json()
+                     for offset in (0, 2, 4)]  # fmt: skip
+            assert [names(page) for page in pages] == [["sam", "sara"], ["sol"], []]
+            assert [page["total"] for page in pages] == [3, 3, 3]  # a full page, the short last one, past the end
+            assert pages[0]["next"] is not None and pages[1]["next"] is None
+            assert [e["rank"] for e in pages[0]["volunteers"] + pages[1]["volunteers"]] == [4, 3, 2]
+            alone = (await client.get("/api/v1/leaderboard?search=te")).json()
+            assert names(alone) == ["ted"] and alone["total"] == 1
+        await ledger.engine.dispose()
+
+    asyncio.run(scenario())
+
+
 def test_large_ledgers_serve_the_previous_order_while_rebuilding(tmp_path, monkeypatch):
     monkeypatch.setattr(rankings, "EXACT_UP_TO", 0)  # behave as a large ledger
     monkeypatch.setattr(rankings, "AGE_PER_BUILD_SECOND", 0.0)  # and may be redone at once
