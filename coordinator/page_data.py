@@ -162,18 +162,25 @@ async def team_board(engine: AsyncEngine, offset: int = 0, limit: int = 50) -> d
     return {"entries": entries, "total": total, "offset": offset, "limit": limit}
 
 
-async def _credit_series(conn, where, total_credit: float, limit: int = CREDIT_SERIES_REPORTS) -> list[list[float]]:
-    """[[unix seconds, cumulative credit], …] oldest first, over the latest `limit` granted reports matching
-    `where`; earlier credit is the starting level, so the last point equals the total."""
+def _credit_series_statement(volunteers):
     r, g = db.reports, db.grants
-    rows = list(await conn.execute(
-        select(g.c.granted_at, g.c.credit).join(g, g.c.report_id == r.c.id).where(*where)
-        .order_by(desc(r.c.id)).limit(limit)
-    ))  # fmt: skip
+    return (select(g.c.granted_at, g.c.credit).join(g, g.c.report_id == r.c.id).where(volunteers)
+            .order_by(desc(r.c.id)).limit(bindparam("limit")))  # fmt: skip
+
+
+_SERIES_OF_VOLUNTEER = _credit_series_statement(db.reports.c.volunteer_id == bindparam("volunteer_id"))
+_SERIES_OF_VOLUNTEERS = _credit_series_statement(db.reports.c.volunteer_id.in_(bindparam("ids", expanding=True)))
+
+
+async def _credit_series(conn, statement, params: dict, total_credit: float,
+                         limit: int = CREDIT_SERIES_REPORTS) -> list[list[float]]:  # fmt: skip
+    """[[unix seconds, cumulative credit], …] oldest first, over the latest `limit` granted reports of the
+    volunteers in `params`; earlier credit is the starting level, so the last point equals the total."""
+    rows = (await conn.execute(statement, {**params, "limit": limit})).all()
     series, level = [], total_credit
-    for row in rows:  # newest first: walk back from the total
-        series.append([_utc(row.granted_at).timestamp(), level])
-        level -= row.credit
+    for granted_at, credit in rows:  # newest first: walk back from the total
+        series.append([_posix(granted_at), level])
+        level -= credit
     if rows:
         series.append([series[-1][0] - 1.0, max(level, 0.0)])
     series.reverse()
@@ -191,26 +198,35 @@ def _by_time(series: list[list[float]]) -> list[list[float]]:
     return out
 
 
+def _volunteer_page_statements():
+    v, n, nt, r = db.volunteers, db.nodes, db.node_totals, db.reports
+    volunteer_id = select(v.c.id).where(v.c.name == bindparam("name"))
+    node_totals = select(nt.c.node_id, nt.c.credit, nt.c.samples).join(n, n.c.node_id == nt.c.node_id).where(
+        n.c.volunteer_id == bindparam("volunteer_id"))
+    latest = (select(r.c.samples, r.c.compute_seconds).where(r.c.node_id == bindparam("node_id"))
+              .order_by(desc(r.c.seq)).limit(20).subquery())  # fmt: skip
+    return volunteer_id, node_totals, select(func.sum(latest.c.samples), func.sum(latest.c.compute_seconds))
+
+
+_VOLUNTEER_ID, _NODE_TOTALS, _NODE_RECENT = _volunteer_page_statements()
+
+
 async def volunteer_page(engine: AsyncEngine, name: str) -> Optional[dict[str, Any]]:
     """The volunteer API detail, plus rank, credit over time and each node's totals and recent throughput."""
     detail = await queries.volunteer_detail(engine, name)
     if detail is None:
         return None
-    v, n, nt, r = db.volunteers, db.nodes, db.node_totals, db.reports
     async with engine.connect() as conn:
-        volunteer_id = (await conn.execute(select(v.c.id).where(v.c.name == name))).scalar_one()
-        detail["credit_series"] = await _credit_series(conn, [r.c.volunteer_id == volunteer_id], detail["credit"])
-        totals = {row.node_id: row for row in await conn.execute(
-            select(nt).join(n, n.c.node_id == nt.c.node_id).where(n.c.volunteer_id == volunteer_id)
-        )}  # fmt: skip
+        volunteer_id = (await conn.execute(_VOLUNTEER_ID, {"name": name})).scalar_one()
+        detail["credit_series"] = await _credit_series(conn, _SERIES_OF_VOLUNTEER, {"volunteer_id": volunteer_id},
+                                                       detail["credit"])  # fmt: skip
+        totals = {row[0]: row for row in await conn.execute(_NODE_TOTALS, {"volunteer_id": volunteer_id})}
         for node in detail["nodes"]:
-            latest = (select(r.c.samples, r.c.compute_seconds).where(r.c.node_id == node["node_id"])
-                      .order_by(desc(r.c.seq)).limit(20).subquery())  # fmt: skip
-            recent = (await conn.execute(select(func.sum(latest.c.samples), func.sum(latest.c.compute_seconds)))).one()
-            node["samples_per_second"] = (recent[0] / recent[1]) if recent[1] else None
+            samples, seconds = (await conn.execute(_NODE_RECENT, {"node_id": node["node_id"]})).one()
+            node["samples_per_second"] = samples / seconds if seconds else None
             total = totals.get(node["node_id"])
-            node["credit"] = total.credit if total else 0.0
-            node["samples"] = total.samples if total else 0
+            node["credit"] = total[1] if total else 0.0
+            node["samples"] = total[2] if total else 0
     detail["rank"] = (await rankings_for(engine).current()).rank(volunteer_id)
     return detail
 
@@ -229,7 +245,7 @@ async def team_page(engine: AsyncEngine, name: str, member_limit: int = 100) -> 
             .limit(member_limit)
         ))  # fmt: skip
         ids = [m.id for m in members]
-        detail["credit_series"] = await _credit_series(conn, [r.c.volunteer_id.in_(ids)], detail["credit"]) if ids else []
+        detail["credit_series"] = await _credit_series(conn, _SERIES_OF_VOLUNTEERS, {"ids": ids}, detail["credit"]) if ids else []
         detail["rank"] = 1 + (await conn.execute(
             select(func.count()).select_from(tt).where(tt.c.credit > detail["credit"])
         )).scalar_one()  # fmt: skip
