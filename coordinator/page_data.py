@@ -335,10 +335,14 @@ async def swarm_page(engine: AsyncEngine, monitor: Any, swarm_id: str) -> Option
         rounds = await _recent_rounds(conn, engine, swarm_id)
         totals = (await conn.execute(select(st).where(st.c.swarm_id == swarm_id))).first()
         since = rounds[-1]["epoch"] - 2 if rounds else 0
+        # The latest reports of the last epochs, picked through the (swarm_id, epoch) index: ordered by plain id,
+        # SQLite walked the whole reports table backwards (0.15 s at 20M reports; all of it for a quiet swarm).
+        latest = (select(r.c.id, r.c.node_id, r.c.volunteer_id, r.c.epoch, r.c.samples, r.c.loss, r.c.status, r.c.reason,
+                         r.c.credit, r.c.received_at)
+                  .where(r.c.swarm_id == swarm_id, r.c.epoch >= since).order_by(desc(r.c.id + 0)).limit(RECENT_REPORTS)
+                  .subquery())  # fmt: skip
         recent = list(await conn.execute(
-            select(r.c.node_id, r.c.epoch, r.c.samples, r.c.loss, r.c.status, r.c.reason, r.c.credit, r.c.received_at,
-                   v.c.name).join(v, v.c.id == r.c.volunteer_id)
-            .where(r.c.swarm_id == swarm_id, r.c.epoch >= since).order_by(desc(r.c.id)).limit(RECENT_REPORTS)
+            select(latest, v.c.name).join(v, v.c.id == latest.c.volunteer_id).order_by(desc(latest.c.id))
         ))  # fmt: skip
         privacy_spent = await _privacy_spent(conn, swarm_id) if swarm.privacy else []
     hyper = dict(swarm.hyperparameters)
