@@ -12,7 +12,8 @@ continuous-time average decayed to the end of the seeding. The seeded file is ke
 
 Measuring: the coordinator's HTTP app (the same create_app as `hearth coordinator serve`, without broker or DHT)
 runs under uvicorn in a child process; this process sends sequential keep-alive requests from one client and
-takes the wall time of each, request sent to body read. The rankings snapshot is warmed first. Last stdout line:
+takes the wall time of each, request sent to body read, and the server process's CPU time spent meanwhile (stderr,
+per kind: on a loaded machine the figure to compare). The rankings snapshot is warmed first. Last stdout line:
 {"p95_ms": API p95, "page_p95_ms": leaderboard page p95, "volunteer_page_p95_ms": …, "volunteers": N, "reports": M}
 """
 
@@ -201,21 +202,29 @@ def warm_up(url: str, volunteers: int) -> None:
             client.get(path).raise_for_status()
 
 
-def measure(url: str, volunteers: int, requests: int) -> dict[str, list[float]]:
+def measure(url: str, volunteers: int, requests: int, server_pid: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Wall milliseconds of every request by kind, and the server's CPU milliseconds per request by kind (what
+    the server spent, whatever else the machine was doing: the figure to compare on a loaded machine)."""
     import httpx
+    import psutil
 
     rng = random.Random(2)
     api, pages = paths(volunteers, rng)
+    server = psutil.Process(server_pid)
     timings: dict[str, list[float]] = {"api": [], "page": [], "volunteer_page": [], "swarm_page": []}
+    cpu: dict[str, float] = dict.fromkeys(timings, 0.0)
     with httpx.Client(base_url=url, timeout=60) as client:
 
         def timed(kind: str, path: str) -> None:
+            before = server.cpu_times()
             began = time.perf_counter()
             response = client.get(path)
             elapsed = (time.perf_counter() - began) * 1000
+            after = server.cpu_times()
             if response.status_code != 200:
                 raise SystemExit(f"GET {path} answered {response.status_code}: {response.text[:300]}")
             timings[kind].append(elapsed)
+            cpu[kind] += (after.user + after.system - before.user - before.system) * 1000
 
         for i in range(requests):
             timed("api", api[i % len(api)])
@@ -223,7 +232,7 @@ def measure(url: str, volunteers: int, requests: int) -> dict[str, list[float]]:
             timed("volunteer_page", f"/volunteers/volunteer-{rng.randint(1, volunteers):07d}")
             if i % 10 == 0:  # for information (stderr): the dashboard reads the latest 200 epochs of reports
                 timed("swarm_page", "/swarms/spirals")
-    return timings
+    return timings, {kind: cpu[kind] / len(timings[kind]) for kind in timings}
 
 
 def main() -> None:
@@ -260,19 +269,15 @@ def main() -> None:
                     raise SystemExit("the benchmark server did not start")
                 time.sleep(0.05)
             url = f"http://127.0.0.1:{port_file.read_text()}"
-            import psutil
-
             began = time.perf_counter()
             warm_up(url, args.volunteers)
             print(f"Warm-up (rankings of {args.volunteers:,} volunteers built) in {time.perf_counter() - began:.1f} s",
                   file=sys.stderr)  # fmt: skip
-            began, cpu = time.perf_counter(), psutil.Process(server.pid).cpu_times()
-            timings = measure(url, args.volunteers, args.requests)
-            after = psutil.Process(server.pid).cpu_times()
+            began = time.perf_counter()
+            timings, cpu = measure(url, args.volunteers, args.requests, server.pid)
             count = sum(len(values) for values in timings.values())
-            used = (after.user + after.system - cpu.user - cpu.system) * 1000 / count
-            print(f"{count} requests in {time.perf_counter() - began:.1f} s; server CPU "
-                  f"{used:.1f} ms per request; load average {os.getloadavg()[0]:.1f}", file=sys.stderr)  # fmt: skip
+            print(f"{count} requests in {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.1f}",
+                  file=sys.stderr)  # fmt: skip
         finally:
             server.terminate()
             try:
@@ -281,8 +286,8 @@ def main() -> None:
                 server.kill()
                 server.wait()
     for kind, values in timings.items():
-        print(f"{kind:15s} p50 {statistics.median(values):6.1f} ms  p95 {p95(values):6.1f} ms  max {max(values):6.1f} ms",
-              file=sys.stderr)  # fmt: skip
+        print(f"{kind:15s} p50 {statistics.median(values):6.1f} ms  p95 {p95(values):6.1f} ms  max {max(values):6.1f} ms  "
+              f"server CPU {cpu[kind]:5.1f} ms/request", file=sys.stderr)  # fmt: skip
     print(json.dumps({"p95_ms": round(p95(timings["api"]), 2), "page_p95_ms": round(p95(timings["page"]), 2),
                       "volunteer_page_p95_ms": round(p95(timings["volunteer_page"]), 2),
                       "volunteers": args.volunteers, "reports": args.reports}))  # fmt: skip
