@@ -237,7 +237,7 @@ async def team_page(engine: AsyncEngine, name: str, member_limit: int = 100) -> 
     detail = await queries.team_detail(engine, name, member_limit=0)
     if detail is None:
         return None
-    v, t, tt, r = db.volunteers, db.volunteer_totals, db.team_totals, db.reports
+    v, t, tt = db.volunteers, db.volunteer_totals, db.team_totals
     async with engine.connect() as conn:
         members = list(await conn.execute(
             select(v.c.id, v.c.name, t.c.credit, t.c.samples, t.c.rac, t.c.rac_updated_at)
