@@ -67,7 +67,7 @@ class _Open:
     report_id: int
     volunteer_id: int
     task: str
-    task_options: Optional[dict]
+    task_options: Optional[dict]  # the swarms row's column, {"options": …, "assets": …}, as configured_task takes it
     state_path: Optional[str]
     sent_at: float
 
@@ -131,7 +131,7 @@ class Auditor:
             batch_size=batch_size, digest_size=DIGEST_SIZE, time=self.clock(),
         )  # fmt: skip
         self._open[audit_id] = _Open(audit_id, request, report.id, report.volunteer_id, swarm.task,
-                                     (swarm.task_options or {}).get("options"), str(latest.path) if latest else None,
+                                     swarm.task_options, str(latest.path) if latest else None,
                                      self.clock())  # fmt: skip
         self._outcomes[report.id] = False
         payload = seal(request, self.key) if self.key is not None else canonical_bytes(request.model_dump(mode="json"))
@@ -172,7 +172,7 @@ class Auditor:
                 self._states[pending.state_path] = torch.load(pending.state_path, map_location="cpu", weights_only=True)["model"]
             state = self._states[pending.state_path]
         else:  # built once: the seeded initial model is the same for every audit of the task
-            key = (pending.task, repr(sorted((pending.task_options or {}).items())))
+            key = (pending.task, repr(pending.task_options))
             if key not in self._initial:
                 self._initial[key] = audit_model(task, None).state_dict()
             state = self._initial[key]

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 ANSWER_WITHIN = 90.0  # seconds the helper waits for the training thread to compute an answer
 DRAIN_QUIET = 2.0  # at shutdown, seconds without a request (once the last report is receipted) before leaving
 DRAIN_LIMIT = 8.0  # at shutdown, seconds spent answering audits at most
-POST_TIMEOUT = 10.0
+POST_TIMEOUT = 60.0  # the coordinator recomputes the answer before it replies (seconds for a large model)
 
 
 @dataclass

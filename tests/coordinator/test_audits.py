@@ -6,6 +6,7 @@ reporter (MQTT) and audit responder answering through the trainer's own gradient
 import asyncio
 import random
 import threading
+import time
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
@@ -31,7 +32,7 @@ from node.outbox import Outbox
 from node.reporter import Reporter
 from node.trainer import Trainer
 from protocol.signing import SigningKey
-from tests.coordinator.helpers import make_ledger, registration, wait_for
+from tests.coordinator.helpers import SWARM, make_ledger, registration, wait_for
 from protocol.envelope import open_envelope, parse_body
 from protocol.messages import VolunteerRegistration
 
@@ -130,9 +131,9 @@ async def register(ledger, key: SigningKey, name: str) -> None:
     await ledger.register(parse_body(open_envelope(registration(key, name)), VolunteerRegistration))
 
 
-async def pending_report(ledger, key: SigningKey, seq: int, epoch: int):
+async def pending_report(ledger, key: SigningKey, seq: int, epoch: int, swarm_id: str = "spirals"):
     node = ledger.nodes[key.node_id]
-    batch = Batch(grants=[dict(node_id=key.node_id, volunteer_id=node.volunteer_id, swarm_id="spirals", seq=seq,
+    batch = Batch(grants=[dict(node_id=key.node_id, volunteer_id=node.volunteer_id, swarm_id=swarm_id, seq=seq,
                                epoch=epoch, samples=1000, compute_seconds=1.0, device="cpu", loss=1.0, group_size=2,
                                status="pending", reason=None, credit=1.0, received_at=utcnow())])  # fmt: skip
     await ledger.write(batch)
@@ -213,3 +214,41 @@ async def _online(ledger, key: SigningKey) -> bool:
     """The node announced itself, which it does after subscribing to its topics (audits included)."""
     async with ledger.engine.connect() as conn:
         return bool((await conn.execute(select(db.nodes.c.online).where(db.nodes.c.node_id == key.node_id))).scalar())
+
+
+def test_the_validator_audits_the_swarms_configured_model_not_the_tasks_default(tmp_path):
+    """A swarm defined with task options (tiny-lm sized down) is audited on that model: the validator once built the
+    task's default model and failed every audit of such a swarm with an error (a 500 to the node)."""
+    asyncio.run(_configured_model(tmp_path))
+
+
+async def _configured_model(tmp_path):
+    from coordinator.assets import configured_task
+    from hearth.audit import compute_answer, reference_backward
+    from protocol.messages import AuditAnswer, AuditRequest
+
+    ledger = await make_ledger(tmp_path)
+    options = {"options": {"layers": 1, "d_model": 32, "heads": 2, "seq_len": 16}}
+    await ledger.create_swarm({**SWARM, "swarm_id": "small-lm", "task": "tiny-lm", "task_options": options,
+                               "run_id": "hearth-small-lm-00000000"})  # fmt: skip
+    key = SigningKey.generate()
+    await register(ledger, key, "lm")
+    report = await pending_report(ledger, key, 1, 0, swarm_id="small-lm")
+    published = []
+
+    async def publish(topic, payload):
+        published.append(payload)
+
+    auditor = Auditor(ledger.engine, publish, None, rng=random.Random(0))
+    try:
+        audit_id = await auditor.request(report)
+        request = AuditRequest.model_validate_json(published[0])  # unsealed: this auditor has no key
+        node_task = configured_task("tiny-lm", options, None)  # as the node runs it, from the manifest
+        loss, digest = compute_answer(node_task, None, request.seed, request.batch_size, request.digest_size,
+                                      reference_backward(node_task))  # fmt: skip
+        verdict = await auditor.answer(AuditAnswer(audit_id=audit_id, node_id=key.node_id, swarm_id="small-lm",
+                                                   loss=loss, digest=digest, compute_seconds=0.1, time=time.time()))
+        assert verdict == {"audit_id": audit_id, "passed": True, "reason": None}
+        assert await audit_status(ledger, audit_id) == "passed"
+    finally:
+        await ledger.engine.dispose()
