@@ -1,10 +1,14 @@
 """A peer joining a training swarm downloads the swarm's state (parameters and optimizer statistics) once, and not
 the donor's gradient buffers, which hivemind.Optimizer would download and throw away; two real peers on 127.0.0.1."""
 
-import multiprocessing
+import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import pytest
 import torch
 
 from node.swarm import SwarmMember, SwarmSettings
@@ -28,43 +32,52 @@ def member(initial_peers: list[str]) -> SwarmMember:
     return swarm
 
 
-def _peer(initial_peers, results, leave) -> None:
-    """One peer in a process of its own, as on its own PC: each peer owns its hivemind helper processes and
-    torch's shared-memory manager, which its shutdown ends (the process must exit without freeing shared tensors,
-    as the node's worker does)."""
+def peer_main(initial_peers: list[str]) -> None:
+    """One peer in a fresh interpreter, as on its own PC: it owns its hivemind helper processes and torch's
+    shared-memory manager, which its shutdown ends (so it exits without freeing shared tensors, as the node's
+    worker does). The peer already in the swarm prints its addresses and stays until its stdin closes; the joiner
+    prints the bytes its state download received."""
     swarm = member(initial_peers)
     try:
-        if not initial_peers:  # the peer already in the swarm
-            results.put([str(maddr) for maddr in swarm.dht.get_visible_maddrs()])
-            leave.wait(120)
-        else:  # the joiner
+        if not initial_peers:
+            print(json.dumps([str(maddr) for maddr in swarm.dht.get_visible_maddrs()]), flush=True)
+            sys.stdin.read()
+        else:
             deadline, received = time.monotonic() + 60, 0
             while received == 0 and time.monotonic() < deadline:  # until the donor announced its state in the DHT
                 swarm.optimizer.load_state_from_peers()
                 received = swarm.traffic.take()[1]
-            results.put(received)
+            print(json.dumps(received), flush=True)
     finally:
         swarm.shutdown()
         os._exit(0)
 
 
+def start_peer(*initial_peers: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, *initial_peers], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+
+
+@pytest.mark.timeout(300)
 def test_a_joiner_downloads_the_state_once_and_no_gradient_buffers():
-    context = multiprocessing.get_context("fork")  # as hivemind starts its own processes
-    results, leave = context.Queue(), context.Event()
-    donor = context.Process(target=_peer, args=([], results, leave))
-    donor.start()
+    donor = start_peer()
     joiner = None
     try:
-        joiner = context.Process(target=_peer, args=(results.get(timeout=120), results, leave))
-        joiner.start()
-        received = results.get(timeout=180)
+        joiner = start_peer(*json.loads(donor.stdout.readline()))
+        received = json.loads(joiner.stdout.readline())
     finally:
-        leave.set()
         for process in (joiner, donor):
             if process is not None:
-                process.join(60)
-                if process.exitcode is None:
+                process.stdin.close()
+                try:
+                    process.wait(60)
+                except subprocess.TimeoutExpired:
                     process.kill()
+                    process.wait()
     state = 3 * VALUES * 4
     # the state and its framing; the donor's gradient buffers would add another VALUES * 4 bytes
     assert state <= received < state + VALUES, received
+
+
+if __name__ == "__main__":
+    peer_main(sys.argv[1:])
