@@ -85,7 +85,7 @@ def test_node_trains_over_https_and_mqtts(tls_coordinator, nodes):
         httpx.get(coordinator.url + "/healthz", verify=client_context())
     assert untrusted(plain.value) is not None
     token = (coordinator.data_dir / "operator-token").read_text().strip()
-    created = coordinator.api.post("/api/v1/swarms", json={"swarm_id": "tls", "target_batch_size": 2048},
+    created = coordinator.api.post("/api/v1/swarms", json={"swarm_id": "tls", "target_batch_size": 16384},
                                    headers={"authorization": f"Bearer {token}"})  # fmt: skip
     assert created.status_code == 201, created.text
     assert created.json()["broker_url"] == coordinator.info["broker_url"]
