@@ -28,21 +28,30 @@ def peer_fingerprint(peer_id: Optional[str]) -> str:
     return (peer_id or "")[-8:]
 
 
+# Pages call these for every row: naive values (SQLite's, written as UTC) take plain string and datetime
+# arithmetic, as astimezone() and timestamp() were most of a leaderboard row's time.
+_EPOCH = datetime(1970, 1, 1)
+
+
 def iso(value: Optional[datetime]) -> Optional[str]:
     """Timestamps as ISO 8601 in UTC (SQLite hands back naive datetimes that were written as UTC)."""
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        return value.isoformat() + "+00:00"
     return value.astimezone(timezone.utc).isoformat()
+
+
+def posix(value: datetime) -> float:
+    """POSIX seconds of a stored timestamp (naive ones are UTC)."""
+    return (value - _EPOCH).total_seconds() if value.tzinfo is None else value.timestamp()
 
 
 def rac_now(rac: float, updated_at: Optional[datetime], now: Optional[float] = None) -> float:
     """A stored recent average credit decayed to `now` (POSIX seconds; default: the present)."""
     if updated_at is None:
         return 0.0
-    at = (updated_at.replace(tzinfo=timezone.utc) if updated_at.tzinfo is None else updated_at).timestamp()
-    return recent_average(rac, at, 0.0, time.time() if now is None else now)
+    return recent_average(rac, posix(updated_at), 0.0, time.time() if now is None else now)
 
 
 def _latest(*values: Optional[datetime]) -> Optional[datetime]:
