@@ -3,8 +3,9 @@
 Credit is computed here, never taken from a node: accepted samples × the swarm's measured FLOPs per sample,
 in BOINC cobblestones (1 credit = 4.32e11 FLOPs; the rule is protocol/credit.py, which nodes use to estimate
 pending credit). A report is appended `pending` (or `granted` at once); a grant is a `grants` row naming the
-rule, and the report is then `granted`. Every grant upserts the node, volunteer, team and swarm totals (credit, samples, reports and
-BOINC's recent average credit) in the same transaction, so leaderboards read totals tables and never scan reports.
+rule, and the report is then `granted`. Every grant upserts the node, volunteer, team and swarm totals (credit,
+samples, reports and BOINC's recent average credit) in the same transaction, so leaderboards read totals tables
+and never scan reports.
 
 Today ingest verifies everything it can at receipt, so reports are granted in the transaction that writes them;
 a report written with status 'pending' (e.g. waiting for its epoch to be confirmed) stays so, counted in the
@@ -156,8 +157,10 @@ class Ledger:
         now = now or utcnow()
         dialect = self.engine.dialect.name
         async with self.engine.begin() as conn:
-            if batch.grants:  # each report is inserted with its final status: granted, pending, or refused
-                ids = await _receive(conn, batch.grants)  # (verified and sequenced, e.g. a second report of one epoch)
+            if batch.grants:
+                # each report is inserted with its final status: granted, pending, or refused (verified and
+                # sequenced, but e.g. a second report of one epoch)
+                ids = await _receive(conn, batch.grants)
                 await _bump_sequences(conn, batch.grants)
                 granted = [(i, r) for i, r in zip(ids, batch.grants) if r.get("status", "granted") == "granted"]
                 if granted:

@@ -49,7 +49,8 @@ def test_no_report_is_lost_or_doubled_across_a_broker_outage(tmp_path, nodes):
         backlog = status()["reports_queued"]  # every report made before and during the outage
 
         # gina trains on, so her outbox is rarely empty at any one instant: wait for the outage's reports instead
-        wait_until(lambda: status()["reports_acknowledged"] >= backlog, 120, what="the outage's reports to be receipted")
+        wait_until(lambda: status()["reports_acknowledged"] >= backlog, 120,
+                   what="the outage's reports to be receipted")  # fmt: skip
         assert stop_group(nodes.processes["gina"])[0] == 0, nodes.log("gina")
         outbox = Outbox(nodes.data_dir("gina") / "outbox.sqlite")
         last_seq, waiting = outbox.next_seq() - 1, [seq for seq, _, _ in outbox.pending()]
