@@ -1,6 +1,7 @@
 """Process-group supervision. hivemind starts helper processes (DHT, p2pd, averagers) that outlive a killed
 parent (FACTS.md); running each program in its own process group lets us find and end all of them."""
 
+import ctypes
 import logging
 import os
 import re
@@ -82,8 +83,26 @@ def stop_group(process: subprocess.Popen, grace: float = 30.0) -> tuple[int, int
     return process.returncode, leftovers
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans() -> bool:
+    """Linux: processes below this one whose parent dies are re-parented to this one, not to init, so they stay
+    in its tree. False where the system has no such thing."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def descendant_groups() -> set[int]:
+    """The process groups of this process's descendants (adopted orphans included), its own group excepted."""
+    return groups_of_tree(os.getpid()) - {os.getpid(), os.getpgrp()}
+
+
 def run_supervised(argv: Sequence[str]) -> int:
     """Run a child program in its own group, pass on Ctrl+C / SIGTERM, and leave nothing of it behind."""
+    adopting = adopt_orphans()
     child = spawn_group(argv)
     interrupts = 0
 
@@ -96,23 +115,34 @@ def run_supervised(argv: Sequence[str]) -> int:
             kill_tree(child.pid)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    # Remember every process group the child's tree ever used: once a parent dies, its children (p2pd
-    # runs in a session of its own) can no longer be found by walking the tree.
     groups = {child.pid}
     try:
-        while child.poll() is None:
-            groups |= groups_of_tree(child.pid)
-            try:
-                child.wait(0.5)
-            except subprocess.TimeoutExpired:
-                continue
+        if adopting:
+            child.wait()  # whatever its tree leaves behind is ours now: found below by walking our own tree
+        else:
+            groups |= _watch_groups(child)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        leftovers = sum(kill_group(group) for group in groups | groups_of_tree(child.pid))
+        groups |= groups_of_tree(child.pid) | (descendant_groups() if adopting else set())
+        leftovers = sum(kill_group(group) for group in groups)
         if leftovers:
             print(f"hearth: ended {leftovers} leftover helper process(es) of pid {child.pid}", file=sys.stderr)
     return child.returncode
+
+
+def _watch_groups(child: subprocess.Popen) -> set[int]:
+    """Every process group the child's tree used until it ended. Without adoption an orphan (p2pd runs in a session
+    of its own) can no longer be found by walking the tree once its parent died, so the tree is scanned twice a
+    second (~1 % of a core)."""
+    groups = set()
+    while child.poll() is None:
+        groups |= groups_of_tree(child.pid)
+        try:
+            child.wait(0.5)
+        except subprocess.TimeoutExpired:
+            continue
+    return groups
 
 
 LEFTOVER_PATTERN = re.compile(r"^hearth: ended (\d+) leftover helper process", re.MULTILINE)
