@@ -22,7 +22,7 @@ from node.config import NodeConfig
 from node.control import ControlServer, socket_path
 from node.controller import NodeController
 from node.coordinator_client import CoordinatorClient, CoordinatorError
-from node.digest import ParameterDigests
+from node.digest import ParameterDigests, compared_every
 from node.credit import CreditTracker
 from node.identity import NodeIdentity, friendly_name
 from node.metrics import MetricsError, MetricsServer
@@ -213,7 +213,7 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
                       privacy_state=config.data_dir / "swarms" / manifest.swarm_id / "privacy.json")
     reporter.epsilon_spent = lambda: trainer.privacy.ledger.epsilon if trainer.privacy else None  # in presence
     hp = manifest.hyperparameters
-    trainer.digests = ParameterDigests(manifest.run_id, hp.compression, hp.average_state_every, swarm.digest_handles)
+    trainer.digests = ParameterDigests(manifest.run_id, hp.compression, compared_every(hp), swarm.digest_handles)
     credit = CreditTracker(config.coordinator_url, name, outbox, manifest.swarm_id, manifest.flops_per_sample)
     controller.attach(trainer, reporter, credit)
     audits = None  # in a `data: local` swarm an audit's batch would be the owner's data, unprotected: never answered

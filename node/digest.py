@@ -1,4 +1,5 @@
-"""Parameter digests: after every epoch that averaged the state, each peer publishes a short sketch of its
+"""Parameter digests: after every epoch in which peers should end identical (every epoch when gradients are averaged
+every epoch; with local updates, those that averaged the state), each peer publishes a short sketch of its
 parameters in the DHT (signed, like hivemind's progress records), compares it with its epoch's other peers, and
 asks to reload the swarm's state when it disagrees with the majority (hivemind's averaging can partly fail and
 still report success, leaving peers apart).
@@ -21,8 +22,8 @@ SKETCH_SIZE = 16
 SIGN_SEED = 20261129
 SETTLE_SECONDS = 2.0  # after publishing, how long peers get to publish theirs before this one compares
 RECORD_LIFETIME = 600.0  # seconds a digest stays in the DHT
-# Relative distance under which two peers count as equal: after a state-averaging round peers differ only by
-# float rounding, or by the averaging's compression error (8-bit deltas leave far more than fp16 ones).
+# Relative distance under which two peers count as equal: after an averaging round peers differ only by float
+# rounding, or by the averaging's compression error (8-bit deltas leave far more than fp16 ones).
 TOLERANCE = {"none": 1e-5, "fp16": 1e-3, "int8": 2e-2}
 
 
@@ -68,16 +69,24 @@ def majority_verdict(own: Sequence[float], others: Mapping[str, Sequence[float]]
             f"this peer's; {agreeing} of {total} agree with it")  # fmt: skip
 
 
-class ParameterDigests:
-    """Publishes this peer's digest after each state-averaged epoch and compares it in the background; the
-    trainer asks take_verdict() between batches and reloads state from peers when told to."""
+def compared_every(hyperparameters) -> int:
+    """Epochs between comparisons. Averaged gradients keep peers equal at every epoch (up to the compression's
+    error), so a peer left apart by a partly failed round is found at the next epoch, not at the next state round;
+    with local updates peers move apart by design between state rounds."""
+    return hyperparameters.average_state_every if hyperparameters.local_updates else 1
 
-    def __init__(self, run_id: str, compression: str, average_state_every: int,
+
+class ParameterDigests:
+    """Publishes this peer's digest after every `every`-th epoch and compares it in the background; the trainer
+    asks take_verdict() between batches and reloads state from peers when told to."""
+
+    def __init__(self, run_id: str, compression: str, every: int,
                  swarm_handles: Callable[[], Optional[tuple[Any, bytes]]], settle_seconds: float = SETTLE_SECONDS):  # fmt: skip
-        """`swarm_handles` returns (DHT, signing public key) while the peer is in the swarm, else None."""
+        """`every`: 1 when gradients are averaged every epoch, else the swarm's average_state_every (see
+        compared_every). `swarm_handles` returns (DHT, signing public key) while the peer is in the swarm, else None."""
         self.key = f"{run_id}_digest"
         self.tolerance = TOLERANCE.get(compression, TOLERANCE["int8"])
-        self.average_state_every, self.settle_seconds = average_state_every, settle_seconds
+        self.every, self.settle_seconds = every, settle_seconds
         self.swarm_handles = swarm_handles
         self.malformed = 0  # peers' records that did not parse: counted, never fatal
         self.comparisons = 0  # epochs compared (other peers' digests found or not)
@@ -88,8 +97,8 @@ class ParameterDigests:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digests")
 
     def epoch_done(self, epoch: int, parameters: Sequence[torch.Tensor]) -> None:
-        """The swarm moved to `epoch`; if that epoch's transition averaged the state, publish and compare."""
-        if epoch % self.average_state_every or self._stopped.is_set():
+        """The swarm moved to `epoch`; if peers should agree at this transition, publish and compare."""
+        if epoch % self.every or self._stopped.is_set():
             return
         handles = self.swarm_handles()
         if handles is None:

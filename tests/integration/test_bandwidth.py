@@ -14,7 +14,7 @@ pytestmark = pytest.mark.swarm
 TARGET_BATCH = 4096  # spirals: 16 batches of 256 per epoch, swarm-wide
 LOCAL_EVERY = 4  # local updates: the state is averaged every this many epochs
 MODES = {
-    "int8": ("--compression", "int8"),
+    "int8": ("--compression", "int8", "--average-state-every", "1"),  # the state in every epoch's bytes, as fp32's
     "local": ("--local-updates", "--average-state-every", str(LOCAL_EVERY)),
 }
 WINDOW = {"int8": 2, "local": LOCAL_EVERY}  # the latest epochs both peers reported, averaged together

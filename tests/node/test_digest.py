@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hearth.processes import wait_until
-from node.digest import TOLERANCE, ParameterDigests, distance, majority_verdict, sketch
+from node.digest import TOLERANCE, ParameterDigests, compared_every, distance, majority_verdict, sketch
+from protocol.messages import Hyperparameters
 
 
 def parameters(seed: int = 0) -> list[torch.Tensor]:
@@ -96,9 +97,19 @@ def test_over_a_real_dht_only_the_perturbed_peer_is_told_to_reload(three_peers):
             monitor.stop()
 
 
-def test_epochs_without_state_averaging_publish_nothing():
+def test_gradient_swarms_compare_every_epoch_local_updates_only_after_state_rounds():
+    def every(**options) -> int:
+        hp = Hyperparameters(target_batch_size=64, batch_size=8, learning_rate=0.1, matchmaking_time=2.0,
+                             averaging_timeout=10.0, **options)  # fmt: skip
+        return compared_every(hp)
+
+    assert every(average_state_every=5) == 1
+    assert every(average_state_every=5, local_updates=True) == 5
+
+
+def test_epochs_between_comparisons_publish_nothing():
     calls = []
-    monitor = ParameterDigests("run", "none", average_state_every=5, swarm_handles=lambda: calls.append(1))
+    monitor = ParameterDigests("run", "none", every=5, swarm_handles=lambda: calls.append(1))
     monitor.epoch_done(3, parameters())
     assert calls == []  # not even asked for the DHT
     monitor.stop()
