@@ -1,6 +1,10 @@
 """One run of the node daemon, wired top to bottom: identity → manifest → swarm → registration → training,
 with the reporter on its own event-loop thread. Returns an exit code; raises NodeError for the volunteer."""
 
+from node import warmup
+
+warmup.defer_hivemind_extras()  # before node.access (or anything else) imports hivemind
+
 import asyncio
 import json
 import logging
@@ -29,7 +33,7 @@ from node.metrics import MetricsError, MetricsServer
 from node.outbox import Outbox
 from node.policy import Policy
 from node.reachability import ReachabilityCheck
-from node import resources, warmup
+from node import resources
 from node.reporter import Reporter
 from node.resources import MachineFacts, ResourceError, Resources
 from node.swarm import SwarmMember, SwarmSettings

@@ -80,5 +80,11 @@ def finish() -> None:
         _threads.pop().join()
 
 
+def defer_hivemind_extras() -> None:
+    """Call before the first hivemind import (any `from hivemind...` imports all of hivemind)."""
+    for name in HIVEMIND_DEFERRABLE:
+        defer(name)
+
+
 def load_deferred_in_background() -> threading.Thread:
     return import_in_background(*HIVEMIND_DEFERRABLE)

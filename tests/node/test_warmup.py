@@ -1,6 +1,7 @@
 """Deferred and background imports (node/warmup.py), on a throwaway package so the real modules stay untouched."""
 
 import inspect
+import subprocess
 import sys
 import textwrap
 
@@ -61,3 +62,10 @@ def test_hivemind_runs_its_load_balancing_with_scipy_deferred():
     from hivemind.averaging.load_balancing import load_balance_peers
 
     assert sum(load_balance_peers(1000, [1.0, 2.0, None], 16)) == 1000
+
+
+def test_the_daemon_imports_without_scipy_optimize():
+    """Whatever module of the daemon imports hivemind first (node/access.py does), scipy.optimize stays deferred."""
+    found = subprocess.run([sys.executable, "-c", "import sys, node.daemon; print(type(sys.modules['scipy.optimize']).__name__)"],
+                           capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    assert found.stdout.strip() == "_Deferred"
