@@ -10,6 +10,8 @@ tolerance: bitwise equality would flag the tiny differences compressed averaging
 
 import logging
 import threading
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -27,12 +29,20 @@ RECORD_LIFETIME = 600.0  # seconds a digest stays in the DHT
 TOLERANCE = {"none": 1e-5, "fp16": 1e-3, "int8": 2e-2}
 
 
-class DigestRecord(BaseModel):
-    """What a peer stores under `<run_id>_digest`, subkey: its signing public key (only it can write there)."""
+HISTORY = 8  # earlier digests a record carries: epochs can be shorter than SETTLE_SECONDS
 
+
+class EpochSketch(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     epoch: int = Field(ge=0)
     sketch: list[float] = Field(min_length=SKETCH_SIZE, max_length=SKETCH_SIZE)
+
+
+class DigestRecord(EpochSketch):
+    """What a peer stores under `<run_id>_digest`, subkey: its signing public key (only it can write there): its
+    latest digest, and its few before, so that a peer comparing after this one moved on still finds its epoch's."""
+
+    earlier: list[EpochSketch] = Field(default_factory=list, max_length=HISTORY)
 
 
 def sketch(parameters: Sequence[torch.Tensor]) -> list[float]:
@@ -95,6 +105,7 @@ class ParameterDigests:
         self._verdict: Optional[tuple[int, str]] = None
         self._lock, self._stopped = threading.Lock(), threading.Event()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digests")
+        self._published: deque[EpochSketch] = deque(maxlen=HISTORY + 1)
 
     def epoch_done(self, epoch: int, parameters: Sequence[torch.Tensor]) -> None:
         """The swarm moved to `epoch`; if peers should agree at this transition, publish and compare."""
@@ -105,15 +116,18 @@ class ParameterDigests:
             return
         dht, public_key = handles
         own = sketch(parameters)
-        record = DigestRecord(epoch=epoch, sketch=own).model_dump()
+        self._published.append(EpochSketch(epoch=epoch, sketch=own))
+        earlier = list(reversed(self._published))[1:]  # newest first
+        record = DigestRecord(epoch=epoch, sketch=own, earlier=earlier).model_dump()
         from hivemind.utils import get_dht_time
 
         dht.store(self.key, subkey=public_key, value=record, expiration_time=get_dht_time() + RECORD_LIFETIME,
                   return_future=True)  # fmt: skip
-        self._worker.submit(self._compare, dht, public_key, epoch, own)
+        self._worker.submit(self._compare, dht, public_key, epoch, own, time.monotonic() + self.settle_seconds)
 
-    def _compare(self, dht, public_key: bytes, epoch: int, own: list[float]) -> None:
-        if not self._stopped.wait(self.settle_seconds):
+    def _compare(self, dht, public_key: bytes, epoch: int, own: list[float], due: float) -> None:
+        # `due` counts from the publication: with epochs shorter than the settling time, comparisons queue up
+        if not self._stopped.wait(max(0.0, due - time.monotonic())):
             self.compare(dht, public_key, epoch, own)
 
     def compare(self, dht, public_key: bytes, epoch: int, own: list[float]) -> None:
@@ -152,8 +166,10 @@ class ParameterDigests:
                 self.malformed += 1
                 logger.debug("Ignoring a malformed parameter digest from %r", subkey)
                 continue
-            if record.epoch == epoch:
-                sketches[repr(subkey)] = record.sketch
+            for published in (record, *record.earlier):
+                if published.epoch == epoch:
+                    sketches[repr(subkey)] = published.sketch
+                    break
         return sketches
 
     def take_verdict(self, local_epoch: int) -> Optional[tuple[int, str]]:

@@ -47,6 +47,8 @@ def test_malformed_records_are_counted_and_ignored():
                b"bad1": {"epoch": 3, "sketch": [1.0] * 3}, b"bad2": "not a record", b"bad3": {"epoch": "3"}}  # fmt: skip
     assert digests._peer_sketches(records, b"me", epoch=3) == {repr(b"other"): [1.0] * 16}
     assert digests.malformed == 3
+    moved_on = {"epoch": 5, "sketch": [5.0] * 16, "earlier": [{"epoch": 4, "sketch": [4.0] * 16}, good]}
+    assert digests._peer_sketches({b"fast": moved_on}, b"me", epoch=3) == {repr(b"fast"): [1.0] * 16}
     digests.stop()
 
 
