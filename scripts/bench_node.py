@@ -88,6 +88,29 @@ def import_seconds(cores: set[int]) -> float:
     return time.monotonic() - started
 
 
+def cpu_by_role(supervisor_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the volunteer's processes (and the worker's threads), by role: a load-independent
+    view of where its core goes besides training."""
+    supervisor = psutil.Process(supervisor_pid)
+    worker = supervisor.children()[0]
+    roles = {"supervisor": _cpu(supervisor), "p2pd": 0.0, "hivemind helper processes": 0.0}
+    threads = worker.threads()
+    main = next(thread for thread in threads if thread.id == worker.pid)
+    roles["worker main thread (training)"] = main.user_time + main.system_time
+    roles["worker other threads"] = sum(t.user_time + t.system_time for t in threads) - roles["worker main thread (training)"]
+    for helper in worker.children(recursive=True):
+        try:
+            roles["p2pd" if helper.name() == "p2pd" else "hivemind helper processes"] += _cpu(helper)
+        except psutil.NoSuchProcess:
+            continue
+    return roles
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def hearth(*args: str) -> list[str]:
     return python_argv("hearth", *args)
 
@@ -137,9 +160,11 @@ def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: s
         wait_until(lambda: status(work / "volunteer")["training"]["epochs_contributed"] >= 1, 600,
                    what="the volunteer to train an epoch")  # fmt: skip
         first = epoch_closed_after(status(work / "volunteer")["training"]["epoch"])
-        since = time.monotonic()
+        since, cpu_before = time.monotonic(), cpu_by_role(nodes["volunteer"].pid)
         training = epoch_closed_after(first["epoch"] + epochs - 1)
+        cpu_after = cpu_by_role(nodes["volunteer"].pid)
         elapsed, samples_before = time.monotonic() - since, first["samples_total"]
+        cpu_shares = {role: (cpu_after[role] - cpu_before[role]) / elapsed for role in cpu_after}
         node_rate = (training["samples_total"] - samples_before) / elapsed
         request(socket_path(work / "volunteer"), "pause")
         worker = psutil.Process(nodes["volunteer"].pid).children()[0]
@@ -150,7 +175,7 @@ def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: s
         plain_after = plain_throughput(PLAIN_SECONDS, volunteer, others)  # the volunteer is paused: its core is free
         return {"node_rate": node_rate, "join_to_first_step_s": join_seconds, "imports_s": imports_seconds,
                 "paused_cpu_core_fraction": paused_fraction, "epoch_reached": training["epoch"],
-                "plain_after": plain_after}  # fmt: skip
+                "plain_after": plain_after, "cpu_shares": cpu_shares}  # fmt: skip
     finally:
         for process in nodes.values():
             stop_group(process, grace=30)
@@ -192,6 +217,8 @@ def main() -> None:
           f"node's window, {node['plain_after']:,.0f} after)")
     print(f"hearth node:      {node['node_rate']:,.0f} samples/s (1 thread, core {cores[0]}, 2-peer swarm, "
           f"target batch {target_batch_size:,} ≈ {args.epoch_seconds:.0f} s epochs, reached epoch {node['epoch_reached']})")
+    shares = ", ".join(f"{role} {share:.3f}" for role, share in node["cpu_shares"].items())
+    print(f"volunteer's CPU in the window, in cores: {shares}")
     print(f"join:             {node['join_to_first_step_s']:.1f} s to the first step, of which Python needs "
           f"{node['imports_s']:.1f} s just to import torch, hivemind and torch._dynamo on this core")
     result = {"node_vs_plain": round(node["node_rate"] / plain, 3),
