@@ -1,11 +1,12 @@
 """Report ingestion: MQTT messages → verified reports and presence → the ledger. Bad input is counted, never fatal.
 
-Receiving and verifying (coordinator/verify.py) happen either in this process (one MQTT client) or in
-`workers` ingest worker processes that share the subscriptions (MQTT 5 `$share/hearth-ingest/…`) and send
-their verdicts here. One writer task then puts each node's reports in sequence order (coordinator/sequencer.py),
-decides them (swarm, sequence) and writes the whole batch in one transaction; receipts go out after the commit.
-Sequence numbers make QoS-1 redeliveries and outbox replays idempotent, and in-order acceptance means a
-receipt never covers a report the ledger does not hold.
+Receiving and verifying (coordinator/verify.py) happen either in this process (one MQTT client, and a checker
+task that verifies what it received in batches, signatures in a thread) or in `workers` ingest worker processes
+that share the subscriptions (MQTT 5 `$share/hearth-ingest/…`) and send their verdicts here. One writer task
+then puts each node's reports in sequence order (coordinator/sequencer.py), decides them (swarm, sequence) and
+writes the whole batch in one transaction; receipts go out after the commit, at most one per node every
+RECEIPT_INTERVAL. Sequence numbers make QoS-1 redeliveries and outbox replays idempotent, and in-order
+acceptance means a receipt never covers a report the ledger does not hold.
 """
 
 import asyncio
@@ -23,9 +24,9 @@ from coordinator.ledger import Batch, Ledger, credit_for, utcnow
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.mqtt_sink import SinkClient, login
 from coordinator.sequencer import Sequencer
-from coordinator.verify import Rejected, Verified, Verifier
+from coordinator.verify import CHECK_BATCH, Rejected, Verified, Verifier
 from protocol.encoding import canonical_bytes
-from protocol.envelope import seal
+from protocol.envelope import seal_many
 from protocol.messages import NodeStatus, Receipt
 from protocol.topics import REPORTS_FILTER, STATUS_FILTER, parse_node_topic, receipt_topic
 
@@ -41,6 +42,9 @@ LINGER = 0.05  # seconds a batch may wait for more input: fewer, larger transact
 # Receipts are retained state (the latest last_seq), so QoS 0 is enough: one lost on a dropped connection costs
 # a re-send, refused as a replay, which brings a new receipt; the retained one is there at the next subscribe.
 RECEIPT_QOS = 0
+# A receipt says "all up to last_seq", so one per node this often covers all its reports committed meanwhile:
+# under load that is a fraction of the receipts (each costs a signature) for at most this much more latency.
+RECEIPT_INTERVAL = 0.1
 
 Item = tuple  # (topic, payload, received (monotonic), Verified | Rejected | None while unchecked)
 
@@ -70,7 +74,10 @@ class Ingestor:
         self.hold_for_verification = False
         self._last_epochs: dict[tuple[str, str], int] = {}
         self.sequencer = Sequencer(self._last_seq, hold_seconds)
-        self._queue: asyncio.Queue[Item] = asyncio.Queue()
+        self._queue: asyncio.Queue[Item] = asyncio.Queue()  # the writer's input: verified (or unchecked) items
+        self._unchecked: asyncio.Queue[Item] = asyncio.Queue()  # received here, for the checker task
+        self._unreceipted: dict[tuple[str, str], None] = {}  # (node, swarm) committed since their last receipt
+        self._receipts_sent_at = float("-inf")  # monotonic
         self._tasks: list[asyncio.Task] = []
         self.receipt_key = None  # protocol.signing.SigningKey that seals receipts (app.py sets the coordinator's)
         self.credentials: Optional[tuple[str, str]] = None  # the coordinator's broker login (app.py)
@@ -80,6 +87,7 @@ class Ingestor:
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._receive(), name="ingest-receive"),
+                       asyncio.create_task(self._check_received(), name="ingest-check"),
                        asyncio.create_task(self._write(), name="ingest-write")]  # fmt: skip
         self._tasks += [asyncio.create_task(self._supervise_worker(i), name=f"ingest-worker-{i}")
                         for i in range(self.workers)]  # fmt: skip
@@ -97,7 +105,7 @@ class Ingestor:
         while True:
             try:
                 async with SinkClient(self.host, self.port, identifier=self.identifier, clean_session=False,
-                                      sink=self._queue, **login(self.credentials)) as client:  # fmt: skip
+                                      sink=self._unchecked, **login(self.credentials)) as client:  # fmt: skip
                     if not self.workers:
                         await client.subscribe(REPORTS_FILTER, qos=1)
                         await client.subscribe(STATUS_FILTER, qos=1)
@@ -105,7 +113,7 @@ class Ingestor:
                     self._client = client
                     self._update_ready()
                     backoff = 0.5
-                    await client.until_disconnected()  # messages go straight into self._queue
+                    await client.until_disconnected()  # messages go straight into self._unchecked
             except aiomqtt.MqttError as e:
                 self._client = None
                 self._update_ready()
@@ -166,6 +174,16 @@ class Ingestor:
                 receiving.close()
             await asyncio.sleep(WORKER_RESTART_SECONDS)
 
+    async def _check_received(self) -> None:
+        """Verify what this process received, in batches, and pass it on to the writer in the order received."""
+        while True:
+            items = [await self._unchecked.get()]
+            while len(items) < CHECK_BATCH and not self._unchecked.empty():
+                items.append(self._unchecked.get_nowait())
+            verdicts = await self.verifier.check_many([(topic, payload) for topic, payload, _, _ in items])
+            for (topic, payload, received, _), verdict in zip(items, verdicts):
+                self._queue.put_nowait((topic, payload, received, verdict))
+
     # --- deciding and writing ---------------------------------------------------------------------------------
     async def _write(self) -> None:
         while True:
@@ -183,31 +201,33 @@ class Ingestor:
             for ready in self.sequencer.expire(now, caught_up):
                 await self._decide(ready, batch, granted, decided_at)
             self.counters["out_of_order_dropped"] = self.sequencer.dropped
-            if not batch:
-                continue
-            try:
-                await self.ledger.write(batch)
-            except Exception:
-                self.counters["write_errors"] += 1
-                logger.exception("Could not write %d ingested message(s) to the ledger", len(items))
-                await self._reload_after_failure()
-                continue
-            committed = time.monotonic()
-            for received in granted:
-                self.metrics.latency.observe(committed - received)
-            # paho sends publishes in call order, so a node's retained receipt always ends at its latest last_seq.
-            self._send_receipts(batch)
+            if batch and await self._commit(batch, granted):
+                self._unreceipted.update(dict.fromkeys(self._receipted_nodes(batch)))
+            if self._unreceipted and time.monotonic() >= self._receipts_sent_at + RECEIPT_INTERVAL:
+                await self._send_receipts()
+
+    async def _commit(self, batch: Batch, granted: list[float]) -> bool:
+        try:
+            await self.ledger.write(batch)
+        except Exception:
+            self.counters["write_errors"] += 1
+            logger.exception("Could not write a batch of %d ingested message(s) to the ledger",
+                             len(batch.grants) + len(batch.rejections) + len(batch.statuses))  # fmt: skip
+            await self._reload_after_failure()
+            return False
+        committed = time.monotonic()
+        for received in granted:
+            self.metrics.latency.observe(committed - received)
+        return True
 
     async def _next_items(self) -> list[Item]:
-        """What arrived (up to MAX_BATCH), waiting at most until the sequencer's next hold expires."""
-        deadline = self.sequencer.next_deadline()
+        """What arrived (up to MAX_BATCH), waiting at most until the sequencer's next hold expires or receipts
+        are due."""
         try:
             if not self._queue.empty():
                 items = [self._queue.get_nowait()]
-            elif deadline is None:
-                items = [await self._queue.get()]
-            else:  # a hold may be due; if it waits for a slow worker, that worker's next word wakes us
-                items = [await asyncio.wait_for(self._queue.get(), max(MIN_WAIT, deadline - time.monotonic()))]
+            else:
+                items = [await asyncio.wait_for(self._queue.get(), self._idle_timeout())]
         except asyncio.TimeoutError:
             return []
         if self._queue.qsize() < MAX_BATCH:
@@ -215,6 +235,17 @@ class Ingestor:
         while len(items) < MAX_BATCH and not self._queue.empty():
             items.append(self._queue.get_nowait())
         return items
+
+    def _idle_timeout(self) -> Optional[float]:
+        """Seconds the writer may wait for input: until receipts are due or the sequencer's next hold expires
+        (at least MIN_WAIT: if that hold waits for a slow worker, that worker's next word wakes us); None: no limit."""
+        now, timeouts = time.monotonic(), []
+        if self._unreceipted:
+            timeouts.append(max(0.0, self._receipts_sent_at + RECEIPT_INTERVAL - now))
+        deadline = self.sequencer.next_deadline()
+        if deadline is not None:
+            timeouts.append(max(MIN_WAIT, deadline - now))
+        return min(timeouts, default=None)
 
     async def _route(self, item: Item, now: float) -> list[Item]:
         """Verify the item if no worker did, then hand reports to the sequencer: the items ready to decide."""
@@ -339,24 +370,42 @@ class Ingestor:
             logger.exception("Could not reload the ledger caches")
 
     # --- receipts ---------------------------------------------------------------------------------------------
-    def _send_receipts(self, batch: Batch) -> None:
-        """Tell each node which of its reports are in the ledger (retained), so its outbox can let them go.
-        Without a receipt a node re-sends, so a lost receipt only costs a duplicate, rejected as a replay."""
-        client = self._client
-        nodes = {(grant["node_id"], grant["swarm_id"]) for grant in batch.grants}
+    @staticmethod
+    def _receipted_nodes(batch: Batch) -> list[tuple[str, str]]:
+        """The (node, swarm) pairs a committed batch owes a receipt: those with reports in it, or a replay (the
+        node re-sent because it missed a receipt)."""
+        nodes = [(grant["node_id"], grant["swarm_id"]) for grant in batch.grants]
         for rejection in batch.rejections:
             if rejection["reason"] == "replayed":  # verified, so its topic names the node and swarm
                 topic = parse_node_topic(rejection["topic"])
-                nodes.add((topic.node_id, topic.swarm_id))
-        if client is None or not nodes:
-            return
+                nodes.append((topic.node_id, topic.swarm_id))
+        return nodes
 
+    async def _send_receipts(self) -> None:
+        """Tell each node with newly committed reports which of its reports are in the ledger (retained), so its
+        outbox can let them go. Without a receipt a node re-sends, so a lost receipt only costs a duplicate,
+        rejected as a replay. Called only between batches: every last_seq it reads is committed."""
+        nodes, self._unreceipted = list(self._unreceipted), {}
+        self._receipts_sent_at = time.monotonic()
+        if self._client is None:
+            return
+        now = time.time()
+        nodes = [(node_id, swarm_id) for node_id, swarm_id in nodes if node_id in self.ledger.nodes]  # not detached
+        receipts = [Receipt(node_id=node_id, swarm_id=swarm_id, last_seq=self.ledger.nodes[node_id].last_seq, time=now)
+                    for node_id, swarm_id in nodes]  # fmt: skip
+        # sealed with the coordinator's key when it has one: nodes drop reports only on a genuine receipt
+        if self.receipt_key is None:
+            payloads = [canonical_bytes(receipt.model_dump(mode="json")) for receipt in receipts]
+        elif len(receipts) == 1:
+            payloads = seal_many(receipts, self.receipt_key)
+        else:
+            payloads = await asyncio.to_thread(seal_many, receipts, self.receipt_key)
+        client = self._client
+        if client is None:
+            return
         paho = client._client  # aiomqtt's publish() costs a task, an event and a warning per receipt once many
-        for node_id, swarm_id in nodes:  # are queued; a QoS 0 publish needs none of that, and keeps call order
-            receipt = Receipt(node_id=node_id, swarm_id=swarm_id, last_seq=self.ledger.nodes[node_id].last_seq,
-                              time=time.time())  # fmt: skip
-            # sealed with the coordinator's key when it has one: nodes drop reports only on a genuine receipt
-            payload = seal(receipt, self.receipt_key) if self.receipt_key else canonical_bytes(receipt.model_dump(mode="json"))
+        for (node_id, swarm_id), payload in zip(nodes, payloads):  # are queued; QoS 0 needs none of that
+            # paho sends publishes in call order, so a node's retained receipt always ends at its latest last_seq
             info = paho.publish(receipt_topic(swarm_id, node_id), payload, qos=RECEIPT_QOS, retain=True)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:  # e.g. the connection just dropped: its node will re-send
                 self.counters["receipts_unsent"] += 1

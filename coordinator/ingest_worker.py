@@ -16,7 +16,7 @@ import aiomqtt
 from coordinator import db
 from coordinator.ledger import Ledger
 from coordinator.mqtt_sink import SinkClient, login
-from coordinator.verify import Rejected, Verifier
+from coordinator.verify import CHECK_BATCH, Verifier
 from protocol.topics import REPORTS_FILTER, STATUS_FILTER, shared
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ async def _work(index: int, database_url: str, host: str, port: int, connection,
     parent = os.getppid()
     incoming: asyncio.Queue = asyncio.Queue()
     pending: list = []
-    checking = False  # a message is being verified (waiting on a key lookup)
+    checking = False  # messages are being verified (a key lookup, signatures in a thread)
     arrived = asyncio.Event()
 
     async def forward() -> None:
@@ -71,18 +71,16 @@ async def _work(index: int, database_url: str, host: str, port: int, connection,
     async def receive() -> None:
         nonlocal checking
         while True:
-            topic, payload, received, _ = await incoming.get()
+            items = [await incoming.get()]
+            while len(items) < CHECK_BATCH and not incoming.empty():
+                items.append(incoming.get_nowait())
             checking = True
-            try:
-                verdict = await verifier.check(topic, payload)
-            except Rejected as r:
-                verdict = r
-            except Exception as e:  # a bug must cost one message, never the worker
-                logger.exception("Unexpected error while verifying a message on %s", topic)
-                verdict = Rejected("internal_error", f"{type(e).__name__}: {e}")
+            try:  # Verifier.check_many turns every failure, a bug's included, into a Rejected verdict
+                verdicts = await verifier.check_many([(topic, payload) for topic, payload, _, _ in items])
             finally:
                 checking = False
-            pending.append((topic, payload, received, verdict))
+            pending.extend((topic, payload, received, verdict)
+                           for (topic, payload, received, _), verdict in zip(items, verdicts))  # fmt: skip
             arrived.set()
 
     backoff = 0.5
