@@ -4,19 +4,29 @@ the node cannot forge alone. Pure logic: evidence comes in through `observe`, ti
 Evidence is each peer's own signed hivemind progress records (`<run_id>_progress` in the DHT: epoch,
 samples_accumulated, samples/s, time), read every fraction of a second by coordinator/work_check.py. For a
 closed epoch every peer's samples are estimated at one common instant (its last record, extrapolated at its own
-rate to the latest record of that epoch), which gives accurate *shares*. A report is then believed:
+rate to the latest record of that epoch), which gives *shares*, if noisy ones: the records read last lag the
+peers' work by up to a few seconds (their stores stall while peers average), ±10-30 % of a share per epoch.
+A report is then believed:
 
-1. up to its node's measured throughput × the time since its previous report (× THROUGHPUT_SLACK);
-2. up to its observed samples × the epoch's scale × (1 + TOLERANCE), where the scale is the weighted median
+1. up to its observed samples × the epoch's scale × (1 + TOLERANCE), where the scale is the weighted median
    of claimed ÷ observed over the epoch's reports (honest peers agree on it; cheaters would need most of
-   the epoch's samples to move it). Allowance not used in one epoch carries to the next, so estimation noise
-   evens out while a node's total credit stays within (1 + TOLERANCE) of what it was observed to do;
-3. the epoch's believed samples are scaled down, all alike, to target_batch_size × EPOCH_SLACK.
+   the epoch's samples to move it). Allowance not used in one epoch carries to the next, and a node may run
+   ahead of it by BORROW epochs' shares, repaid from its next epochs, so the noise evens out while a node's
+   total credit stays within (1 + TOLERANCE) of what it was observed to do, plus that float. A node that
+   usually claims SUSPECT_EXCESS × the scale or more gets no float. An epoch too short for any record of the
+   peer in it to be read has no observed share: rules 2 and 3 bound it alone (a suspect is believed its
+   claim ÷ its usual excess);
+2. up to its peer's throughput budget: what the peer was seen training in the DHT (its samples/s × the seconds
+   between two reads that show progress, or the samples gained if more; + STARTUP_SECONDS at its best rate, + the
+   samples of the first record read) × THROUGHPUT_SLACK, less what was already believed of it. It accrues while
+   the peer trains, not when reports arrive, so a backlog delivered at once after a broker outage fits;
+3. the epoch's believed samples are scaled down, all alike, to target_batch_size × EPOCH_SLACK (in a swarm's first
+   YOUNG_EPOCHS epochs seen, × the number of its reporting peers if more: peers that do not see each other's
+   progress yet each reach the target alone).
 
-Credit is for min(claimed, believed) samples; every cut keeps a readable reason.
+Credit is for min(claimed, believed); every cut keeps a readable reason.
 """
 
-import bisect
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,13 +35,20 @@ from typing import Optional
 from hearth.progress import PeerProgress
 
 TOLERANCE = 0.02  # allowance over the observed share (after scaling); also the bound on what an over-claimer gains
-THROUGHPUT_SLACK = 1.5  # samples may exceed measured samples/s × seconds since the previous report by this factor
+BORROW = 2.0  # how far (in shares of the current epoch) a node's believed samples may run ahead of its allowance
+SUSPECT_EXCESS = 1.5  # a node whose claims usually exceed the scale by more borrows nothing, and is believed that
+SUSPECT_AFTER = 3  # much less where its share was not observed; judged after this many epochs observed
+THROUGHPUT_SLACK = 1.5  # samples may exceed what the peer was seen training by this factor
+STARTUP_SECONDS = 3.0  # training at its best samples/s credited to a peer before the coordinator first read it
+MAX_PROGRESS_GAP = 15.0  # seconds between two reads that show a peer's progress counted at most as training
 EPOCH_SLACK = 2.0  # an epoch's believed samples may exceed target_batch_size by this factor (hivemind overshoots,
 # most in a swarm's first epochs and on a loaded machine, when peers see each other's progress late)
-MAX_EXTRAPOLATION = 3.0  # seconds a peer's last record is extrapolated at most
+YOUNG_EPOCHS = 3  # a swarm's first epochs seen, in which each reporting peer may have reached the target alone
+MAX_EXTRAPOLATION = 1.0  # seconds a peer's last record is extrapolated at most (peers stop training for an epoch
+# at different moments, up to seconds apart: extrapolating one that stopped early past its end inflates its share)
 CLAIM_WAIT = 5.0  # seconds an epoch's decision waits, once it closed, for the reports of all its observed peers
-EVIDENCE_TIMEOUT = 60.0  # seconds a report may wait for its epoch to close before it is decided without evidence
-STALE_PEER = 10.0  # seconds without a record after which a peer no longer holds its epoch open
+EVIDENCE_TIMEOUT = 60.0  # seconds a report may wait for its epoch to close before it is decided on what is known
+STALE_PEER = 10.0  # seconds without progress after which a peer no longer holds its epoch open
 EXCESS_MEMORY = 20  # epochs of a node's claims remembered to judge how it usually claims
 
 
@@ -58,8 +75,31 @@ class Verdict:
 @dataclass
 class _PeerHistory:
     records: dict[int, PeerProgress] = field(default_factory=dict)  # epoch → latest record of that epoch
-    first_seen: float = 0.0
-    last_seen: float = 0.0  # coordinator time of the latest observation
+    progress_seen: float = 0.0  # coordinator time of the latest read that showed the peer making progress
+    trained: float = 0.0  # samples it was seen training (its throughput budget, before THROUGHPUT_SLACK)
+    head_start: int = 0  # samples its first record read already counted (done before the coordinator saw it)
+    believed: float = 0.0  # samples believed of its claims so far (spent from that budget)
+
+    @property
+    def latest(self) -> PeerProgress:
+        return self.records[max(self.records)]
+
+    def budget(self) -> float:
+        rate = max(record.samples_per_second for record in self.records.values())
+        return (self.trained + rate * STARTUP_SECONDS) * THROUGHPUT_SLACK + self.head_start - self.believed
+
+    def progress(self, record: PeerProgress, now: float) -> None:
+        """Accrue the budget for a read that shows the peer training since the previous one: its samples/s × the
+        time between the reads, or the samples its records gained if more (hivemind's first rates are far low)."""
+        latest = self.latest
+        if record.epoch > latest.epoch:
+            gained = record.samples_accumulated
+        elif record.epoch == latest.epoch and record.samples_accumulated > latest.samples_accumulated:
+            gained = record.samples_accumulated - latest.samples_accumulated
+        else:
+            return
+        self.trained += max(record.samples_per_second * min(now - self.progress_seen, MAX_PROGRESS_GAP), gained)
+        self.progress_seen = now
 
 
 @dataclass
@@ -67,11 +107,16 @@ class _NodeAccount:
     allowance: float = 0.0  # believed samples allowed so far (Σ observed × scale × (1 + TOLERANCE))
     used: int = 0  # of the allowance
     excess: list[float] = field(default_factory=list)  # recent claimed ÷ (observed × the epoch's scale)
-    claim_times: list[float] = field(default_factory=list)  # when its recent claims arrived, in order
 
     @property
     def usual_excess(self) -> float:
         return max(1.0, statistics.median(self.excess)) if self.excess else 1.0
+
+    @property
+    def suspect(self) -> bool:
+        """Its claims usually exceed the scale by more than honest nodes' do (judged over a few epochs: a single
+        epoch's estimate can be far off, most of all a peer's first)."""
+        return len(self.excess) >= SUSPECT_AFTER and self.usual_excess > SUSPECT_EXCESS
 
 
 class SwarmPlausibility:
@@ -89,27 +134,28 @@ class SwarmPlausibility:
         for record in records:
             history = self.peers.get(record.peer_id)
             if history is None:
-                history = self.peers[record.peer_id] = _PeerHistory(first_seen=now)
-            history.last_seen = now
+                history = self.peers[record.peer_id] = _PeerHistory(progress_seen=now, head_start=record.samples_accumulated)
+            else:
+                history.progress(record, now)
             known = history.records.get(record.epoch)
             if known is None or record.time > known.time:
                 history.records[record.epoch] = record
             for old in [e for e in history.records if e < record.epoch - 50]:  # bounded memory
                 del history.records[old]
-        for epoch in self._open_epochs():
-            if self._is_closed(epoch, now):
-                self.closed_at.setdefault(epoch, now)
+        for epoch in {e for h in self.peers.values() for e in h.records if e not in self.closed_at}:
+            self._closed_at(epoch, now)
 
-    def _open_epochs(self) -> set[int]:
-        return {e for h in self.peers.values() for e in h.records if e not in self.closed_at}
-
-    def _is_closed(self, epoch: int, now: float) -> bool:
-        """Every peer seen in `epoch` has moved past it or gone quiet (a swarm whose peers all left closes its
-        last epoch too: their last records are all the evidence there will be)."""
-        for history in self.peers.values():
-            if epoch in history.records and max(history.records) <= epoch and now - history.last_seen < STALE_PEER:
-                return False
-        return True
+    def _closed_at(self, epoch: int, now: float) -> Optional[float]:
+        """When `epoch` was first found closed (now, if it is now): some peer reached it, and every peer whose
+        latest record is of it has moved past it or stopped making progress (paused, or left: their last
+        records are all the evidence there will be). An epoch too short for any of its records to be read
+        closes too, once a peer is seen past it (found when a claim of it is decided)."""
+        if epoch not in self.closed_at:
+            latest = [(history.latest.epoch, now - history.progress_seen) for history in self.peers.values()]
+            reached = any(latest_epoch >= epoch for latest_epoch, _ in latest)
+            if reached and not any(e == epoch and quiet < STALE_PEER for e, quiet in latest):
+                self.closed_at[epoch] = now
+        return self.closed_at.get(epoch)
 
     def estimates(self, epoch: int) -> dict[str, float]:
         """Each peer's samples in `epoch`, estimated at the instant of the epoch's latest record."""
@@ -123,11 +169,9 @@ class SwarmPlausibility:
             for peer, record in last.items()
         }
 
-    def throughput(self, peer_id: Optional[str]) -> Optional[float]:
-        history = self.peers.get(peer_id) if peer_id else None
-        if history is None or not history.records:
-            return None
-        return max(record.samples_per_second for record in history.records.values())
+    def _expected(self, epoch: int) -> set[str]:
+        """Peers that presumably trained in `epoch`: a record of it was seen, or records from before and after it."""
+        return {peer for peer, h in self.peers.items() if epoch in h.records or min(h.records) < epoch < max(h.records)}
 
     # --- decisions --------------------------------------------------------------------------------------------
     def decide(self, claims: list[Claim], now: float) -> list[Verdict]:
@@ -140,61 +184,85 @@ class SwarmPlausibility:
                     verdicts.append(self._unobserved(claim))
                 continue
             by_epoch[claim.epoch].append(claim)
+        newest = max((h.latest.epoch for h in self.peers.values()), default=-1)
         for epoch, group in sorted(by_epoch.items()):
-            closed = self.closed_at.get(epoch)
-            waited = now - min(c.received for c in group)
+            closed = self._closed_at(epoch, now)
             if closed is None:
-                if waited >= EVIDENCE_TIMEOUT:
+                if now - min(c.received for c in group) < EVIDENCE_TIMEOUT:
+                    continue
+                if epoch > newest:  # an epoch no peer has reached: nothing stands behind it
                     verdicts += [self._unobserved(c) for c in group]
-                continue
-            estimates = self.estimates(epoch)
+                    continue
+                closed = now - CLAIM_WAIT  # held open too long by a peer: decided on what is known
             claimed_peers = {c.peer_id for c in group}
-            if epoch not in self.decided_epochs and now - closed < CLAIM_WAIT and not set(estimates) <= claimed_peers:
+            if epoch not in self.decided_epochs and now - closed < CLAIM_WAIT and not self._expected(epoch) <= claimed_peers:
                 continue  # some observed peer's report may still be on its way
-            verdicts += self._decide_epoch(epoch, group, estimates)
+            verdicts += self._decide_epoch(epoch, group, self.estimates(epoch))
         return verdicts
 
     def _unobserved(self, claim: Claim) -> Verdict:
         return Verdict(claim.report_id, 0, "no progress record in the DHT for this epoch", rejected=True)
 
     def _decide_epoch(self, epoch: int, group: list[Claim], estimates: dict[str, float]) -> list[Verdict]:
+        estimates = {peer: samples for peer, samples in estimates.items() if samples > 0}
         scale, believed_so_far = self.decided_epochs.get(epoch) or (self._scale(group, estimates), 0.0)
-        for claim in group:  # how far above the epoch's scale each node claims, for the next epochs' scales
-            observed = estimates.get(claim.peer_id, 0.0) if claim.peer_id else 0.0
-            if observed > 0:
-                excess = self.accounts[claim.node_id].excess
-                excess.append(claim.samples / observed / scale)
-                del excess[:-EXCESS_MEMORY]
-        verdicts, believed = [], {}
+        self._remember_excess(group, estimates, scale)
+        believed = {}
         for claim in sorted(group, key=lambda c: c.report_id):
             observed = estimates.get(claim.peer_id)
-            account = self.accounts[claim.node_id]
-            account.allowance += (observed or 0.0) * scale * (1 + TOLERANCE)
-            allowed, reason = claim.samples, None
-            share_cap = max(0, int(account.allowance - account.used))
-            if share_cap < allowed:
-                allowed, reason = share_cap, f"over observed share: {share_cap} of {claim.samples} believed"
-            rate = self.throughput(claim.peer_id)
-            if rate is not None:
-                earlier = [t for t in account.claim_times if t < claim.received]  # epochs may be decided out of order
-                since = earlier[-1] if earlier else self.peers[claim.peer_id].first_seen
-                rate_cap = int(rate * max(claim.received - since, 0.0) * THROUGHPUT_SLACK)
-                if rate_cap < allowed:
-                    allowed, reason = rate_cap, f"over throughput x time: {rate_cap} of {claim.samples} believed"
-            bisect.insort(account.claim_times, claim.received)
-            del account.claim_times[:-EXCESS_MEMORY]
-            account.used += allowed  # before the epoch's cap: a cut there must not become allowance later
+            if observed is None:
+                allowed, reason = self._unobserved_share(claim)
+            else:
+                allowed, reason = self._observed_share(claim, observed * scale)
+            history = self.peers[claim.peer_id]
+            budget = max(0, int(history.budget()))
+            if budget < allowed:
+                allowed, reason = budget, f"over throughput x time: {budget} of {claim.samples} believed"
+            history.believed += allowed
             believed[claim.report_id] = (claim, allowed, reason)
-        cap = self.target_batch_size * EPOCH_SLACK - believed_so_far
+        young = epoch < min(self.decided_epochs, default=epoch) + YOUNG_EPOCHS
+        slack = max(EPOCH_SLACK, len(self._expected(epoch) | {c.peer_id for c in group})) if young else EPOCH_SLACK
+        cap = self.target_batch_size * slack - believed_so_far
         total = sum(allowed for _, allowed, _ in believed.values())
         factor = min(1.0, max(cap, 0.0) / total) if total > 0 else 1.0
+        verdicts = []
         for report_id, (claim, allowed, reason) in believed.items():
             if factor < 1.0:
                 allowed = int(allowed * factor)
                 reason = f"epoch over target: {allowed} of {claim.samples} believed"
             verdicts.append(Verdict(report_id, allowed, reason))
-        self.decided_epochs[epoch] = (scale, believed_so_far + sum(v.samples for v in verdicts if not v.rejected))
+        self.decided_epochs[epoch] = (scale, believed_so_far + sum(v.samples for v in verdicts))
         return verdicts
+
+    def _observed_share(self, claim: Claim, share: float) -> tuple[int, Optional[str]]:
+        """The claim within its node's allowance (+ what it may borrow against its next epochs)."""
+        account = self.accounts[claim.node_id]
+        account.allowance += share * (1 + TOLERANCE)
+        borrow = 0.0 if account.suspect else BORROW * share
+        share_cap = max(0, int(account.allowance - account.used + borrow))
+        allowed, reason = claim.samples, None
+        if share_cap < allowed:
+            allowed, reason = share_cap, f"over observed share: {share_cap} of {claim.samples} believed"
+        account.used += allowed  # before the other caps: a cut there must not become allowance later
+        return allowed, reason
+
+    def _unobserved_share(self, claim: Claim) -> tuple[int, Optional[str]]:
+        """No record of the peer in this epoch was read (an epoch of about a second): the claim, less what its
+        node usually claims above the scale; it leaves the node's allowance as it was."""
+        account = self.accounts[claim.node_id]
+        if not account.suspect:
+            return claim.samples, None
+        allowed = int(claim.samples / account.usual_excess)
+        return allowed, f"over the node's usual share: {allowed} of {claim.samples} believed"
+
+    def _remember_excess(self, group: list[Claim], estimates: dict[str, float], scale: float) -> None:
+        """How far above the epoch's scale each node claims, for the next epochs' scales."""
+        for claim in group:
+            observed = estimates.get(claim.peer_id)
+            if observed:
+                excess = self.accounts[claim.node_id].excess
+                excess.append(claim.samples / observed / scale)
+                del excess[:-EXCESS_MEMORY]
 
     def _scale(self, group: list[Claim], estimates: dict[str, float]) -> float:
         """The epoch's claimed ÷ observed, common to honest nodes (the estimates all miss the work after the
@@ -202,7 +270,7 @@ class SwarmPlausibility:
         far above the scale that node has usually claimed (≥ 1), so a steady over-claimer cannot pull it up.
         1 without evidence."""
         ratios = sorted((c.samples / estimates[c.peer_id] / self.accounts[c.node_id].usual_excess, estimates[c.peer_id])
-                        for c in group if estimates.get(c.peer_id, 0) > 0)  # fmt: skip
+                        for c in group if c.peer_id in estimates)  # fmt: skip
         if not ratios:
             return 1.0
         half, running = sum(weight for _, weight in ratios) / 2, 0.0
@@ -213,3 +281,4 @@ class SwarmPlausibility:
             if running == half:  # an even split: halfway between the two middle ratios (no bias either way)
                 return (ratio + ratios[index + 1][0]) / 2
         return ratios[-1][0]
+

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from coordinator.plausibility import (CLAIM_WAIT, EPOCH_SLACK, EVIDENCE_TIMEOUT, STALE_PEER, TOLERANCE, Claim,
-                                      SwarmPlausibility)
+from coordinator.plausibility import (CLAIM_WAIT, EPOCH_SLACK, EVIDENCE_TIMEOUT, STALE_PEER, STARTUP_SECONDS,
+                                      THROUGHPUT_SLACK, TOLERANCE, Claim, SwarmPlausibility)
 from hearth.progress import PeerProgress
 
 TARGET = 12_000
@@ -95,8 +95,55 @@ def test_claims_beyond_throughput_times_time_are_cut():
     rules.observe([PeerProgress("p", 0, 100, 100.0, 0.0, False)], now=0.0)
     rules.observe([PeerProgress("p", 1, 0, 100.0, 10.0, False)], now=10.0)
     [verdict] = rules.decide([Claim(1, "n", "p", 0, 5000, 10.0)], now=10.0 + CLAIM_WAIT)
-    assert verdict.samples == int(100 * 10 * 1.5)
+    # seen training for 10 s (+ STARTUP_SECONDS before the first read, whose 100 samples count too)
+    assert verdict.samples == int(100 * (10 + STARTUP_SECONDS) * THROUGHPUT_SLACK + 100)
     assert verdict.reason.startswith("over throughput x time")
+
+
+def test_a_backlog_delivered_at_once_is_believed_for_the_time_it_was_trained():
+    """After a broker outage a node's outbox delivers many epochs' reports at once: the throughput budget accrued
+    while the peer was seen training, not when its reports arrived."""
+    rules = SwarmPlausibility(TARGET)
+    for second in range(101):  # 10 epochs of 10 s at 100 samples/s, records read every second
+        rules.observe([PeerProgress("p", second // 10, (second % 10) * 100, 100.0, float(second), False)], now=second)
+    backlog = [Claim(epoch + 1, "n", "p", epoch, 1000, received=100.5) for epoch in range(10)]
+    verdicts = rules.decide(backlog, now=100.5)
+    assert sorted((v.samples, v.reason) for v in verdicts) == [(1000, None)] * 10
+
+
+def test_an_epoch_too_short_for_its_records_to_be_read_is_believed():
+    """Epochs of about a second: the coordinator may read no record of an epoch at all. It closes once the peers
+    are seen past it, and its claims are believed within the throughput budget and the epoch cap, not refused."""
+    rules = SwarmPlausibility(TARGET)
+    rules.observe([PeerProgress(p, 4, 600, 1000.0, 0.0, False) for p in "pq"], now=0.0)
+    rules.observe([PeerProgress(p, 6, 300, 1000.0, 2.1, False) for p in "pq"], now=2.1)  # epoch 5 was never read
+    claims = [Claim(1, "n", "p", 5, 900, received=2.0), Claim(2, "m", "q", 5, 950, received=2.0)]
+    verdicts = rules.decide(claims, now=2.1)
+    assert sorted((v.samples, v.reason, v.rejected) for v in verdicts) == [(900, None, False), (950, None, False)]
+
+
+def test_unread_epochs_do_not_pay_a_known_inflator_in_full():
+    """Without an observed share, a node that usually claims far above the scale is believed that much less."""
+    rules = SwarmPlausibility(TARGET)
+    rules.accounts["node-x"].excess[:] = [2.0] * 10
+    rules.observe([PeerProgress("x", 1, 500, 1000.0, 0.0, False)], now=0.0)
+    rules.observe([PeerProgress("x", 3, 500, 1000.0, 2.0, False)], now=2.0)
+    [verdict] = rules.decide([Claim(1, "node-x", "x", 2, 1000, received=1.9)], now=2.0)
+    assert verdict.samples == 500 and verdict.reason.startswith("over the node's usual share")
+
+
+def test_a_paused_peer_does_not_hold_its_epoch_open():
+    """A paused peer's last record stays in the DHT (hivemind re-publishes it): once it showed no progress for
+    STALE_PEER seconds, the others' reports of that epoch are decided (they used to wait, then be refused)."""
+    rules = SwarmPlausibility(TARGET)
+    for now in range(0, 16):  # q moves on at 1 s; p, paused, is read again and again in epoch 3
+        q = PeerProgress("q", 3 if now == 0 else 4, 500 if now == 0 else now * 10, 100.0, float(now), False)
+        rules.observe([PeerProgress("p", 3, 500, 100.0, 0.0, False), q], now)
+    claim = Claim(1, "m", "q", 3, 500, received=1.0)
+    assert rules.decide([claim], now=STALE_PEER - 1) == []  # p may still be training
+    assert rules.decide([claim], now=STALE_PEER) == []  # closed now; p's report may be on its way
+    [verdict] = rules.decide([claim], now=STALE_PEER + CLAIM_WAIT)
+    assert (verdict.samples, verdict.reason) == (500, None)
 
 
 def test_an_epoch_is_capped_at_its_target():
@@ -144,4 +191,24 @@ def test_a_later_epoch_decided_first_does_not_starve_the_earlier_one():
     later, earlier = Claim(2, "n", "p", 1, 1000, received=20.5), Claim(1, "n", "p", 0, 1000, received=10.5)
     [first] = rules.decide([later], now=20.5 + CLAIM_WAIT)
     [second] = rules.decide([earlier], now=21.0 + CLAIM_WAIT)
-    assert (first.samples, second.samples) == (1000, 1000)  # each fits 100/s × its own time since the one before
+    assert (first.samples, second.samples) == (1000, 1000)  # both fit 100/s × the time p was seen training
+
+
+def test_honest_peers_in_epochs_of_a_second_are_believed_in_full():
+    """Epochs about as long as the records' refresh: many are never read; none of the honest claims is cut."""
+    believed, true, reasons = run({"a": 5000, "b": 7000}, {}, epochs=40)
+    assert believed == true, reasons
+
+
+def test_in_a_young_swarm_each_peer_may_reach_the_target_alone():
+    """Peers that do not see each other's progress yet each train a whole target_batch_size; later on, an epoch's
+    believed samples are capped at EPOCH_SLACK × the target."""
+    rules, peers = SwarmPlausibility(target_batch_size=1000), "pqr"
+    verdicts = {}
+    for epoch in range(5):
+        rules.observe([PeerProgress(p, epoch, 990, 1000.0, epoch * 2.0, False) for p in peers], now=epoch * 2.0)
+        rules.observe([PeerProgress(p, epoch + 1, 0, 1000.0, epoch * 2.0 + 1, False) for p in peers], epoch * 2.0 + 1)
+        claims = [Claim(epoch * 10 + i, f"node-{p}", p, epoch, 1000, epoch * 2.0 + 1) for i, p in enumerate(peers)]
+        verdicts[epoch] = sum(v.samples for v in rules.decide(claims, now=epoch * 2.0 + 1))
+    assert [verdicts[e] for e in range(3)] == [3000] * 3  # in full
+    assert all(1000 * EPOCH_SLACK - 3 <= verdicts[e] <= 1000 * EPOCH_SLACK for e in (3, 4))  # scaled down alike
