@@ -186,7 +186,8 @@ class Coordinator:
             self.checkpointer.start()
             if config.verify_work:
                 self.auditor = Auditor(self.engine, self.ingestor.publish, self.checkpoints,
-                                       key=getattr(self.ingestor, "receipt_key", None), assets=self.assets)  # fmt: skip
+                                       key=getattr(self.ingestor, "receipt_key", None), assets=self.assets,
+                                       connected=self.ingestor.subscribed.is_set)  # fmt: skip
                 self.work_check = WorkChecker(ledger, self.monitor, self.auditor)
                 self.work_check.start()
 

@@ -11,6 +11,11 @@ process recomputes the same in a thread and compares within float tolerance.
 A failure (or no answer within ANSWER_TIMEOUT) rejects the audited report; BAN_AFTER failures ban the
 volunteer (volunteers.banned_at): every later report of theirs is rejected, and access tokens stop. The
 coordinator's compute per audit is kept in audits.validator_seconds, the node's in node_seconds.
+
+MQTT delivers a request only to a node connected at that moment, so an open request is sent again every RESEND
+seconds (the node answers an audit id once), and ANSWER_TIMEOUT counts only the time the node could have heard it:
+while the coordinator's own broker connection is up and it heard from the node (a presence message or a report)
+within the last REACHABLE seconds. A node that stays unreachable for OFFLINE_LIMIT seconds leaves it unanswered.
 """
 
 import asyncio
@@ -26,7 +31,7 @@ import torch
 from sqlalchemy import insert, select, update
 
 from coordinator import db
-from coordinator.ledger import utcnow
+from coordinator.ledger import _seconds, utcnow
 from coordinator.assets import configured_task
 from hearth.audit import audit_model, compute_answer, mismatch, reference_backward
 from protocol.encoding import canonical_bytes
@@ -40,7 +45,10 @@ P_START = 0.5  # a new node's odds: its first reports are likely checked (every 
 P_MIN = 0.05
 RECOVERY = 5  # passes in a row that bring a node that failed back to the halving probability
 BAN_AFTER = 3  # failed audits that ban the volunteer
-ANSWER_TIMEOUT = 120.0  # seconds (it may include a checkpoint download)
+ANSWER_TIMEOUT = 120.0  # seconds the node was reachable (it may include a checkpoint download)
+RESEND = 10.0  # seconds between two sends of an open request
+REACHABLE = 45.0  # seconds since the coordinator last heard from a node (nodes announce presence every 15 s)
+OFFLINE_LIMIT = 300.0  # seconds an open audit waits for its node to become reachable again
 DIGEST_SIZE = 32
 MAX_AUDIT_BATCH = 64  # samples: enough to tell real gradients from any others, cheap to recompute
 
@@ -69,7 +77,10 @@ class _Open:
     task: str
     task_options: Optional[dict]  # the swarms row's column, {"options": …, "assets": …}, as configured_task takes it
     state_path: Optional[str]
-    sent_at: float
+    sent_at: float  # latest send
+    checked_at: float  # the clock's latest advance (expire)
+    waited: float = 0.0  # seconds the node was reachable since the request
+    unreachable: float = 0.0  # seconds it was not
 
 
 class AuditRefused(Exception):
@@ -81,12 +92,15 @@ class AuditRefused(Exception):
 class Auditor:
     def __init__(self, engine, publish: Callable[[str, bytes], Awaitable[None]], checkpoints=None,
                  rng: Optional[random.Random] = None, clock: Callable[[], float] = time.time,
-                 answer_timeout: float = ANSWER_TIMEOUT, key=None, assets=None):  # fmt: skip
+                 answer_timeout: float = ANSWER_TIMEOUT, key=None, assets=None,
+                 connected: Callable[[], bool] = lambda: True, resend: float = RESEND):  # fmt: skip
         """`key`: the coordinator's protocol.signing.SigningKey that seals requests (None: sent unsigned);
-        `assets`: the coordinator.assets.AssetStore, for tasks built from files (a pretrained model, text shards)."""
-        self.key, self.assets = key, assets
+        `assets`: the coordinator.assets.AssetStore, for tasks built from files (a pretrained model, text shards);
+        `connected()`: whether `publish` reaches the broker now (the answer clocks stop while it does not)."""
+        self.key, self.assets, self.connected = key, assets, connected
         self.engine, self.publish, self.checkpoints = engine, publish, checkpoints
         self.rng, self.clock, self.answer_timeout = rng or random.SystemRandom(), clock, answer_timeout
+        self.resend = resend
         self.trust: dict[str, Trust] = {}
         self._open: dict[int, _Open] = {}  # audit id → what it asked
         self._outcomes: dict[int, Outcome] = {}  # report id → outcome, until work_check settled the report
@@ -130,15 +144,21 @@ class Auditor:
             state_epoch=values["state_epoch"], state_sha256=latest.sha256 if latest else None, seed=seed,
             batch_size=batch_size, digest_size=DIGEST_SIZE, time=self.clock(),
         )  # fmt: skip
-        self._open[audit_id] = _Open(audit_id, request, report.id, report.volunteer_id, swarm.task,
-                                     swarm.task_options, str(latest.path) if latest else None,
-                                     self.clock())  # fmt: skip
+        now = self.clock()
+        pending = _Open(audit_id, request, report.id, report.volunteer_id, swarm.task, swarm.task_options,
+                        str(latest.path) if latest else None, sent_at=now, checked_at=now)  # fmt: skip
+        self._open[audit_id] = pending
         self._outcomes[report.id] = False
-        payload = seal(request, self.key) if self.key is not None else canonical_bytes(request.model_dump(mode="json"))
-        await self.publish(audit_topic(report.swarm_id, report.node_id), payload)
+        await self._send(pending)
         logger.info("Audit %d: node %s, epoch %d (batch seed %d, state of epoch %d)",
                     audit_id, report.node_id, report.epoch, seed, request.state_epoch)  # fmt: skip
         return audit_id
+
+    async def _send(self, pending: _Open) -> None:
+        request = pending.request
+        payload = seal(request, self.key) if self.key is not None else canonical_bytes(request.model_dump(mode="json"))
+        pending.sent_at = self.clock()
+        await self.publish(audit_topic(request.swarm_id, request.node_id), payload)
 
     def outcome(self, report_id: int) -> Outcome:
         """What work_check needs for a report: None (not audited), False (open), True (passed) or the reason it
@@ -181,14 +201,40 @@ class Auditor:
                                 reference_backward(task))  # fmt: skip
         return answer, time.perf_counter() - started
 
-    async def expire(self) -> int:
-        """Fail the audits that waited longer than answer_timeout; how many."""
-        now = self.clock()
-        late = [o for o in self._open.values() if now - o.sent_at > self.answer_timeout]
+    async def expire(self, heard: Optional[dict[str, float]] = None) -> int:
+        """Advance the open audits' clocks, send their requests again where due, and fail those whose node was
+        reachable for answer_timeout without answering, or unreachable for OFFLINE_LIMIT; how many failed.
+        `heard`: node id → when a report of it last arrived (POSIX seconds), besides the presence in the ledger."""
+        if not self._open:
+            return 0
+        now, connected = self.clock(), self.connected()
+        reachable = await self._reachable({o.request.node_id for o in self._open.values()}, heard or {}, now)
+        late = []
+        for pending in list(self._open.values()):
+            elapsed, pending.checked_at = now - pending.checked_at, now
+            if not connected:  # nothing reaches any node now: the clocks stop
+                continue
+            if pending.request.node_id not in reachable:
+                pending.unreachable += elapsed
+            else:
+                pending.waited += elapsed
+                if now - pending.sent_at >= self.resend:
+                    await self._send(pending)
+            if pending.waited > self.answer_timeout or pending.unreachable > OFFLINE_LIMIT:
+                late.append(pending)
         for pending in late:
             del self._open[pending.audit_id]
-            await self._record(pending, "unanswered", "no answer to the audit in time", None, None, 0.0, 0.0)
+            why = "no answer to the audit in time" if pending.waited > self.answer_timeout else "node unreachable"
+            await self._record(pending, "unanswered", why, None, None, 0.0, 0.0)
         return len(late)
+
+    async def _reachable(self, node_ids: set[str], heard: dict[str, float], now: float) -> set[str]:
+        """The nodes the coordinator heard from within REACHABLE seconds: an online presence or a report."""
+        n = db.nodes
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(n.c.node_id, n.c.online, n.c.last_seen).where(n.c.node_id.in_(node_ids)))
+            present = {r.node_id for r in rows if r.online and now - (_seconds(r.last_seen) or 0.0) <= REACHABLE}
+        return present | {node_id for node_id in node_ids if now - heard.get(node_id, -REACHABLE) <= REACHABLE}
 
     async def _record(self, pending: _Open, status: str, reason: Optional[str], loss, expected_loss,
                       validator_seconds: float, node_seconds: float) -> None:  # fmt: skip

@@ -96,9 +96,12 @@ class WorkChecker:
             ))  # fmt: skip
 
     async def _settle(self, now: float) -> int:
-        if self.auditor is not None:
-            await self.auditor.expire()
         rows = await self._pending()
+        if self.auditor is not None:
+            heard: dict[str, float] = {}  # a node sending reports can hear its audits, whatever its presence says
+            for row in rows:
+                heard[row.node_id] = max(heard.get(row.node_id, 0.0), _posix(row.received_at))
+            await self.auditor.expire(heard)
         grants: dict[int, tuple[int, float, Optional[str]]] = {}
         rejections: dict[int, str] = {}
         by_swarm: dict[str, list] = {}

@@ -3,7 +3,9 @@
 
 Requests arrive on the node's MQTT audits topic (node/reporter.py hands them over); a helper thread fetches the
 audited state (the coordinator's checkpoint, sha256-checked, or the task's initial model), the training thread
-computes between two batches (`run_pending`), and the helper thread signs and POSTs the answer.
+computes between two batches (`run_pending`), and the helper thread signs and POSTs the answer. The coordinator
+sends an open request again every few seconds (one sent while this node was offline never arrives): a request
+being answered, or answered, is not computed again; one that could not be answered is, when it comes again.
 """
 
 import logging
@@ -31,6 +33,7 @@ ANSWER_WITHIN = 90.0  # seconds the helper waits for the training thread to comp
 DRAIN_QUIET = 2.0  # at shutdown, seconds without a request (once the last report is receipted) before leaving
 DRAIN_LIMIT = 8.0  # at shutdown, seconds spent answering audits at most
 POST_TIMEOUT = 60.0  # the coordinator recomputes the answer before it replies (seconds for a large model)
+REMEMBERED = 256  # audit ids remembered as taken (being answered or answered)
 
 
 @dataclass
@@ -53,6 +56,7 @@ class AuditResponder:
         self._last_activity = time.monotonic()
         self._activity = threading.Event()
         self._lock = threading.Lock()
+        self._taken: dict[int, None] = {}  # audit ids being answered or answered, oldest first
         self._requests: queue.Queue[Optional[AuditRequest]] = queue.Queue()
         self._jobs: queue.Queue[_Job] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="hearth-audits", daemon=True)
@@ -78,6 +82,11 @@ class AuditResponder:
         if request.node_id != self.key.node_id or request.swarm_id != self.swarm_id:
             return
         with self._lock:
+            if request.audit_id in self._taken:
+                return  # the same request sent again
+            self._taken[request.audit_id] = None
+            while len(self._taken) > REMEMBERED:
+                del self._taken[next(iter(self._taken))]
             self._busy += 1
         self._requests.put(request)
         self._activity.set()
@@ -122,23 +131,27 @@ class AuditResponder:
             request = self._requests.get()
             if request is None:
                 return
+            answered = False
             try:
-                self._answer(request)
+                answered = self._answer(request)
             except Exception:  # one audit must never end the helper
                 logger.exception("Audit %d failed", request.audit_id)
             finally:
                 with self._lock:
+                    if not answered:  # when the request comes again, try again
+                        self._taken.pop(request.audit_id, None)
                     self._busy -= 1
                 self._last_activity = time.monotonic()
                 self._activity.set()
 
-    def _answer(self, request: AuditRequest) -> None:
+    def _answer(self, request: AuditRequest) -> bool:
+        """Compute and send the answer; False when it could not be sent (a later copy of the request retries)."""
         state = None
         if request.state_epoch > 0:
             if request.state_sha256 is None:
                 logger.warning("Audit %d names checkpoint %d without its sha256; not answered", request.audit_id,
                                request.state_epoch)  # fmt: skip
-                return
+                return True  # malformed: asking again changes nothing
             listing = {"epoch": request.state_epoch, "sha256": request.state_sha256,
                        "url": f"/api/v1/swarms/{self.swarm_id}/checkpoints/{request.state_epoch}"}  # fmt: skip
             try:
@@ -146,12 +159,14 @@ class AuditResponder:
             except (CheckpointUnavailable, KeyError) as e:
                 logger.warning("Audit %d: cannot fetch the checkpoint of epoch %d (%s)", request.audit_id,
                                request.state_epoch, e)  # fmt: skip
-                return
+                return False
         job = _Job(request, state)
         self._jobs.put(job)
         self._activity.set()
-        if not job.done.wait(ANSWER_WITHIN) or job.result is None:
-            return
+        if not job.done.wait(ANSWER_WITHIN):
+            return False
+        if job.result is None:  # the computation failed: it would again
+            return True
         loss, digest, seconds = job.result
         answer = AuditAnswer(audit_id=request.audit_id, node_id=self.key.node_id, swarm_id=self.swarm_id, loss=loss,
                              digest=digest, compute_seconds=round(seconds, 6), time=time.time())  # fmt: skip
@@ -160,8 +175,9 @@ class AuditResponder:
                                   timeout=POST_TIMEOUT)  # fmt: skip
         except httpx.HTTPError as e:
             logger.warning("Could not send the answer to audit %d: %s", request.audit_id, type(e).__name__)
-            return
+            return False
         self.answered += 1
         verdict = response.json() if response.status_code == 200 else {"reason": f"HTTP {response.status_code}"}
         logger.info("Audit %d answered: %s", request.audit_id,
                     "passed" if verdict.get("passed") else f"not passed ({verdict.get('reason')})")  # fmt: skip
+        return True

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import httpx
@@ -18,7 +19,7 @@ from sqlalchemy import select
 from coordinator import db
 from coordinator.api import Services
 from coordinator.app import _Server, create_app, listening_socket
-from coordinator.audits import BAN_AFTER, P_MIN, P_START, Auditor, Trust
+from coordinator.audits import BAN_AFTER, OFFLINE_LIMIT, P_MIN, P_START, Auditor, Trust
 from coordinator.broker import EmbeddedBroker
 from coordinator.checkpoints import CheckpointStore
 from coordinator.ingest import Ingestor
@@ -32,6 +33,7 @@ from node.outbox import Outbox
 from node.reporter import Reporter
 from node.trainer import Trainer
 from protocol.signing import SigningKey
+from protocol.topics import audit_topic
 from tests.coordinator.helpers import SWARM, make_ledger, registration, wait_for
 from protocol.envelope import open_envelope, parse_body
 from protocol.messages import VolunteerRegistration
@@ -93,7 +95,7 @@ def garbage_backward(model, batch):
 
 
 @asynccontextmanager
-async def coordinator_parts(tmp_path):
+async def coordinator_parts(tmp_path, **auditor_options):
     """Ledger, broker, ingest (its connection publishes audit requests), auditor, HTTP app on a real socket."""
     ledger = await make_ledger(tmp_path)
     broker = EmbeddedBroker("127.0.0.1", 0)
@@ -103,7 +105,8 @@ async def coordinator_parts(tmp_path):
     await ingestor.start()
     await asyncio.wait_for(ingestor.subscribed.wait(), 15)
     auditor = Auditor(ledger.engine, ingestor.publish, CheckpointStore(tmp_path / "checkpoints", 2),
-                      rng=random.Random(0), answer_timeout=60)  # fmt: skip
+                      rng=random.Random(0), answer_timeout=60, connected=ingestor.subscribed.is_set,
+                      **auditor_options)  # fmt: skip
     app = create_app(Services(ledger, broker.url, "operator-secret"))
     app.state.auditor = auditor
     sock = listening_socket("127.0.0.1", 0)
@@ -204,6 +207,69 @@ async def _garbage_is_banned(tmp_path):
             pending = (await conn.execute(select(db.volunteer_totals.c.pending_reports))).scalar_one()
         assert (row.status, row.reason) == ("rejected", "volunteer banned after failed audits")
         assert pending == 0
+
+
+def test_a_request_sent_while_the_node_was_offline_is_answered_once_it_is_back(tmp_path):
+    asyncio.run(_offline_node_answers_later(tmp_path))
+
+
+async def _offline_node_answers_later(tmp_path):
+    key = SigningKey.generate()
+    async with coordinator_parts(tmp_path, resend=0.5) as c:
+        await register(c.ledger, key, "away")
+        report = await pending_report(c.ledger, key, 1, 0)
+        audit_id = await c.auditor.request(report)  # MQTT delivers it to no one: the node is not connected
+        with Node(tmp_path, key, c.url, c.broker_url, honest_backward()) as node:
+
+            async def passed() -> bool:  # as the work check does every pass: the open request goes again
+                await c.auditor.expire()
+                return await _status_is(c.ledger, audit_id, "passed")
+
+            await wait_for(passed, 60, "the audit, sent again, to pass")
+        assert node.responder.answered == 1  # sent every 0.5 s while it was being answered: computed once
+        assert c.auditor.outcome(report.id) is True
+
+
+def test_an_audit_fails_unanswered_only_after_its_node_could_hear_it_for_the_whole_timeout(tmp_path):
+    """The answer clock runs while the coordinator hears from the node (an online presence, or reports whatever the
+    presence says); a node it does not hear from is waited for up to OFFLINE_LIMIT, its request not sent meanwhile."""
+    asyncio.run(_answer_clocks(tmp_path))
+
+
+async def _answer_clocks(tmp_path):
+    ledger = await make_ledger(tmp_path)
+    now, topics = [time.time()], []
+
+    async def publish(topic, payload):
+        topics.append(topic)
+
+    auditor = Auditor(ledger.engine, publish, None, rng=random.Random(0), clock=lambda: now[0], answer_timeout=120)
+    away, silent, reporting = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    try:
+        audits = {}
+        for key, name in ((away, "away"), (silent, "silent"), (reporting, "reporting")):
+            await register(ledger, key, name)
+            audits[name] = await auditor.request(await pending_report(ledger, key, 1, 0))
+        for _ in range(25):  # 250 s: `silent` announces itself, `reporting` said offline but sends reports
+            now[0] += 10
+            await _presence(ledger, silent, online=True, at=now[0])
+            await auditor.expire(heard={reporting.node_id: now[0] - 5})
+        assert {name: await audit_status(ledger, i) for name, i in audits.items()} == {
+            "away": "open", "silent": "unanswered", "reporting": "unanswered"}  # fmt: skip
+        assert topics.count(audit_topic("spirals", away.node_id)) == 1  # never resent to a node that cannot hear
+        assert topics.count(audit_topic("spirals", silent.node_id)) >= 120 // 10  # every RESEND s while it could
+        now[0] += OFFLINE_LIMIT - 240
+        await auditor.expire()
+        assert await audit_status(ledger, audits["away"]) == "unanswered"
+        assert (await auditor.trust_of(away.node_id)).failures == 0  # unanswered never counts towards a ban
+    finally:
+        await ledger.engine.dispose()
+
+
+async def _presence(ledger, key: SigningKey, online: bool, at: float) -> None:
+    async with ledger.engine.begin() as conn:
+        await conn.execute(db.nodes.update().where(db.nodes.c.node_id == key.node_id).values(
+            online=online, last_seen=datetime.fromtimestamp(at, timezone.utc)))  # fmt: skip
 
 
 async def _status_is(ledger, audit_id: int, status: str) -> bool:
