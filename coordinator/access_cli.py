@@ -98,7 +98,9 @@ async def _node_ids(database_url: str) -> list[str]:
     try:
         await db.create_schema(engine)  # a coordinator that never ran yet: an empty ledger
         async with engine.connect() as conn:
-            rows = await conn.execute(select(db.nodes.c.node_id).where(db.nodes.c.detached_at.is_(None)))
+            n, v = db.nodes, db.volunteers  # neither detached nodes nor those of banned volunteers
+            rows = await conn.execute(select(n.c.node_id).join(v, v.c.id == n.c.volunteer_id)
+                                      .where(n.c.detached_at.is_(None), v.c.banned_at.is_(None)))  # fmt: skip
             return sorted(rows.scalars())
     finally:
         await engine.dispose()

@@ -26,7 +26,7 @@ from coordinator.api import Services
 from coordinator.assets import AssetStore
 from coordinator.assets_api import router as assets_router
 from coordinator.broker import EmbeddedBroker, check_reachable
-from coordinator.broker_acl import COORDINATOR_USER, load_or_create_secret, password_for
+from coordinator.broker_acl import COORDINATOR_USER, load_or_create_secret, password_for, revoke_banned
 from coordinator.checkpoint_api import router as checkpoints_router
 from coordinator.checkpoints import CheckpointScheduler, CheckpointStore
 from coordinator.config import CoordinatorConfig, parse_mqtt_url, read_or_create_private_file
@@ -162,6 +162,8 @@ class Coordinator:
             self.broker = EmbeddedBroker(config.broker_host, config.broker_port, config.tls_cert, config.tls_key)
             self.broker.auth_secret = broker_secret if config.broker_auth else None
             await self.broker.start()
+            if config.broker_auth:
+                await revoke_banned(self.engine)
             host = "127.0.0.1" if config.broker_host in ("0.0.0.0", "::") or config.tls_cert else config.broker_host
             port = self.broker.local_port  # with TLS: the plain listener on 127.0.0.1, for our own ingest client
             self.broker_url = f"{'mqtts' if config.tls_cert else 'mqtt'}://{config.advertised_host}:{self.broker.port}"
@@ -187,7 +189,7 @@ class Coordinator:
             if config.verify_work:
                 self.auditor = Auditor(self.engine, self.ingestor.publish, self.checkpoints,
                                        key=getattr(self.ingestor, "receipt_key", None), assets=self.assets,
-                                       connected=self.ingestor.subscribed.is_set)  # fmt: skip
+                                       connected=self.ingestor.subscribed.is_set, on_ban=self._revoke)  # fmt: skip
                 self.work_check = WorkChecker(ledger, self.monitor, self.auditor)
                 self.work_check.start()
 
@@ -203,6 +205,11 @@ class Coordinator:
         if config.ready_file is not None:
             write_ready_file(config.ready_file, self.ready_info())
         logger.info("Hearth coordinator ready: %s", self.url)
+
+    async def _revoke(self, volunteer_id: int) -> None:
+        """A volunteer was banned: the embedded broker stops carrying their nodes (an external one: broker-files)."""
+        if self.broker is not None and self.broker.auth_secret:
+            await revoke_banned(self.engine, volunteer_id)
 
     async def _serve_http(self, app: FastAPI) -> None:
         app.state.checkpoints = self.checkpoints  # served by coordinator/checkpoint_api.py

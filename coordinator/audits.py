@@ -93,11 +93,13 @@ class Auditor:
     def __init__(self, engine, publish: Callable[[str, bytes], Awaitable[None]], checkpoints=None,
                  rng: Optional[random.Random] = None, clock: Callable[[], float] = time.time,
                  answer_timeout: float = ANSWER_TIMEOUT, key=None, assets=None,
-                 connected: Callable[[], bool] = lambda: True, resend: float = RESEND):  # fmt: skip
+                 connected: Callable[[], bool] = lambda: True, resend: float = RESEND,
+                 on_ban: Optional[Callable[[int], Awaitable[object]]] = None):  # fmt: skip
         """`key`: the coordinator's protocol.signing.SigningKey that seals requests (None: sent unsigned);
         `assets`: the coordinator.assets.AssetStore, for tasks built from files (a pretrained model, text shards);
-        `connected()`: whether `publish` reaches the broker now (the answer clocks stop while it does not)."""
-        self.key, self.assets, self.connected = key, assets, connected
+        `connected()`: whether `publish` reaches the broker now (the answer clocks stop while it does not);
+        `on_ban(volunteer_id)`: called once a volunteer is banned (the embedded broker revokes their logins)."""
+        self.key, self.assets, self.connected, self.on_ban = key, assets, connected, on_ban
         self.engine, self.publish, self.checkpoints = engine, publish, checkpoints
         self.rng, self.clock, self.answer_timeout = rng or random.SystemRandom(), clock, answer_timeout
         self.resend = resend
@@ -265,3 +267,5 @@ class Auditor:
         log("Audit %d of node %s %s%s", pending.audit_id, node_id, status, f" ({reason})" if reason else "")
         if ban:
             logger.warning("Volunteer %d banned after %d failed audits", pending.volunteer_id, trust.failures)
+            if self.on_ban is not None:
+                await self.on_ban(pending.volunteer_id)

@@ -22,7 +22,9 @@ from typing import Iterable, Optional
 
 from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from sqlalchemy import select
 
+from coordinator import db
 from coordinator.config import read_or_create_private_file
 from protocol.topics import PREFIX
 
@@ -67,16 +69,18 @@ def _is_node_id(username: str) -> bool:
 
 
 class HearthBrokerAuth(BaseAuthPlugin, BaseTopicPlugin):
-    """amqtt plugin: logins by HMAC password, topics by the rules above. Refusals are counted in `refused`."""
+    """amqtt plugin: logins by HMAC password, topics by the rules above. Refusals are counted in `refused`. Nodes in
+    `revoked` (a banned volunteer's: `revoke_banned`) can no longer log in, and a session they hold may do nothing."""
 
     refused: dict[str, int] = {}
+    revoked: set[str] = set()
 
     async def authenticate(self, *, session) -> Optional[bool]:
         username, password = session.username or "", session.password or ""
         if isinstance(password, bytes):
             password = password.decode("utf-8", "replace")
         ok = (username == COORDINATOR_USER or _is_node_id(username)) and hmac.compare_digest(
-            password.encode(), password_for(self.config.secret, username).encode())  # fmt: skip
+            password.encode(), password_for(self.config.secret, username).encode()) and username not in self.revoked  # fmt: skip
         if not ok:
             self._count("login")
             self.context.logger.warning("MQTT login refused for user %r", username[:64])
@@ -86,7 +90,8 @@ class HearthBrokerAuth(BaseAuthPlugin, BaseTopicPlugin):
         username = (session.username if session else None) or ""
         if username == COORDINATOR_USER:
             return True
-        allowed = bool(topic) and _is_node_id(username) and node_may(username, topic, action == Action.PUBLISH)
+        allowed = (bool(topic) and _is_node_id(username) and username not in self.revoked
+                   and node_may(username, topic, action == Action.PUBLISH))  # fmt: skip
         if not allowed and action != Action.RECEIVE:  # RECEIVE is asked for every other client's message: not a refusal
             self._count(action.value if action else "unknown")
             self.context.logger.info("MQTT %s refused for %r on %r", action, username[:64], (topic or "")[:200])
@@ -98,6 +103,19 @@ class HearthBrokerAuth(BaseAuthPlugin, BaseTopicPlugin):
     @dataclass
     class Config:
         secret: str = field(default="")
+
+
+async def revoke_banned(engine, volunteer_id: Optional[int] = None) -> set[str]:
+    """Revoke the embedded broker's logins of banned volunteers' nodes (of `volunteer_id` only, if given): their
+    reports were refused anyway, now they are not even carried. The node ids revoked."""
+    n, v = db.nodes, db.volunteers
+    query = select(n.c.node_id).join(v, v.c.id == n.c.volunteer_id).where(v.c.banned_at.is_not(None))
+    if volunteer_id is not None:
+        query = query.where(v.c.id == volunteer_id)
+    async with engine.connect() as conn:
+        node_ids = {row.node_id for row in await conn.execute(query)}
+    HearthBrokerAuth.revoked |= node_ids
+    return node_ids
 
 
 def amqtt_plugins(secret: str) -> dict:

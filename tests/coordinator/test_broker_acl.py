@@ -128,15 +128,17 @@ def test_node_publishes_only_under_its_own_topics(broker):
 
 def test_broker_files_for_registered_nodes(tmp_path):
     """`hearth coordinator broker-files` lets every registered node (and the coordinator) into a Mosquitto, no one
-    else."""
+    else: not the nodes of a banned volunteer."""
     if mosquitto_binary() is None:
         pytest.skip(f"no mosquitto binary; {INSTALL_HINT}")
     from coordinator.broker_acl import load_or_create_secret
     from protocol.signing import SigningKey
+    from coordinator import db
+    from coordinator.ledger import utcnow
     from tests.conftest import run_hearth
     from tests.coordinator.helpers import make_ledger, registration
 
-    data_dir, key = tmp_path / "data", SigningKey.generate()
+    data_dir, key, banned = tmp_path / "data", SigningKey.generate(), SigningKey.generate()
     data_dir.mkdir()
 
     async def register() -> None:
@@ -149,6 +151,9 @@ def test_broker_files_for_registered_nodes(tmp_path):
         transport = httpx.ASGITransport(app=create_app(services))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             answer = (await client.post("/api/v1/volunteers", content=registration(key, "carol"))).json()
+            assert (await client.post("/api/v1/volunteers", content=registration(banned, "mallory"))).status_code == 201
+        async with ledger.engine.begin() as conn:  # as three failed audits leave it (coordinator/audits.py)
+            await conn.execute(db.volunteers.update().where(db.volunteers.c.name == "mallory").values(banned_at=utcnow()))
         await ledger.engine.dispose()
         return answer
 
@@ -165,8 +170,53 @@ def test_broker_files_for_registered_nodes(tmp_path):
                 await node.publish(report_topic(SWARM, key.node_id), b"hi", qos=1)
             async with _client(m.port, COORDINATOR_USER, password_for(secret, COORDINATOR_USER)):
                 pass
-            with pytest.raises(aiomqtt.MqttError):
-                async with _client(m.port, stranger, password_for(secret, stranger)):
-                    pass
+            for user in (stranger, banned.node_id):
+                with pytest.raises(aiomqtt.MqttError):
+                    async with _client(m.port, user, password_for(secret, user)):
+                        pass
 
         asyncio.run(scenario())
+
+
+def test_a_banned_volunteers_node_is_refused_by_the_embedded_broker(tmp_path):
+    """Once banned (failed audits), a node can no longer log in, and the session it holds carries nothing more."""
+    from sqlalchemy import update
+
+    from coordinator import db
+    from coordinator.broker_acl import revoke_banned
+    from protocol.envelope import open_envelope, parse_body
+    from protocol.messages import VolunteerRegistration
+    from protocol.signing import SigningKey
+    from coordinator.ledger import utcnow as utc_now
+    from tests.coordinator.helpers import make_ledger, registration
+
+    key, secret = SigningKey.generate(), secrets.token_hex(32)
+    node = key.node_id
+
+    async def scenario():
+        ledger = await make_ledger(tmp_path)
+        await ledger.register(parse_body(open_envelope(registration(key, "dodger")), VolunteerRegistration))
+        broker = EmbeddedBroker("127.0.0.1", 0)
+        broker.auth_secret = secret
+        await broker.start()
+        try:
+            async with _client(broker.port, COORDINATOR_USER, password_for(secret, COORDINATOR_USER)) as coordinator, \
+                    _client(broker.port, node, password_for(secret, node)) as held:  # fmt: skip
+                await coordinator.subscribe(REPORTS_FILTER, qos=1)
+                assert await revoke_banned(ledger.engine) == set()  # not banned (yet)
+                async with ledger.engine.begin() as conn:
+                    await conn.execute(update(db.volunteers).values(banned_at=utc_now()))
+                assert await revoke_banned(ledger.engine) == {node}
+                with pytest.raises(aiomqtt.MqttError):
+                    async with _client(broker.port, node, password_for(secret, node)):
+                        pass
+                await held.publish(report_topic(SWARM, node), b"after the ban", qos=1)
+                await coordinator.publish(report_topic(SWARM, COORDINATOR_USER), b"marker", qos=1)
+                message = await _first(coordinator)  # the first message through is the coordinator's own
+                assert message.payload == b"marker"
+        finally:
+            HearthBrokerAuth.revoked.discard(node)
+            await broker.stop()
+            await ledger.engine.dispose()
+
+    asyncio.run(scenario())
