@@ -129,12 +129,14 @@ class Bench:
                                          env=env, stdout=log, stderr=log, preexec_fn=pinned_to({core})))  # fmt: skip
             # Both peers past an epoch, then a window of whole epochs in which neither had to download the state
             # (a peer that fell behind, the coordinator's checkpoint): that is join-time traffic, not the mode's.
-            start = wait_until(lambda: self._all_past(dirs, None), START_TIMEOUT, what=f"{mode}: both peers' first epoch")
+            start = wait_until(lambda: self._all_past(dirs, None, nodes), START_TIMEOUT,
+                               what=f"{mode}: both peers' first epoch")  # fmt: skip
             epoch = max(stats["epoch"] for stats in start)
-            first = wait_until(lambda: self._all_past(dirs, epoch), START_TIMEOUT, interval=0.05, what=f"{mode}: epoch {epoch}")
+            first = wait_until(lambda: self._all_past(dirs, epoch, nodes), START_TIMEOUT, interval=0.05,
+                               what=f"{mode}: epoch {epoch}")  # fmt: skip
             for _ in range(WINDOW_TRIES):
                 since, epoch = time.monotonic(), min(stats["epoch"] for stats in first)
-                last = wait_until(lambda: self._all_past(dirs, epoch + epochs - 1), START_TIMEOUT + epochs * 120,
+                last = wait_until(lambda: self._all_past(dirs, epoch + epochs - 1, nodes), START_TIMEOUT + epochs * 120,
                                   interval=0.05, what=f"{mode}: epoch {epoch + epochs}")  # fmt: skip
                 elapsed = time.monotonic() - since
                 if all(a["state_downloads"] == b["state_downloads"] for a, b in zip(first, last)):
@@ -154,8 +156,11 @@ class Bench:
         return result
 
     @staticmethod
-    def _all_past(dirs: list[Path], epoch: int | None):
+    def _all_past(dirs: list[Path], epoch: int | None, nodes: list[subprocess.Popen]):
         """Every node's training stats once each has closed an epoch after `epoch` (None: any epoch)."""
+        for data_dir, process in zip(dirs, nodes):
+            if process.poll() is not None:  # a node that ended would otherwise be waited for until the timeout
+                raise SystemExit(f"{data_dir.name} ended with exit code {process.returncode}; see {data_dir}.log")
         stats = [training(data_dir) for data_dir in dirs]
         if any(s is None or s["epochs_contributed"] < 1 for s in stats):
             return None
