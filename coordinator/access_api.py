@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
 from coordinator.api import ApiError, bearer, services
+from coordinator.broker_acl import revoke_banned
 from coordinator.tokens import TokenRefused, set_banned
 from protocol.envelope import open_envelope, parse_body
 from protocol.errors import ProtocolError
@@ -81,4 +82,5 @@ async def _set_banned(request: Request, name: str, authorization: Optional[str],
     result = await set_banned(services(request).ledger.engine, name, banned)
     if result is None:
         raise ApiError(404, "unknown_volunteer", f"no volunteer named {name[:80]!r}")
+    await revoke_banned(services(request).ledger.engine)  # the embedded broker's logins follow the ban
     return JSONResponse(result)

@@ -209,7 +209,7 @@ class Coordinator:
     async def _revoke(self, volunteer_id: int) -> None:
         """A volunteer was banned: the embedded broker stops carrying their nodes (an external one: broker-files)."""
         if self.broker is not None and self.broker.auth_secret:
-            await revoke_banned(self.engine, volunteer_id)
+            await revoke_banned(self.engine)
 
     async def _serve_http(self, app: FastAPI) -> None:
         app.state.checkpoints = self.checkpoints  # served by coordinator/checkpoint_api.py

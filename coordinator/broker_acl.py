@@ -70,7 +70,7 @@ def _is_node_id(username: str) -> bool:
 
 class HearthBrokerAuth(BaseAuthPlugin, BaseTopicPlugin):
     """amqtt plugin: logins by HMAC password, topics by the rules above. Refusals are counted in `refused`. Nodes in
-    `revoked` (a banned volunteer's: `revoke_banned`) can no longer log in, and a session they hold may do nothing."""
+    `revoked` (banned volunteers': `revoke_banned`) can no longer log in, and a session they hold may do nothing."""
 
     refused: dict[str, int] = {}
     revoked: set[str] = set()
@@ -105,16 +105,15 @@ class HearthBrokerAuth(BaseAuthPlugin, BaseTopicPlugin):
         secret: str = field(default="")
 
 
-async def revoke_banned(engine, volunteer_id: Optional[int] = None) -> set[str]:
-    """Revoke the embedded broker's logins of banned volunteers' nodes (of `volunteer_id` only, if given): their
+async def revoke_banned(engine) -> set[str]:
+    """Revoke the embedded broker's logins of banned volunteers' nodes, and give back those of the unbanned: their
     reports were refused anyway, now they are not even carried. The node ids revoked."""
     n, v = db.nodes, db.volunteers
-    query = select(n.c.node_id).join(v, v.c.id == n.c.volunteer_id).where(v.c.banned_at.is_not(None))
-    if volunteer_id is not None:
-        query = query.where(v.c.id == volunteer_id)
     async with engine.connect() as conn:
-        node_ids = {row.node_id for row in await conn.execute(query)}
-    HearthBrokerAuth.revoked |= node_ids
+        rows = await conn.execute(select(n.c.node_id).join(v, v.c.id == n.c.volunteer_id)
+                                  .where(v.c.banned_at.is_not(None)))  # fmt: skip
+        node_ids = set(rows.scalars())
+    HearthBrokerAuth.revoked = node_ids
     return node_ids
 
 

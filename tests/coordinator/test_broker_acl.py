@@ -179,7 +179,8 @@ def test_broker_files_for_registered_nodes(tmp_path):
 
 
 def test_a_banned_volunteers_node_is_refused_by_the_embedded_broker(tmp_path):
-    """Once banned (failed audits), a node can no longer log in, and the session it holds carries nothing more."""
+    """Once banned (failed audits, or the operator), a node can no longer log in, and the session it holds carries
+    nothing more; lifting the ban gives the login back."""
     from sqlalchemy import update
 
     from coordinator import db
@@ -214,6 +215,11 @@ def test_a_banned_volunteers_node_is_refused_by_the_embedded_broker(tmp_path):
                 await coordinator.publish(report_topic(SWARM, COORDINATOR_USER), b"marker", qos=1)
                 message = await _first(coordinator)  # the first message through is the coordinator's own
                 assert message.payload == b"marker"
+                async with ledger.engine.begin() as conn:  # the operator lifts the ban
+                    await conn.execute(update(db.volunteers).values(banned_at=None))
+                assert await revoke_banned(ledger.engine) == set()
+                async with _client(broker.port, node, password_for(secret, node)):
+                    pass
         finally:
             HearthBrokerAuth.revoked.discard(node)
             await broker.stop()
