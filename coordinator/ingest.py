@@ -180,7 +180,11 @@ class Ingestor:
             items = [await self._unchecked.get()]
             while len(items) < CHECK_BATCH and not self._unchecked.empty():
                 items.append(self._unchecked.get_nowait())
-            verdicts = await self.verifier.check_many([(topic, payload) for topic, payload, _, _ in items])
+            try:
+                verdicts = await self.verifier.check_many([(topic, payload) for topic, payload, _, _ in items])
+            except Exception:  # a bug must never stop ingestion: the writer checks these one by one instead
+                logger.exception("Could not check a batch of %d received message(s)", len(items))
+                verdicts = [None] * len(items)
             for (topic, payload, received, _), verdict in zip(items, verdicts):
                 self._queue.put_nowait((topic, payload, received, verdict))
 
