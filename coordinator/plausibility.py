@@ -11,7 +11,7 @@ A report is then believed:
 1. up to its observed samples × the epoch's scale × (1 + TOLERANCE), where the scale is the weighted median
    of claimed ÷ observed over the epoch's reports (honest peers agree on it; cheaters would need most of
    the epoch's samples to move it). Allowance not used in one epoch carries to the next, and a node may run
-   ahead of it by BORROW epochs' shares, repaid from its next epochs, so the noise evens out while a node's
+   ahead of it by BORROW of its usual epoch's shares, repaid from its next epochs, so the noise evens out while a node's
    total credit stays within (1 + TOLERANCE) of what it was observed to do, plus that float. A node that
    usually claims SUSPECT_EXCESS × the scale or more gets no float. An epoch too short for any record of the
    peer in it to be read has no observed share: rules 2 and 3 bound it alone (a suspect is believed its
@@ -20,8 +20,8 @@ A report is then believed:
    between two reads that show progress, or the samples gained if more; + STARTUP_SECONDS at its best rate, + the
    samples of the first record read) × THROUGHPUT_SLACK, less what was already believed of it. It accrues while
    the peer trains, not when reports arrive, so a backlog delivered at once after a broker outage fits;
-3. the epoch's believed samples are scaled down, all alike, to target_batch_size × EPOCH_SLACK (in a swarm's first
-   YOUNG_EPOCHS epochs seen, × the number of its reporting peers if more: peers that do not see each other's
+3. the epoch's believed samples are scaled down, all alike, to target_batch_size × EPOCH_SLACK, or × (1 + half its
+   peers) if more (in a swarm's first YOUNG_EPOCHS epochs seen, × its peers: peers that do not see each other's
    progress yet each reach the target alone).
 
 Credit is for min(claimed, believed); every cut keeps a readable reason.
@@ -41,8 +41,9 @@ SUSPECT_AFTER = 3  # much less where its share was not observed; judged after th
 THROUGHPUT_SLACK = 1.5  # samples may exceed what the peer was seen training by this factor
 STARTUP_SECONDS = 3.0  # training at its best samples/s credited to a peer before the coordinator first read it
 MAX_PROGRESS_GAP = 15.0  # seconds between two reads that show a peer's progress counted at most as training
-EPOCH_SLACK = 2.0  # an epoch's believed samples may exceed target_batch_size by this factor (hivemind overshoots,
-# most in a swarm's first epochs and on a loaded machine, when peers see each other's progress late)
+EPOCH_SLACK = 2.0  # an epoch's believed samples may exceed target_batch_size by this factor, or by 1 + half its
+# peers if more (hivemind overshoots, most in a swarm's first epochs, on a loaded machine and with many peers: they
+# see each other's progress late; 5 peers on 2 loaded cores: 2.5x)
 YOUNG_EPOCHS = 3  # a swarm's first epochs seen, in which each reporting peer may have reached the target alone
 MAX_EXTRAPOLATION = 1.0  # seconds a peer's last record is extrapolated at most (peers stop training for an epoch
 # at different moments, up to seconds apart: extrapolating one that stopped early past its end inflates its share)
@@ -106,6 +107,7 @@ class _PeerHistory:
 class _NodeAccount:
     allowance: float = 0.0  # believed samples allowed so far (Σ observed × scale × (1 + TOLERANCE))
     used: int = 0  # of the allowance
+    epochs: int = 0  # observed epochs the allowance was built of
     excess: list[float] = field(default_factory=list)  # recent claimed ÷ (observed × the epoch's scale)
 
     @property
@@ -220,8 +222,9 @@ class SwarmPlausibility:
                 allowed, reason = budget, f"over throughput x time: {budget} of {claim.samples} believed"
             history.believed += allowed
             believed[claim.report_id] = (claim, allowed, reason)
+        peers = len(self._expected(epoch) | {c.peer_id for c in group})
         young = epoch < min(self.decided_epochs, default=epoch) + YOUNG_EPOCHS
-        slack = max(EPOCH_SLACK, len(self._expected(epoch) | {c.peer_id for c in group})) if young else EPOCH_SLACK
+        slack = max(EPOCH_SLACK, peers if young else 1 + peers / 2)
         cap = self.target_batch_size * slack - believed_so_far
         total = sum(allowed for _, allowed, _ in believed.values())
         factor = min(1.0, max(cap, 0.0) / total) if total > 0 else 1.0
@@ -238,7 +241,9 @@ class SwarmPlausibility:
         """The claim within its node's allowance (+ what it may borrow against its next epochs)."""
         account = self.accounts[claim.node_id]
         account.allowance += share * (1 + TOLERANCE)
-        borrow = 0.0 if account.suspect else BORROW * share
+        account.epochs += 1
+        # in shares of its usual epoch: the epoch whose estimate fell short is the one that needs the float
+        borrow = 0.0 if account.suspect else BORROW * account.allowance / account.epochs
         share_cap = max(0, int(account.allowance - account.used + borrow))
         allowed, reason = claim.samples, None
         if share_cap < allowed:

@@ -65,7 +65,7 @@ def test_reports_wait_for_evidence_and_are_granted_for_what_it_supports(tmp_path
             assert (h.status, h.reason, h.credit) == ("granted", None, credit_for(1000, FLOPS))
             assert x.status == "granted" and x.reason.startswith("over observed share")
             # its observed share + the tolerance, + the float a node's first epochs may run ahead by
-            assert x.credit <= credit_for(int(1000 * (1 + TOLERANCE + BORROW)) + 1, FLOPS)
+            assert x.credit <= credit_for(int(1000 * (1 + TOLERANCE) * (1 + BORROW)) + 1, FLOPS)
             assert (dup.status, dup.reason) == ("rejected", "duplicate_epoch: epoch 0 already reported")
             assert totals[h.volunteer_id].credit == h.credit and totals[x.volunteer_id].credit == x.credit
             assert all(t.pending_reports == 0 and abs(t.pending_credit) < 1e-9 for t in totals.values())
