@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api/v1/audits")
 def _auditor(request: Request) -> Auditor:
     auditor: Optional[Auditor] = getattr(request.app.state, "auditor", None)
     if auditor is None:
-        raise ApiError(404, "audits_off", "this coordinator does not audit work (start it with --verify-work)")
+        raise ApiError(404, "audits_off", "this coordinator does not audit work (it was started with --no-verify-work)")
     return auditor
 
 

@@ -55,10 +55,10 @@ def coordinator() -> None:
                    "publishing under its own topics only. --no-broker-auth admits anonymous clients.")  # fmt: skip
 @click.option("--token-lifetime", type=click.FloatRange(min=2), default=600.0, show_default=True, metavar="SECONDS",
               help="Life of private swarms' access tokens; a banned volunteer's nodes fall out within it.")
-@click.option("--verify-work/--no-verify-work", default=False, show_default=True,
+@click.option("--verify-work/--no-verify-work", default=True, show_default=True,
               help="Grant reports only for work the swarm's DHT records make plausible, and audit nodes' gradients "
-                   "(reports stay pending a few seconds; repeated failed audits ban the volunteer). Without it every "
-                   "well-signed report is granted as claimed.")  # fmt: skip
+                   "(reports stay pending a few seconds; repeated failed audits ban the volunteer). "
+                   "--no-verify-work grants every well-signed report as claimed.")  # fmt: skip
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Serve the website/API over HTTPS and the embedded broker over MQTT/TLS with this PEM certificate "
                    "(chain); needs --tls-key.")  # fmt: skip

@@ -98,10 +98,10 @@ class CoordinatorConfig:
     """A node's libp2p peer id is cleared this long after it went offline (coordinator/privacy.py)."""
     max_body_bytes: int = 64 * 1024
     """Largest HTTP request body accepted; larger ones get 413."""
-    verify_work: bool = False
+    verify_work: bool = True
     """Grant reports only once their epoch's DHT evidence is in, for what it makes plausible, and audit nodes
     (coordinator/work_check.py, plausibility.py, audits.py); needs the DHT monitor (without it, reports are granted
-    as claimed). Off by default until it stops under-crediting honest nodes (README, "Verified work")."""
+    as claimed). Off (--no-verify-work): every well-signed report is granted as claimed."""
     broker_auth: bool = True
     """The embedded broker admits only logged-in clients (nodes get their password at registration) and enforces
     coordinator/broker_acl.py's topic rules. An external broker is configured by its operator (broker-files)."""

@@ -72,7 +72,7 @@ def _window(coordinator, mode: str, seen: dict):
         found = coordinator.api.get(f"/api/v1/volunteers/bw-{mode}-{peer}/reports")
         if found.status_code != 200:
             return None
-        # every epoch's first report: its bytes are what the node counted, whatever credit it was given
+        # every epoch's first report: its bytes are what the node counted, whatever credit the work check gave it
         firsts = [r for r in found.json()["reports"] if not (r["reason"] or "").startswith("duplicate_epoch")]
         reports[peer] = {r["epoch"]: r for r in firsts}
     seen.update(reports)

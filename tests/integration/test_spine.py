@@ -42,11 +42,14 @@ def test_two_nodes_train_together_and_are_credited(coordinator, swarm, nodes):
     for key, tensor in final[0]["model"].items():
         assert torch.allclose(tensor, final[1]["model"][key], atol=1e-5, rtol=0), key
 
+    # The coordinator checks work by default: each report waits for its epoch's DHT evidence, then is granted for
+    # min(claimed, what the evidence makes plausible). Honest nodes get exactly what they claimed.
     flops = swarm["flops_per_sample"]
     for name, summary in summaries.items():
         volunteer = wait_until(lambda: _volunteer_decided(coordinator, name, summary["reports_acknowledged"]),
-                               30, what=f"{name}'s reports")  # fmt: skip
-        assert {report["status"] for report in volunteer["audit"]} == {"granted"}, volunteer["audit"]
+                               90, what=f"{name}'s reports to be decided")  # fmt: skip
+        decided = {(report["status"], report["reason"]) for report in volunteer["audit"]}
+        assert decided == {("granted", None)}, volunteer["audit"]  # nothing cut
         assert sum(report["samples"] for report in volunteer["audit"]) == summary["samples"] > 0
         assert volunteer["credit"] == pytest.approx(summary["samples"] * flops / COBBLESTONE_FLOPS, rel=1e-9)
 
@@ -79,14 +82,16 @@ def test_forged_replayed_and_malformed_reports_are_rejected_with_reasons(coordin
 
     def carol():
         volunteer = coordinator.get("/api/v1/volunteers/carol")
-        return volunteer if len(volunteer["rejected_messages"]) >= 3 and volunteer["reports"] >= 2 else None
+        return volunteer if len(volunteer["rejected_messages"]) >= 3 and len(volunteer["audit"]) >= 2 else None
 
     volunteer = wait_until(carol, 30, what="carol's reports and rejections")
     assert sorted(message["reason"] for message in volunteer["rejected_messages"]) == [
         "bad_signature", "malformed", "replayed",
     ]  # fmt: skip
-    assert sorted(report["seq"] for report in volunteer["audit"] if report["status"] == "granted") == [1, 2]
-    assert volunteer["credit"] == pytest.approx(1500 * swarm["flops_per_sample"] / COBBLESTONE_FLOPS)
+    # Both genuine reports are in the ledger, once each. No training stands behind them, so the coordinator's work
+    # check (on by default) will not grant them: they wait for DHT evidence that never comes.
+    assert sorted(report["seq"] for report in volunteer["audit"]) == [1, 2]
+    assert all(report["status"] != "granted" for report in volunteer["audit"]) and volunteer["credit"] == 0
     stats = coordinator.get("/api/v1/stats")
     assert all(stats["ingest"].get(reason, 0) >= 1 for reason in ("bad_signature", "replayed", "malformed"))
 
@@ -112,8 +117,8 @@ def test_ctrl_c_stops_a_training_node_gracefully_and_leaves_nothing_behind(coord
     assert group_members(process.pid) == []
     assert leftovers_reported(nodes.log("dave")) == 0, nodes.log("dave")
     assert "Stopped at epoch" in nodes.log("dave")
-    dave = wait_until(lambda: _offline(coordinator, "dave"), 30, what="dave's presence to turn offline")
-    assert dave["reports"] >= 1 and dave["credit"] > 0
+    wait_until(lambda: _offline(coordinator, "dave"), 30, what="dave's presence to turn offline")
+    wait_until(lambda: coordinator.get("/api/v1/volunteers/dave")["credit"] > 0, 90, what="dave's work to be credited")
 
 
 def _offline(coordinator, name: str):

@@ -93,7 +93,7 @@ def test_node_trains_over_https_and_mqtts(tls_coordinator, nodes):
     nodes.start(coordinator.url, "tls-node", "--swarm", "tls", "--ca-cert", str(ca), "--reachability", "public",
                 "--max-epochs", "3")  # fmt: skip
 
-    def credited():
+    def credited():  # reports arrive pending, and are granted once the work check has the epoch's evidence
         answer = coordinator.api.get("/api/v1/volunteers/tls-node")
         return answer.status_code == 200 and answer.json()["credit"] > 0 and answer.json()
     detail = wait_until(credited, 240, what="a report of tls-node to be credited over mqtts")
