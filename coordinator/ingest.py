@@ -1,7 +1,7 @@
 """Report ingestion: MQTT messages → verified reports and presence → the ledger. Bad input is counted, never fatal.
 
 Receiving and verifying (coordinator/verify.py) happen either in this process (one MQTT client, and a checker
-task that verifies what it received in batches, signatures in a thread) or in `workers` ingest worker processes
+task that verifies what it received in batches) or in `workers` ingest worker processes
 that share the subscriptions (MQTT 5 `$share/hearth-ingest/…`) and send their verdicts here. One writer task
 then puts each node's reports in sequence order (coordinator/sequencer.py), decides them (swarm, sequence) and
 writes the whole batch in one transaction; receipts go out after the commit, at most one per node every
@@ -208,7 +208,7 @@ class Ingestor:
             if batch and await self._commit(batch, granted):
                 self._unreceipted.update(dict.fromkeys(self._receipted_nodes(batch)))
             if self._unreceipted and time.monotonic() >= self._receipts_sent_at + RECEIPT_INTERVAL:
-                await self._send_receipts()
+                self._send_receipts()
 
     async def _commit(self, batch: Batch, granted: list[float]) -> bool:
         try:
@@ -385,13 +385,14 @@ class Ingestor:
                 nodes.append((topic.node_id, topic.swarm_id))
         return nodes
 
-    async def _send_receipts(self) -> None:
+    def _send_receipts(self) -> None:
         """Tell each node with newly committed reports which of its reports are in the ledger (retained), so its
         outbox can let them go. Without a receipt a node re-sends, so a lost receipt only costs a duplicate,
         rejected as a replay. Called only between batches: every last_seq it reads is committed."""
         nodes, self._unreceipted = list(self._unreceipted), {}
         self._receipts_sent_at = time.monotonic()
-        if self._client is None:
+        client = self._client
+        if client is None:
             return
         now = time.time()
         nodes = [(node_id, swarm_id) for node_id, swarm_id in nodes if node_id in self.ledger.nodes]  # not detached
@@ -400,13 +401,8 @@ class Ingestor:
         # sealed with the coordinator's key when it has one: nodes drop reports only on a genuine receipt
         if self.receipt_key is None:
             payloads = [canonical_bytes(receipt.model_dump(mode="json")) for receipt in receipts]
-        elif len(receipts) == 1:
-            payloads = seal_many(receipts, self.receipt_key)
         else:
-            payloads = await asyncio.to_thread(seal_many, receipts, self.receipt_key)
-        client = self._client
-        if client is None:
-            return
+            payloads = seal_many(receipts, self.receipt_key)
         paho = client._client  # aiomqtt's publish() costs a task, an event and a warning per receipt once many
         for (node_id, swarm_id), payload in zip(nodes, payloads):  # are queued; QoS 0 needs none of that
             # paho sends publishes in call order, so a node's retained receipt always ends at its latest last_seq
