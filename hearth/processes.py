@@ -8,7 +8,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import psutil
@@ -100,21 +102,79 @@ def descendant_groups() -> set[int]:
     return groups_of_tree(os.getpid()) - {os.getpid(), os.getpgrp()}
 
 
-def run_supervised(argv: Sequence[str]) -> int:
-    """Run a child program in its own group, pass on Ctrl+C / SIGTERM, and leave nothing of it behind."""
+# Faults in native code (torch, hivemind's native parts) end a process with one of these; worth starting it again.
+# SIGKILL is not one of them: it is how a user, or the kernel short of memory, ends a process for good.
+CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE})
+
+
+def crash_signal(returncode: int | None) -> signal.Signals | None:
+    """The fault signal that ended a process (Popen's returncode -N), or None if it ended otherwise."""
+    if returncode is not None and returncode < 0 and -returncode in CRASH_SIGNALS:
+        return signal.Signals(-returncode)
+    return None
+
+
+@dataclass
+class CrashRestarts:
+    """Start a crashed child again after `first_delay` seconds, doubling each time, until it has crashed `limit`
+    times within `window` seconds."""
+
+    first_delay: float = 5.0
+    limit: int = 5
+    window: float = 3600.0
+    crashes: list[float] = field(default_factory=list)
+
+    def delay_after_crash(self, now: float) -> float | None:
+        """Seconds to wait before the next start, or None to give up."""
+        self.crashes = [at for at in self.crashes if now - at < self.window] + [now]
+        if len(self.crashes) >= self.limit:
+            return None
+        return self.first_delay * 2 ** (len(self.crashes) - 1)
+
+
+def run_supervised(argv: Sequence[str], restarts: CrashRestarts | None = None, what: str = "the program") -> int:
+    """Run a child program in its own group, pass on Ctrl+C / SIGTERM, and leave nothing of it behind; with
+    `restarts`, start it again when a fault in native code ended it."""
     adopting = adopt_orphans()
-    child = spawn_group(argv)
+    stopping = threading.Event()
+    child: subprocess.Popen | None = None
     interrupts = 0
 
     def forward(signum, frame):
         nonlocal interrupts
         interrupts += 1
+        stopping.set()
+        if child is None or child.poll() is not None:
+            return
         if interrupts == 1:
             child.send_signal(signal.SIGINT)
         else:
             kill_tree(child.pid)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            child = spawn_group(argv)
+            if stopping.is_set():  # Ctrl+C came while it was being started
+                child.send_signal(signal.SIGINT)
+            _wait_and_clean_up(child, adopting)
+            crash = crash_signal(child.returncode)
+            if crash is None or restarts is None or stopping.is_set():
+                return child.returncode
+            delay = restarts.delay_after_crash(time.monotonic())
+            if delay is None:
+                print(f"hearth: {what} crashed ({crash.name}) {restarts.limit} times within "
+                      f"{restarts.window / 60:.0f} min; not starting it again", file=sys.stderr)  # fmt: skip
+                return child.returncode
+            print(f"hearth: {what} crashed ({crash.name}); starting it again in {delay:.0f} s", file=sys.stderr)
+            if stopping.wait(delay):
+                return child.returncode
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wait_and_clean_up(child: subprocess.Popen, adopting: bool) -> None:
     groups = {child.pid}
     try:
         if adopting:
@@ -122,13 +182,10 @@ def run_supervised(argv: Sequence[str]) -> int:
         else:
             groups |= _watch_groups(child)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         groups |= groups_of_tree(child.pid) | (descendant_groups() if adopting else set())
         leftovers = sum(kill_group(group) for group in groups)
         if leftovers:
             print(f"hearth: ended {leftovers} leftover helper process(es) of pid {child.pid}", file=sys.stderr)
-    return child.returncode
 
 
 def _watch_groups(child: subprocess.Popen) -> set[int]:

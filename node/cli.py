@@ -86,7 +86,7 @@ def join(ctx: click.Context, coordinator_url: str | None, attach_key: str | None
 
     COORDINATOR_URL may be left out once saved with `hearth node config set coordinator_url URL`.
     Every option can also be set in the config file (`hearth node config`) or as HEARTH_<OPTION>."""
-    from hearth.processes import python_argv, run_supervised
+    from hearth.processes import CrashRestarts, python_argv, run_supervised
 
     config = _build_config(coordinator_url=coordinator_url, **options)
     if config.ca_cert:  # for the attach step here (node/tls.py)
@@ -97,7 +97,9 @@ def join(ctx: click.Context, coordinator_url: str | None, attach_key: str | None
         attach_this_node(config.coordinator_url, config.data_dir, attach_key, on_join=True)  # before it registers
     verbosity = ctx.find_root().params.get("verbose", 0)
     click.echo(f"Joining {config.coordinator_url} (data in {config.data_dir}); Ctrl+C to stop.", err=True)
-    code = run_supervised(python_argv("node.worker", json.dumps(config.to_json_dict()), str(verbosity)))
+    # a crash in native code (torch, hivemind) is retried: identity, outbox and swarm state survive it
+    code = run_supervised(python_argv("node.worker", json.dumps(config.to_json_dict()), str(verbosity)),
+                          restarts=CrashRestarts(), what="the node process")  # fmt: skip
     sys.exit(code)
 
 
