@@ -23,7 +23,7 @@ def seal(message: Message, key: SigningKey) -> bytes:
 
 
 def seal_many(messages: list[Message], key: SigningKey) -> list[bytes]:
-    """`seal` for each; the signing runs outside the GIL (call it in a thread to sign a batch beside an event loop)."""
+    """`seal` for each."""
     bodies = [canonical_bytes(message.model_dump(mode="json")) for message in messages]
     return [canonical_bytes({"body": body.decode("utf-8"), "sig": sig}) for body, sig in zip(bodies, key.sign_many(bodies))]
 
