@@ -44,6 +44,16 @@ class ReporterStats:
     last_error: Optional[str] = None
 
 
+def due_for_sending(waiting: list[int], sent_at: dict[int, float], now: float) -> list[int]:
+    """The waiting reports (sequence numbers, ascending) to publish now: those never sent, and, once any is due
+    again (RESEND_SECONDS without a receipt), all of them in order. The coordinator takes a report only after every
+    earlier one (coordinator/sequencer.py), and a report that comes again still ahead of a gap reads as a node that
+    skipped a number, so a later report must never be re-sent alone while an earlier one's timer still runs."""
+    if any(now - sent_at[seq] >= RESEND_SECONDS for seq in waiting if seq in sent_at):
+        return list(waiting)
+    return [seq for seq in waiting if seq not in sent_at]
+
+
 def parse_broker_url(url: str) -> tuple[str, int]:
     parsed = urlparse(url)
     if parsed.scheme not in ("mqtt", "tcp", "mqtts") or not parsed.hostname:
@@ -148,11 +158,12 @@ class Reporter:
     async def _flush_outbox(self, client: aiomqtt.Client) -> None:
         now = time.monotonic()
         self.stats.reports_waiting = len(self.outbox)
-        for seq, topic, payload in self.outbox.pending():
-            last_sent = self._sent_at.get(seq)
-            if last_sent is not None and now - last_sent < RESEND_SECONDS:
+        pending = self.outbox.pending()
+        due = set(due_for_sending([seq for seq, _, _ in pending], self._sent_at, now))
+        for seq, topic, payload in pending:
+            if seq not in due:
                 continue
-            self.stats.reports_sent += last_sent is None
+            self.stats.reports_sent += seq not in self._sent_at
             self._sent_at[seq] = now
             await client.publish(topic, payload, qos=1)  # returns once the broker's PUBACK arrived
         if len(self.outbox) == 0:

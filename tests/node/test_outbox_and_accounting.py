@@ -3,6 +3,7 @@ import stat
 from node.accounting import Accountant
 from node.identity import NodeIdentity, friendly_name
 from node.outbox import Outbox
+from node.reporter import RESEND_SECONDS, due_for_sending
 
 
 def test_sequence_numbers_survive_restarts_and_never_repeat(tmp_path):
@@ -47,3 +48,15 @@ def test_identity_is_created_once_with_private_files(tmp_path):
     first.remember("ada", None)
     assert NodeIdentity.load_or_create(tmp_path).registered_name() == "ada"
     assert friendly_name().count("-") == 2
+
+
+def test_a_report_due_again_is_re_sent_with_every_report_after_it_in_order():
+    now = 1000.0
+    # 8 was sent before the broker came back, 9 and 10 since; 11 is new: 8's re-send takes all of them along, so
+    # the coordinator never sees 11 again while 9 and 10 are still missing (it would release 11 over the gap)
+    sent_at = {8: now - RESEND_SECONDS, 9: now - 5, 10: now - 1}
+    assert due_for_sending([8, 9, 10, 11], sent_at, now) == [8, 9, 10, 11]
+    # nothing due again: only the new report goes out
+    assert due_for_sending([8, 9, 10, 11], sent_at, now - 1) == [11]
+    assert due_for_sending([8, 9, 10], sent_at, now - 1) == []
+    assert due_for_sending([], {}, now) == []
