@@ -38,6 +38,7 @@ MAX_BATCH = 2000
 MAX_BACKOFF = 30.0
 WORKER_RESTART_SECONDS = 1.0
 MIN_WAIT = 0.1  # seconds the writer waits for input while a held report is due
+TASK_RESTART_SECONDS = 1.0
 LINGER = 0.05  # seconds a batch may wait for more input: fewer, larger transactions and receipts under load
 # Receipts are retained state (the latest last_seq), so QoS 0 is enough: one lost on a dropped connection costs
 # a re-send, refused as a replay, which brings a new receipt; the retained one is there at the next subscribe.
@@ -86,9 +87,9 @@ class Ingestor:
         self._caught_up: dict[int, float] = {}  # per running worker
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._receive(), name="ingest-receive"),
-                       asyncio.create_task(self._check_received(), name="ingest-check"),
-                       asyncio.create_task(self._write(), name="ingest-write")]  # fmt: skip
+        self._tasks = [asyncio.create_task(self._keep_running(run), name=f"ingest-{name}")
+                       for name, run in (("receive", self._receive), ("check", self._check_received),
+                                         ("write", self._write))]  # fmt: skip
         self._tasks += [asyncio.create_task(self._supervise_worker(i), name=f"ingest-worker-{i}")
                         for i in range(self.workers)]  # fmt: skip
 
@@ -97,6 +98,20 @@ class Ingestor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+    async def _keep_running(self, run) -> None:
+        """Run an ingest loop; one that fails is logged, counted and started again, so ingestion never stops
+        silently. What it held in memory had no receipt, so the nodes send it again."""
+        while True:
+            try:
+                await run()
+            except Exception:
+                self.counters["task_failures"] += 1
+                logger.exception("Ingest's %s loop failed; starting it again in %.0f s", run.__name__.strip("_"),
+                                 TASK_RESTART_SECONDS)  # fmt: skip
+                if run == self._write:  # it may have advanced a node's last_seq in memory for a batch never written
+                    await self._reload_after_failure()
+                await asyncio.sleep(TASK_RESTART_SECONDS)
 
     # --- receiving --------------------------------------------------------------------------------------------
     async def _receive(self) -> None:

@@ -113,3 +113,45 @@ async def _exercise(ledger, ingestor: Ingestor, port: int) -> SigningKey:
     await wait_for(offline, what="the node to go offline")
     assert json.dumps(dict(ingestor.counters))  # counters stay JSON-serialisable for /api/v1/stats
     return alice
+
+
+def test_a_failing_ingest_loop_is_logged_and_started_again_and_nothing_is_lost(tmp_path, ledger_url, caplog):
+    async def scenario():
+        ledger = await make_ledger(tmp_path, ledger_url)
+        broker = EmbeddedBroker("127.0.0.1", 0)
+        await broker.start()
+        ingestor = Ingestor(ledger, "127.0.0.1", broker.port)
+        route, failures = ingestor._route, []
+
+        async def fails_once(item, now):  # a bug hit by the first report the writer routes
+            if not failures:
+                failures.append(item)
+                raise RuntimeError("injected")
+            return await route(item, now)
+
+        ingestor._route = fails_once
+        await ingestor.start()
+        try:
+            await asyncio.wait_for(ingestor.subscribed.wait(), 10)
+            alice = SigningKey.generate()
+            await _register(ledger, alice, "alice")
+            topic, first = report_topic("spirals", alice.node_id), seal(report(alice, seq=1, samples=5000), alice)
+            async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+                await client.publish(topic, first, qos=1)
+                await wait_for(lambda: ingestor.counters["task_failures"] == 1, what="the injected failure")
+                await client.publish(topic, first, qos=1)  # no receipt came: the node's outbox sends it again
+                await client.publish(topic, seal(report(alice, seq=2, samples=7), alice), qos=1)
+
+            async def both_written() -> bool:
+                async with ledger.engine.connect() as conn:
+                    return sorted((await conn.execute(select(db.reports.c.seq))).scalars().all()) == [1, 2]
+
+            await wait_for(both_written, what="both reports in the ledger after the restart")
+            assert ingestor.counters["accepted"] == 2 and ingestor.counters["replayed"] == 0
+            assert "Ingest's write loop failed; starting it again" in caplog.text
+        finally:
+            await ingestor.stop()
+            await broker.stop()
+            await ledger.engine.dispose()
+
+    asyncio.run(scenario())
