@@ -102,4 +102,6 @@ async def export_account(request: Request, authorization: Optional[str] = Header
 async def delete_account(request: Request, authorization: Optional[str] = Header(None)) -> JSONResponse:
     """Erase the account's personal data (account key): name, keys, node keys and details, team actions; the
     credit totals stay, anonymous, so team and swarm totals do not change. {erased, nodes, reports}."""
-    return await _answer(privacy.erase_volunteer(services(request).ledger, bearer(authorization)))
+    svc = services(request)
+    erasure = privacy.erase_volunteer(svc.ledger, bearer(authorization), forget_retained=svc.forget_retained)
+    return await _answer(erasure)

@@ -52,6 +52,7 @@ class Services:
     started_at: float = field(default_factory=time.time)
     issuer: Any = None  # coordinator.tokens.TokenIssuer: the coordinator's key; access tokens (coordinator/access_api.py)
     broker_secret: Optional[str] = None  # nodes' broker passwords derive from it (coordinator/broker_acl.py)
+    forget_retained: Any = None  # async ([(swarm, node id)]): clear their retained MQTT messages (Ingestor.clear_retained)
 
     @property
     def initial_peers(self) -> list[str]:

@@ -197,6 +197,7 @@ class Coordinator:
                             reachability=self.prober, exports_dir=config.exports_dir, issuer=self.issuer,
                             broker_secret=broker_secret)  # fmt: skip
         services.assets = self.assets  # the task files swarms are defined with (coordinator/assets.py)
+        services.forget_retained = self.ingestor.clear_retained  # an erased node's presence and receipts
         self.exporter = ExportScheduler(self.engine, config.exports_dir, config.export_interval_seconds)
         self.exporter.start()
         await self._serve_http(create_app(services, self.metrics, config.rate_limit, config.max_body_bytes,

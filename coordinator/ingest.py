@@ -28,7 +28,7 @@ from coordinator.verify import CHECK_BATCH, Rejected, Verified, Verifier
 from protocol.encoding import canonical_bytes
 from protocol.envelope import seal_many
 from protocol.messages import NodeStatus, Receipt
-from protocol.topics import REPORTS_FILTER, STATUS_FILTER, parse_node_topic, receipt_topic
+from protocol.topics import REPORTS_FILTER, STATUS_FILTER, parse_node_topic, receipt_topic, status_topic
 
 __all__ = ["Ingestor", "Rejected"]
 
@@ -145,6 +145,17 @@ class Ingestor:
             self.counters["control_unsent"] += 1
             return
         await client.publish(topic, payload, qos=1)
+
+    async def clear_retained(self, nodes: list[tuple[str, str]]) -> None:
+        """Make the broker forget the retained presence and receipt of each (swarm, node id): an erased node's."""
+        client = self._client
+        if client is None:
+            self.counters["control_unsent"] += len(nodes)
+            logger.warning("Broker down: the retained messages of %d erased node(s) stay on it", len(nodes))
+            return
+        for swarm_id, node_id in nodes:
+            for topic in (status_topic(swarm_id, node_id), receipt_topic(swarm_id, node_id)):
+                await client.publish(topic, b"", qos=1, retain=True)  # an empty retained message deletes it
 
     def _update_ready(self) -> None:
         if self._client is not None and len(self._workers_ready) == self.workers:

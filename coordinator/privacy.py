@@ -6,7 +6,8 @@ a fresh random id (its old id is a hash of its public key), loses its public key
 last-seen time, and is revoked; reports keep their numbers (samples, credit, epoch, time) under the new node id
 with the device reduced to its kind; the volunteer's signed team actions and rejected messages go. The totals
 tables are not touched, so every team, swarm and leaderboard total stays as it was; the anonymous row keeps its
-team membership for the same reason (exports count members per team).
+team membership for the same reason (exports count members per team). The broker forgets the nodes' retained
+presence and receipt messages (empty retained messages on their old topics).
 
 Retention: the ledger holds no IP address. A node's libp2p peer id (which finds its addresses in a swarm's DHT) is
 cleared once the node has been offline for `peer_id_hours`, and messages from unknown senders (such as a PC still
@@ -18,7 +19,7 @@ import asyncio
 import logging
 import secrets
 from datetime import datetime, timedelta, timezone
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from sqlalchemy import and_, delete, insert, or_, select, update
 
@@ -83,14 +84,17 @@ async def export_volunteer(engine, key: Optional[str]) -> dict:
     }
 
 
-async def erase_volunteer(ledger, key: Optional[str], now: Optional[datetime] = None) -> dict:
+async def erase_volunteer(ledger, key: Optional[str], now: Optional[datetime] = None,
+                          forget_retained: Optional[Callable[[list[tuple[str, str]]], Awaitable[None]]] = None) -> dict:
     """Erase the personal data of the account `key` (the account key) opens; aggregates stay (module docstring).
-    Answers {"erased": True, "nodes": N, "reports": N}. The in-memory node cache forgets the nodes at once."""
+    Answers {"erased": True, "nodes": N, "reports": N}. The in-memory node cache forgets the nodes at once, and
+    `forget_retained` gets the (swarm, node id) pairs whose retained MQTT messages (presence, receipts) must go."""
     now = now or datetime.now(timezone.utc)
     v, n, r = db.volunteers, db.nodes, db.reports
     async with ledger.engine.begin() as conn:
         account, _ = await authenticate(conn, key, ACCOUNT, "deleting the account")
         nodes = list(await conn.execute(select(n).where(n.c.volunteer_id == account.id)))
+        topics = await _node_swarms(conn, nodes)
         for node in nodes:
             await _anonymise_node(conn, node, now)
         reports = (await conn.execute(select(r.c.id).where(r.c.volunteer_id == account.id))).all()
@@ -101,8 +105,20 @@ async def erase_volunteer(ledger, key: Optional[str], now: Optional[datetime] = 
             deleted_at=now))  # fmt: skip
     for node in nodes:
         ledger.nodes.pop(node.node_id, None)  # ingest refuses the old keys from now on
+    if forget_retained is not None and topics:
+        await forget_retained(topics)
     logger.info("Erased the personal data of volunteer %s (%d nodes)", account.id, len(nodes))
     return {"erased": True, "nodes": len(nodes), "reports": len(reports)}
+
+
+async def _node_swarms(conn, nodes: list) -> list[tuple[str, str]]:
+    """(swarm, node id) for every swarm each node reported in or was last in."""
+    r = db.reports
+    pairs = {(node.swarm_id, node.node_id) for node in nodes if node.swarm_id}
+    for node in nodes:
+        swarms = (await conn.execute(select(r.c.swarm_id).where(r.c.node_id == node.node_id).distinct())).scalars()
+        pairs.update((swarm_id, node.node_id) for swarm_id in swarms)
+    return sorted(pairs)
 
 
 async def _anonymise_node(conn, node: Any, now: datetime) -> None:

@@ -10,9 +10,11 @@ import time
 
 from datetime import datetime, timezone
 
+import aiomqtt
 from sqlalchemy import func, insert, select, update
 
 from coordinator import db
+from coordinator.broker_acl import COORDINATOR_USER, load_or_create_secret, password_for
 from coordinator.exports import write_exports
 from coordinator.ingest import Ingestor
 from coordinator.ledger import Batch
@@ -22,8 +24,9 @@ from node.instance import InstanceLock
 from protocol.envelope import seal
 from protocol.messages import ContributionReport, NodeStatus
 from protocol.signing import SigningKey
+from protocol.topics import status_topic
 from tests.conftest import run_hearth
-from tests.coordinator.helpers import make_ledger, api_client, registration
+from tests.coordinator.helpers import api_client, broker_login, make_ledger, registration, status, wait_for
 from tests.coordinator.test_accounts import ACTIONS, NODES, assert_error, attach_body, bearer, team_action
 
 EXPORT, ME = "/api/v1/accounts/me/export", "/api/v1/accounts/me"
@@ -208,3 +211,42 @@ def test_cli_export_and_delete(coordinator, tmp_path):
     assert not (folder / "node.key").exists() and not (folder / "account.key").exists()
     again = run_hearth("account", "export", *common)
     assert again.returncode != 0 and "no account key" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_erasure_clears_the_nodes_retained_broker_messages(coordinator, swarm):
+    """A node's retained presence (and receipts) name its old node id on the broker: erasure deletes them."""
+    key = SigningKey.generate()
+    name = f"retained-{key.node_id[:6]}"
+    answer = coordinator.api.post("/api/v1/volunteers", content=registration(key, name))
+    assert answer.status_code == 201, answer.text
+    registered, swarm_id = answer.json(), swarm["swarm_id"]
+    host, port = coordinator.info["broker_url"].removeprefix("mqtt://").split(":")
+    operator = {"username": COORDINATOR_USER,
+                "password": password_for(load_or_create_secret(coordinator.data_dir), COORDINATOR_USER)}  # fmt: skip
+
+    async def retained_topics() -> list[str]:
+        """The old node id's retained topics: what a subscriber gets before a retained sentinel subscribed after."""
+        sentinel = f"hearth/v1/test-sentinel/{key.node_id}"
+        async with aiomqtt.Client(host, int(port), **operator) as client:
+            await client.publish(sentinel, b"end", qos=1, retain=True)
+            await client.subscribe(f"hearth/v1/swarms/+/nodes/{key.node_id}/#", qos=1)
+            await client.subscribe(sentinel, qos=1)
+            topics = []
+            async with asyncio.timeout(30):
+                async for message in client.messages:
+                    if str(message.topic) == sentinel:
+                        return topics
+                    topics.append(str(message.topic))
+
+    async def scenario():
+        presence = status_topic(swarm_id, key.node_id)
+        async with aiomqtt.Client(host, int(port), **broker_login(registered)) as node:
+            await node.publish(presence, seal(status(key, swarm_id=swarm_id), key), qos=1, retain=True)
+        assert set(await retained_topics()) == {presence}  # amqtt repeats retained messages per SUBSCRIBE
+        await wait_for(lambda: coordinator.get(f"/api/v1/volunteers/{name}")["nodes"][0]["swarm_id"] == swarm_id,
+                       what="the coordinator to take the presence")  # fmt: skip
+        erased = coordinator.api.request("DELETE", ME, headers=bearer(registered["account_key"]))
+        assert erased.status_code == 200, erased.text
+        assert await retained_topics() == []
+
+    asyncio.run(scenario())
