@@ -41,9 +41,9 @@ SUSPECT_AFTER = 3  # much less where its share was not observed; judged after th
 THROUGHPUT_SLACK = 1.5  # samples may exceed what the peer was seen training by this factor
 STARTUP_SECONDS = 3.0  # training at its best samples/s credited to a peer before the coordinator first read it
 MAX_PROGRESS_GAP = 15.0  # seconds between two reads that show a peer's progress counted at most as training
-EPOCH_SLACK = 2.0  # an epoch's believed samples may exceed target_batch_size by this factor, or by 1 + half its
+EPOCH_SLACK = 3.0  # an epoch's believed samples may exceed target_batch_size by this factor, or by 1 + half its
 # peers if more (hivemind overshoots, most in a swarm's first epochs, on a loaded machine and with many peers: they
-# see each other's progress late; 5 peers on 2 loaded cores: 2.5x)
+# see each other's progress late; 5 peers on 2 loaded cores: 2.5x; 2 honest peers in CI's spine test: 2.45x)
 YOUNG_EPOCHS = 3  # a swarm's first epochs seen, in which each reporting peer may have reached the target alone
 MAX_EXTRAPOLATION = 1.0  # seconds a peer's last record is extrapolated at most (peers stop training for an epoch
 # at different moments, up to seconds apart: extrapolating one that stopped early past its end inflates its share)
