@@ -114,10 +114,9 @@ async def erase_volunteer(ledger, key: Optional[str], now: Optional[datetime] = 
 async def _node_swarms(conn, nodes: list) -> list[tuple[str, str]]:
     """(swarm, node id) for every swarm each node reported in or was last in."""
     r = db.reports
+    reported = select(r.c.swarm_id, r.c.node_id).where(r.c.node_id.in_([node.node_id for node in nodes])).distinct()
     pairs = {(node.swarm_id, node.node_id) for node in nodes if node.swarm_id}
-    for node in nodes:
-        swarms = (await conn.execute(select(r.c.swarm_id).where(r.c.node_id == node.node_id).distinct())).scalars()
-        pairs.update((swarm_id, node.node_id) for swarm_id in swarms)
+    pairs.update(tuple(row) for row in await conn.execute(reported))
     return sorted(pairs)
 
 

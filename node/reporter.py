@@ -157,8 +157,8 @@ class Reporter:
 
     async def _flush_outbox(self, client: aiomqtt.Client) -> None:
         now = time.monotonic()
-        self.stats.reports_waiting = len(self.outbox)
         pending = self.outbox.pending()
+        self.stats.reports_waiting = len(pending)
         due = set(due_for_sending([seq for seq, _, _ in pending], self._sent_at, now))
         for seq, topic, payload in pending:
             if seq not in due:
