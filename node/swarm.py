@@ -104,9 +104,35 @@ class StateRoundStep(RoundRecording, DecentralizedAverager):
 
 class RecordingStateAverager(TrafficCounting, TrainingStateAverager, StateRoundStep):
     """The state averager: counts its traffic (state rounds and state downloads) and records its rounds, which
-    close the epochs in local-updates mode. RPC names stay hivemind's, which the coordinator's downloads use."""
+    close the epochs in local-updates mode. RPC names stay hivemind's, which the coordinator's downloads use.
+
+    It also keeps the optimizer statistics it averages (Adam's moments) the ones the optimizer uses. In gradient
+    mode hivemind averages the optimizer's own tensors in place (reuse_tensors), captured once at start; but
+    loading a state (a download from peers, a checkpoint, a rejoin) replaces the optimizer's moment tensors with
+    new ones (torch's load_state_dict), and hivemind 1.1.12 goes on averaging the old ones: the peer's state rounds
+    then give its stale moments to the others and never update its own, and the peers' Adam moments, then their
+    parameters, move apart (bench_node: 1.5-5 % after a state round, the volunteer having joined by download)."""
 
     protocol_name = TrainingStateAverager.__name__
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.reuse_tensors:
+            self.optimizer.register_load_state_dict_post_hook(lambda optimizer: self._relink_statistics())
+
+    @torch.no_grad()
+    def _relink_statistics(self) -> None:
+        """Put the loaded statistics' values into the averaged tensors and have the optimizer use those again.
+        Runs inside load_state_dict: hivemind's loads hold lock_averaged_tensors already (not reentrant), and no
+        averaging round runs during a load (hivemind waits for them first)."""
+        params = [param for group in self.optimizer.param_groups for param in group["params"]]
+        averaged = iter(self._averaged_tensors[len(params):])  # parameters first, then statistics, key by key
+        for key in self.opt_keys_for_averaging:
+            for param in params:
+                shared, state = next(averaged), self.optimizer.state[param]
+                if state[key] is not shared:
+                    shared.copy_(state[key])
+                    state[key] = shared
 
 
 PROGRESS_REPORT_INTERVAL = 1.0  # seconds between this peer's progress records in the DHT (besides epoch changes)
