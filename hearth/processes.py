@@ -15,6 +15,8 @@ from typing import Sequence
 
 import psutil
 
+TORCH_SHM_MANAGER = "torch_shm_manager"  # torch's helper process for tensors in shared memory
+
 logger = logging.getLogger(__name__)
 
 
@@ -183,9 +185,23 @@ def _wait_and_clean_up(child: subprocess.Popen, adopting: bool) -> None:
             groups |= _watch_groups(child)
     finally:
         groups |= groups_of_tree(child.pid) | (descendant_groups() if adopting else set())
+        _let_end_by_themselves(groups)
         leftovers = sum(kill_group(group) for group in groups)
         if leftovers:
             print(f"hearth: ended {leftovers} leftover helper process(es) of pid {child.pid}", file=sys.stderr)
+
+
+def _let_end_by_themselves(groups: set[int], timeout: float = 3.0) -> None:
+    """torch's shared-memory manager ends within a second or two of its last client: not a leftover to report."""
+    managers = [process for group in groups for process in group_members(group) if _name(process) == TORCH_SHM_MANAGER]
+    psutil.wait_procs(managers, timeout=timeout)
+
+
+def _name(process: psutil.Process) -> str:
+    try:
+        return process.name()
+    except psutil.Error:
+        return ""
 
 
 def _watch_groups(child: subprocess.Popen) -> set[int]:

@@ -95,12 +95,32 @@ def join(ctx: click.Context, coordinator_url: str | None, attach_key: str | None
         from node.account_cli import attach_this_node
 
         attach_this_node(config.coordinator_url, config.data_dir, attach_key, on_join=True)  # before it registers
+    if _hand_to_running_node(config):
+        return
     verbosity = ctx.find_root().params.get("verbose", 0)
     click.echo(f"Joining {config.coordinator_url} (data in {config.data_dir}); Ctrl+C to stop.", err=True)
     # a crash in native code (torch, hivemind) is retried: identity, outbox and swarm state survive it
     code = run_supervised(python_argv("node.worker", json.dumps(config.to_json_dict()), str(verbosity)),
                           restarts=CrashRestarts(), what="the node process")  # fmt: skip
     sys.exit(code)
+
+
+def _hand_to_running_node(config: NodeConfig) -> bool:
+    """Give the swarm to the node already running on this data dir (`hearth node start`), which has torch and
+    hivemind loaded and trains within seconds; False if none runs."""
+    from node.control import ControlError, NotRunning, request, socket_path
+
+    try:
+        answer = request(socket_path(config.data_dir), "join", timeout=10, config=config.to_json_dict())
+    except NotRunning:
+        return False
+    except ControlError as e:
+        raise click.ClickException(f"a Hearth node already runs on {config.data_dir} but did not take the join: {e}")
+    swarm = config.swarm_id or "the coordinator's first swarm"
+    left = f" It left {answer['left']} for it." if answer.get("left") else ""
+    click.echo(f"The Hearth node running here (pid {answer['pid']}) joins {swarm} at {config.coordinator_url}.{left}\n"
+               "See it with `hearth node status`; stop it with `hearth node stop`.")  # fmt: skip
+    return True
 
 
 @click.group()

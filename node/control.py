@@ -1,6 +1,7 @@
 """The local control channel: a unix socket (mode 0600, in the node's private data dir) that only the same OS
-user can reach. One JSON request per connection, one JSON reply: `status`, `pause`, `resume`, `snooze`, `stop`."""
+user can reach. One JSON request per connection, one JSON reply: `status`, `pause`, `resume`, `snooze`, `stop`, `join`."""
 
+import contextlib
 import json
 import logging
 import os
@@ -20,15 +21,20 @@ class ControlError(RuntimeError):
     pass
 
 
+class NotRunning(ControlError):
+    """No node answers on this data dir's control socket."""
+
+
 def socket_path(data_dir: Path) -> Path:
     return data_dir / "control.sock"
 
 
 class ControlServer:
-    """Serves requests on a background thread; `handlers` maps a command name to fn(request) -> reply."""
+    """Serves requests on a background thread; `handlers` maps a command name to fn(request) -> reply. Commands
+    named in `fixed` keep their handler under any `overlay`."""
 
-    def __init__(self, path: Path, handlers: dict[str, Handler]):
-        self.path, self.handlers = path, handlers
+    def __init__(self, path: Path, handlers: dict[str, Handler], fixed: tuple[str, ...] = ()):
+        self.path, self.handlers, self.fixed = path, handlers, fixed
         if path.exists():
             path.unlink()  # a stale socket of a crashed run (the instance lock guarantees we are alone)
         outer = self
@@ -56,6 +62,16 @@ class ControlServer:
         except (ValueError, ControlError) as e:
             return {"ok": False, "error": str(e)}
 
+    @contextlib.contextmanager
+    def overlay(self, handlers: dict[str, Handler]):
+        """Serve these handlers too (over the others, except the fixed ones) until the block ends."""
+        base = self.handlers
+        self.handlers = {**base, **{name: handler for name, handler in handlers.items() if name not in self.fixed}}
+        try:
+            yield
+        finally:
+            self.handlers = base
+
     def start(self) -> None:
         self._thread.start()
 
@@ -68,7 +84,7 @@ class ControlServer:
 def request(path: Path, command: str, timeout: float = 5.0, **fields) -> dict[str, Any]:
     """Send one command to a running node; raises ControlError with a sentence for the volunteer."""
     if not path.exists():
-        raise ControlError(f"no Hearth node is running here (no control socket at {path})")
+        raise NotRunning(f"no Hearth node is running here (no control socket at {path})")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.settimeout(timeout)
@@ -76,7 +92,7 @@ def request(path: Path, command: str, timeout: float = 5.0, **fields) -> dict[st
             client.sendall(json.dumps({"command": command, **fields}).encode() + b"\n")
             reply = client.makefile("rb").readline()
     except (ConnectionRefusedError, FileNotFoundError):
-        raise ControlError(f"no Hearth node is running here (stale control socket at {path})") from None
+        raise NotRunning(f"no Hearth node is running here (stale control socket at {path})") from None
     except OSError as e:
         raise ControlError(f"could not talk to the node: {e}") from None
     answer = json.loads(reply) if reply else {"ok": False, "error": "the node closed the connection"}

@@ -43,21 +43,36 @@ def register(group: click.Group) -> None:
 
 @click.command()
 @click.option("--detach", is_flag=True, help="Run in the background; its log goes to node.log in the data dir.")
-def start(detach: bool) -> None:
-    """Start the node with your saved settings (`hearth node config`); live view unless --detach."""
-    from node.cli import _build_config
+@click.pass_context
+def start(ctx: click.Context, detach: bool) -> None:
+    """Start the node with your saved settings (`hearth node config`) and keep it running: it trains in the saved
+    coordinator's swarm if there is one, and takes the swarms you give it with `hearth join` within seconds."""
+    import json
 
-    config = _build_config()
-    argv = [sys.executable, "-m", "hearth", "join"]
-    if not detach:
-        os.execv(sys.executable, argv)  # become `hearth join`: Ctrl+C and exit codes behave as with join
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = config.data_dir / "node.log"
-    with open(log_path, "ab") as log:
-        child = subprocess.Popen(argv + ["--view", "log"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                 start_new_session=True, env=os.environ.copy())  # fmt: skip
-    click.echo(f"Hearth node started in the background (pid {child.pid}); log: {log_path}")
-    click.echo("See it with `hearth node status`; stop it with `hearth node stop`.")
+    from hearth.processes import CrashRestarts, python_argv, run_supervised
+    from node.cli import _load_settings
+    from node.settings import NO_URL
+
+    try:
+        config = _load_settings().config(require_url=False)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if detach:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = config.data_dir / "node.log"
+        with open(log_path, "ab") as log:
+            child = subprocess.Popen([sys.executable, "-m", "hearth", "node", "start"], stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=log, start_new_session=True,
+                                     env={**os.environ, "HEARTH_VIEW": "log"})  # fmt: skip
+        click.echo(f"Hearth node started in the background (pid {child.pid}); log: {log_path}")
+        click.echo("See it with `hearth node status`; stop it with `hearth node stop`.")
+        return
+    if config.coordinator_url == NO_URL:
+        click.echo("No coordinator saved: the node waits for `hearth join URL`.", err=True)
+    verbosity = str(ctx.find_root().params.get("verbose", 0))
+    code = run_supervised(python_argv("node.worker", json.dumps(config.to_json_dict()), verbosity, "stay"),
+                          restarts=CrashRestarts(), what="the node process")  # fmt: skip
+    sys.exit(code)
 
 
 @click.command()
@@ -81,6 +96,8 @@ def status_table(answer: dict):
 
     from node.accounting import traffic_summary
 
+    if "training" not in answer:  # between swarms (node/host.py)
+        return _host_table(answer["host"])
     training, reporting, credit = answer["training"], answer["reporting"], answer.get("credit") or {}
     resources = answer.get("resources") or {}
     rules = ", ".join(f"{key}={value}" for key, value in answer["policy"].items() if value not in (None, False))
@@ -107,6 +124,18 @@ def status_table(answer: dict):
         ("coordinator", answer["coordinator"]), ("metrics", answer.get("metrics_url")),
     ]  # fmt: skip
     for label, value in rows:
+        if value is not None:
+            table.add_row(label, str(value))
+    return table
+
+
+def _host_table(host: dict):
+    from rich.table import Table
+
+    table = Table(title="Hearth node", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in (("state", host["state"]), ("process", host["pid"]), ("last run ended with", host.get("last_error"))):
         if value is not None:
             table.add_row(label, str(value))
     return table

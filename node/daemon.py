@@ -23,7 +23,7 @@ from node import access
 from node.accounts import save_keys
 from node.checkpoint import CoordinatorCheckpoints
 from node.config import NodeConfig
-from node.control import ControlServer, socket_path
+from node.control import ControlServer
 from node.controller import NodeController
 from node.coordinator_client import CoordinatorClient, CoordinatorError
 from node.digest import ParameterDigests, compared_every
@@ -94,7 +94,9 @@ def install_stop_handlers(stop: threading.Event, clock=time.monotonic) -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
-def run_node(config: NodeConfig, stop: threading.Event) -> dict:
+def run_node(config: NodeConfig, stop: threading.Event, control: ControlServer) -> dict:
+    """Join the swarm `config` names and train until `stop` is set or the run's limits end it: the summary. While
+    it trains, `control` also serves the run's commands (status, pause, resume, snooze)."""
     facts = MachineFacts.probe(config.gpus, cuda=config.device != "cpu")
     try:
         resources.check_device_request(config, facts)  # before waiting on the network
@@ -142,7 +144,7 @@ def run_node(config: NodeConfig, stop: threading.Event) -> dict:
             name, login = register(client, identity, config)
         decided = resources.decide(config, task, manifest.hyperparameters.batch_size, facts)  # before the model
         resources.apply(decided)
-        return train(config, identity, manifest, task, swarm, decided, name, stop, reachability, login)
+        return train(config, identity, manifest, task, swarm, decided, name, stop, reachability, control, login)
     except ResourceError as e:  # the task does not fit this PC's limits, or the batch not even at 1 on the GPU
         raise NodeError(str(e)) from None
     finally:
@@ -196,7 +198,8 @@ def register(client: CoordinatorClient, identity: NodeIdentity, config: NodeConf
     return name, login
 
 
-def train(config, identity, manifest, task, swarm, decided: Resources, name, stop, reachability, login=None) -> dict:
+def train(config, identity, manifest, task, swarm, decided: Resources, name, stop, reachability, control,
+          login=None) -> dict:  # fmt: skip
     device = decided.torch_device
     outbox = Outbox(config.data_dir / "outbox.sqlite")
     reporter = Reporter(manifest.broker_url, identity.key, manifest.swarm_id, device.type, outbox, swarm.peer_id,
@@ -233,18 +236,17 @@ def train(config, identity, manifest, task, swarm, decided: Resources, name, sto
         raise NodeError(str(e)) from None
     controller.metrics_url = metrics and metrics.url
     controller.reachability = reachability
-    control = ControlServer(socket_path(config.data_dir), controller.handlers())
     reporter_thread.start()
-    control.start()
     credit.start()
     deadline = time.monotonic() + config.duration if config.duration else None
     try:
-        with view:
-            trainer.run(stop, config.max_epochs, deadline, config.min_peers, config.connect_timeout)
-        if audits is not None:  # its last report's audit comes right after the receipt
-            audits.drain(trainer.compute_gradients, device, lambda: len(outbox) == 0 if reporter.stats.connected else None)
+        with control.overlay(controller.handlers()):
+            with view:
+                trainer.run(stop, config.max_epochs, deadline, config.min_peers, config.connect_timeout)
+            if audits is not None:  # its last report's audit comes right after the receipt
+                audits.drain(trainer.compute_gradients, device,
+                             lambda: len(outbox) == 0 if reporter.stats.connected else None)  # fmt: skip
     finally:
-        control.stop()
         if metrics:
             metrics.stop()
         credit.stop()

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import psutil
 import torch
 
+from hearth.processes import TORCH_SHM_MANAGER
 from node import warmup
 
 warmup.defer_hivemind_extras()  # ~1.5 s off every join (no effect if hivemind came in first: see node/daemon.py)
@@ -47,7 +48,6 @@ logging.getLogger("hivemind.dht.dht").addFilter(DroppedRequestFilter())  # the D
 
 
 ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")  # optimizer statistics averaged along with the parameters
-TORCH_SHM_MANAGER = "torch_shm_manager"  # torch's own helper for shared tensors: the process still needs it
 
 
 def request_timeout_for(matchmaking_time: float) -> float:
@@ -243,7 +243,6 @@ class SwarmMember:
         self.optimizer: Optional[TrackingOptimizer] = None
         self._optimizer_inputs: Optional[tuple] = None
         self._saved_state: Optional[dict] = None
-        self._retired: tuple = ()
         self.traffic = TrafficCounter()  # this node's averaging bytes, across leaves and rejoins
 
     def _launch_dht(self) -> DHT:
@@ -294,7 +293,7 @@ class SwarmMember:
         if self.dht is None:
             return
         self._saved_state = self.optimizer.state_dict()
-        self._stop_hivemind(keep_process_alive=True)
+        self._stop_hivemind()
         for param in self._optimizer_inputs[0]:  # this epoch's partial gradients leave with us
             if param.grad is not None:
                 param.grad.zero_()
@@ -397,20 +396,16 @@ class SwarmMember:
         if self.dht is not None:
             self._stop_hivemind()
 
-    def _stop_hivemind(self, keep_process_alive: bool = False) -> None:
+    def _stop_hivemind(self) -> None:
         # hivemind sometimes gives up on a graceful DHT stop and terminates the DHT process, orphaning its
-        # p2pd; so note every helper process first and end whichever is still running afterwards.
-        helpers = psutil.Process().children(recursive=True)
-        if keep_process_alive:  # this process goes on using torch's shared-memory manager
-            helpers = [helper for helper in helpers if helper.name() != TORCH_SHM_MANAGER]
+        # p2pd; so note every helper process first and end whichever is still running afterwards. torch's
+        # shared-memory manager stays: this process goes on (to its next swarm), and freeing hivemind's shared
+        # tensors without it would abort the process. It ends by itself soon after this process.
+        helpers = [helper for helper in psutil.Process().children(recursive=True) if helper.name() != TORCH_SHM_MANAGER]
         if self.optimizer is not None:
             self.optimizer.shutdown()
         self.dht.shutdown()
         end_processes(helpers)
-        if not keep_process_alive:
-            # torch's shared-memory manager is gone: freeing hivemind's shared tensors now would abort the
-            # process, so they stay referenced until it exits.
-            self._retired = (self.dht, self.optimizer)
         self.dht, self.optimizer = None, None
 
 

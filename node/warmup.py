@@ -88,3 +88,9 @@ def defer_hivemind_extras() -> None:
 
 def load_deferred_in_background() -> threading.Thread:
     return import_in_background(*HIVEMIND_DEFERRABLE)
+
+
+def warm_up() -> None:
+    """Import now what a join would import on its critical path: for a node process that waits for joins."""
+    for name in ("torch._dynamo", *HIVEMIND_DEFERRABLE):
+        load(name)

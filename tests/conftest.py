@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -77,6 +78,14 @@ class NodeProcesses:
         self.processes[name] = spawn_group(argv, stdout=log, stderr=subprocess.STDOUT)
         return self.processes[name]
 
+    def start_daemon(self, name: str) -> subprocess.Popen:
+        """`hearth node start` with no coordinator saved: a node that waits for `hearth join`."""
+        env = {**os.environ, "HEARTH_CONFIG": str(self.base / "no-config.toml"), "HEARTH_DATA_DIR": str(self.base / name),
+               "HEARTH_THREADS": "1", "HEARTH_VIEW": "log"}  # fmt: skip
+        log = (self.base / f"{name}.log").open("w")
+        self.processes[name] = spawn_group(hearth_argv("-v", "node", "start"), stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self.processes[name]
+
     def data_dir(self, name: str) -> Path:
         return self.base / name
 
@@ -105,6 +114,10 @@ _swarm_count = itertools.count(1)
 def swarm(coordinator):
     """A fresh small swarm (short epochs) per test, defined through the operator CLI: tests never see each
     other's peers or progress records in the DHT."""
+    return create_swarm(coordinator)
+
+
+def create_swarm(coordinator) -> dict:
     swarm_id = f"{TEST_SWARM}-{next(_swarm_count)}"
     result = run_hearth("swarm", "create", swarm_id, "--task", "spirals", "--target-batch-size", "16384",
                         "--coordinator", coordinator.url, "--token-file", str(coordinator.data_dir / "operator-token"),
