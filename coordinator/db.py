@@ -296,3 +296,56 @@ def upsert(engine_or_dialect_name: str, table: Table):
     else:
         raise ValueError(f"database dialect {engine_or_dialect_name!r} is not supported (use SQLite or PostgreSQL)")
     return insert(table)
+
+
+class DriverStatement:
+    """A Core statement compiled once for a dialect and run through the driver's executemany with plain tuples.
+
+    SQLAlchemy's executemany builds and type-processes a parameter dict per row (~3-8 us a row); on the ingest
+    write path, with a handful of rows per report, that was as much as the SQL itself. Here the rows are tuples
+    in the statement's own parameter order; the few columns whose type needs a bind processor for this
+    dialect (DateTime on SQLite) go through it, the rest pass as they are. Every parameter is a named
+    `bindparam`; `run` takes rows as tuples of those names' values, in the order `names` was given.
+    """
+
+    def __init__(self, statement, dialect, names: tuple[str, ...]):
+        compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        order = list(compiled.positiontup)
+        if set(order) != set(names):
+            raise ValueError(f"statement parameters {sorted(set(order))} are not {sorted(names)}")
+        position = {name: i for i, name in enumerate(names)}
+        self._order = [position[name] for name in order]
+        processors = [compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order]
+        self._processors = [(i, p) for i, p in enumerate(processors) if p is not None]
+
+    def rows(self, rows) -> list[tuple]:
+        order, processors = self._order, self._processors
+        out = [[row[i] for i in order] for row in rows]
+        for i, process in processors:
+            last, done = None, None  # a batch's rows mostly share one time: convert it once
+            for row in out:
+                value = row[i]
+                if value is not None:
+                    if value is not last:
+                        last, done = value, process(value)
+                    row[i] = done
+        return [tuple(row) for row in out]
+
+    async def run(self, conn, rows) -> None:
+        """executemany of `rows` on `conn` (an AsyncConnection, inside the caller's transaction)."""
+        if rows:
+            await conn.exec_driver_sql(self.sql, self.rows(rows))
+
+
+_driver_statements: dict[tuple[str, str, str], DriverStatement] = {}
+
+
+def driver_statement(key: str, dialect, build) -> DriverStatement:
+    """The DriverStatement `build()` → (statement, names) for this dialect and driver, compiled at first use."""
+    found = _driver_statements.get((key, dialect.name, dialect.driver))
+    if found is None:
+        statement, names = build()
+        found = DriverStatement(statement, dialect, tuple(names))
+        _driver_statements[(key, dialect.name, dialect.driver)] = found
+    return found

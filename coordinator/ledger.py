@@ -160,11 +160,12 @@ class Ledger:
             if batch.grants:
                 # each report is inserted with its final status: granted, pending, or refused (verified and
                 # sequenced, but e.g. a second report of one epoch)
-                ids = await _receive(conn, batch.grants)
+                await _receive(conn, batch.grants)
                 await _bump_sequences(conn, batch.grants)
-                granted = [(i, r) for i, r in zip(ids, batch.grants) if r.get("status", "granted") == "granted"]
+                granted = [r for r in batch.grants if r.get("status", "granted") == "granted"]
                 if granted:
-                    await _grant(conn, dialect, granted, now, mark_granted=False)
+                    await _grant_received(conn, granted, now)
+                    await _add_totals(conn, dialect, granted, now)
                 await _add_pending(conn, [r for r in batch.grants if r.get("status", "granted") == "pending"], +1)
             if batch.rejections:
                 await conn.execute(insert(db.rejected_messages), batch.rejections)
@@ -244,26 +245,47 @@ async def _keys_for_registered(conn, node_id: str, reg: VolunteerRegistration) -
     return await accounts.claim_keys(conn, node.volunteer_id) or {}
 
 
-async def _receive(conn, reports: list[dict]) -> list[int]:
-    """Append the reports with their status (default 'granted') and reason; their ids in the order given."""
-    rows = [{**r, "status": r.get("status", "granted"), "reason": r.get("reason")} for r in reports]
-    # Matched back by (node, seq), which is unique: asking for the rows' order made SQLite insert one row at a time.
-    statement = insert(db.reports).returning(db.reports.c.id, db.reports.c.node_id, db.reports.c.seq)
-    ids = {(node_id, seq): i for i, node_id, seq in await conn.execute(statement, rows)}
-    return [ids[(r["node_id"], r["seq"])] for r in reports]
+_REPORT_COLUMNS = ("node_id", "volunteer_id", "swarm_id", "seq", "epoch", "samples", "compute_seconds", "device",
+                   "loss", "group_size", "status", "reason", "credit", "bytes_sent", "bytes_received", "received_at")
 
 
-async def _grant(conn, dialect: str, granted: list[tuple[int, dict]], now: datetime, mark_granted: bool = True) -> None:
-    """One grant row per report (rule and credit), the reports marked granted (unless inserted so), and the
-    totals upserted."""
+def _statement(conn, key: str, build) -> db.DriverStatement:
+    return db.driver_statement(key, conn.dialect, build)
+
+
+async def _receive(conn, reports: list[dict]) -> None:
+    """Append the reports with their status (default 'granted') and reason, in one executemany."""
+    statement = _statement(conn, "receive", lambda: (
+        insert(db.reports).values({c: bindparam(c) for c in _REPORT_COLUMNS}).inline(), _REPORT_COLUMNS))  # fmt: skip
+    await statement.run(conn, [
+        (r["node_id"], r["volunteer_id"], r["swarm_id"], r["seq"], r["epoch"], r["samples"], r["compute_seconds"],
+         r["device"], r["loss"], r["group_size"], r.get("status", "granted"), r.get("reason"), r["credit"],
+         r.get("bytes_sent"), r.get("bytes_received"), r["received_at"]) for r in reports
+    ])  # fmt: skip
+
+
+async def _grant_received(conn, reports: list[dict], now: datetime) -> None:
+    """A grant row for each report just inserted granted, found by its (node, seq), which is unique: no ids
+    need to come back from the insert (RETURNING made SQLAlchemy build and process a dict per row)."""
+    def build():
+        r, g = db.reports, db.grants
+        found = select(r.c.id, bindparam("rule", type_=g.c.rule.type), r.c.credit,
+                       bindparam("now", type_=g.c.granted_at.type)).where(
+            r.c.node_id == bindparam("node", type_=r.c.node_id.type), r.c.seq == bindparam("seq", type_=r.c.seq.type))  # fmt: skip
+        return insert(g).from_select(["report_id", "rule", "credit", "granted_at"], found).inline(), ("rule", "now", "node", "seq")
+
+    await _statement(conn, "grant_received", build).run(conn, [(CREDIT_RULE, now, r["node_id"], r["seq"]) for r in reports])
+
+
+async def _grant(conn, dialect: str, granted: list[tuple[int, dict]], now: datetime) -> None:
+    """One grant row per stored report (rule and credit), the reports marked granted, and the totals upserted."""
     await conn.execute(
         insert(db.grants),
         [{"report_id": i, "rule": CREDIT_RULE, "credit": r["credit"], "granted_at": now} for i, r in granted],
     )
-    if mark_granted:
-        await conn.execute(
-            update(db.reports).where(db.reports.c.id.in_([i for i, _ in granted])).values(status="granted", reason=None)
-        )
+    await conn.execute(
+        update(db.reports).where(db.reports.c.id.in_([i for i, _ in granted])).values(status="granted", reason=None)
+    )
     await _add_totals(conn, dialect, [r for _, r in granted], now)
 
 
@@ -272,11 +294,10 @@ async def _bump_sequences(conn, grants: list[dict]) -> None:
     for grant in grants:
         latest[grant["node_id"]] = max(latest.get(grant["node_id"], 0), grant["seq"])
     nodes = db.nodes
-    await conn.execute(  # one executemany, not a statement per node
+    statement = _statement(conn, "bump_sequences", lambda: (
         update(nodes).where(nodes.c.node_id == bindparam("node"), nodes.c.last_seq < bindparam("seq"))
-        .values(last_seq=bindparam("seq")),
-        [{"node": node_id, "seq": seq} for node_id, seq in sorted(latest.items())],
-    )  # fmt: skip
+        .values(last_seq=bindparam("seq")), ("node", "seq")))  # fmt: skip
+    await statement.run(conn, sorted(latest.items()))  # one executemany, not a statement per node
 
 
 async def _add_pending(conn, reports: list[dict], sign: int) -> None:
@@ -307,46 +328,55 @@ async def _add_totals(conn, dialect: str, grants: list[dict], now: datetime) -> 
     teams = dict((await conn.execute(
         select(db.volunteers.c.id, db.volunteers.c.team).where(db.volunteers.c.id.in_(volunteer_ids))
     )).all())  # fmt: skip
-    for table, key_of in (
-        (db.node_totals, lambda g: g["node_id"]),
-        (db.volunteer_totals, lambda g: g["volunteer_id"]),
-        (db.team_totals, lambda g: teams.get(g["volunteer_id"]) or None),
-        (db.swarm_totals, lambda g: g["swarm_id"]),
-    ):
-        sums: dict[Any, dict] = {}
-        for g in grants:
-            key = key_of(g)
+    tables = (db.node_totals, db.volunteer_totals, db.team_totals, db.swarm_totals)
+    sums: tuple[dict[Any, list], ...] = ({}, {}, {}, {})  # key → [credit, samples, reports, last_report_at]
+    for g in grants:
+        credit, samples, at = g["credit"], g["samples"], g["received_at"]
+        for table_sums, key in zip(sums, (g["node_id"], g["volunteer_id"], teams.get(g["volunteer_id"]) or None,
+                                          g["swarm_id"])):  # fmt: skip
             if key is None:
                 continue
-            total = sums.setdefault(key, {"credit": 0.0, "samples": 0, "reports": 0, "last_report_at": None})
-            total["credit"] += g["credit"]
-            total["samples"] += g["samples"]
-            total["reports"] += 1
-            total["last_report_at"] = max(filter(None, (total["last_report_at"], g["received_at"])))
-        if sums:
-            await _upsert_totals(conn, dialect, table, sums, now)
+            total = table_sums.get(key)
+            if total is None:
+                table_sums[key] = [credit, samples, 1, at]
+            else:
+                total[0] += credit
+                total[1] += samples
+                total[2] += 1
+                if at is not None and (total[3] is None or at > total[3]):
+                    total[3] = at
+    for table, table_sums in zip(tables, sums):
+        if table_sums:
+            await _upsert_totals(conn, dialect, table, table_sums, now)
 
 
-async def _upsert_totals(conn, dialect: str, table, sums: dict[Any, dict], now: datetime) -> None:
-    """Create missing rows, lock and read their RAC, then add the sums and the new RAC (one statement each).
-    Rows are taken in key order, so concurrent writers (replicas on one PostgreSQL) cannot deadlock."""
+async def _upsert_totals(conn, dialect: str, table, sums: dict[Any, list], now: datetime) -> None:
+    """Lock and read the rows' RAC (creating the missing ones first), then add the sums and the new RAC in one
+    executemany. Rows are taken in key order, so concurrent writers (replicas on one PostgreSQL) cannot deadlock."""
     key = table.primary_key.columns.values()[0]
     sums = dict(sorted(sums.items()))
-    await conn.execute(db.upsert(dialect, table).on_conflict_do_nothing(index_elements=[key]), [{key.name: k} for k in sums])
-    current = {
-        row[0]: (row[1], _seconds(row[2]))
-        for row in await conn.execute(
-            select(key, table.c.rac, table.c.rac_updated_at).where(key.in_(list(sums))).order_by(key).with_for_update()
-        )
-    }
+    current = await _lock_totals(conn, table, key, list(sums))
+    missing = [k for k in sums if k not in current]
+    if missing:  # a first grant: the row is created, then locked and read like the others
+        await conn.execute(db.upsert(dialect, table).on_conflict_do_nothing(index_elements=[key]),
+                           [{key.name: k} for k in missing])  # fmt: skip
+        current.update(await _lock_totals(conn, table, key, missing))
     at = now.timestamp()
-    await conn.execute(
+    statement = _statement(conn, f"add_totals:{table.name}", lambda: (
         update(table).where(key == bindparam("k")).values(
             credit=table.c.credit + bindparam("c"), samples=table.c.samples + bindparam("s"),
             reports=table.c.reports + bindparam("n"), last_report_at=bindparam("last"), rac=bindparam("rac"),
             rac_updated_at=bindparam("rac_at"),
-        ),
-        [{"k": k, "c": t["credit"], "s": t["samples"], "n": t["reports"], "last": t["last_report_at"],
-          "rac": recent_average(current[k][0], current[k][1], t["credit"], at), "rac_at": now}
-         for k, t in sums.items()],
-    )  # fmt: skip
+        ), ("k", "c", "s", "n", "last", "rac", "rac_at")))  # fmt: skip
+    await statement.run(conn, [
+        (k, float(credit), samples, reports, last, recent_average(*current[k], credit, at), now)
+        for k, (credit, samples, reports, last) in sums.items()
+    ])  # fmt: skip
+
+
+async def _lock_totals(conn, table, key, keys: list) -> dict[Any, tuple[float, Optional[float]]]:
+    """{key: (rac, rac_updated_at in POSIX seconds)} of the rows that exist, locked for this transaction."""
+    rows = await conn.execute(
+        select(key, table.c.rac, table.c.rac_updated_at).where(key.in_(keys)).order_by(key).with_for_update()
+    )
+    return {row[0]: (row[1], _seconds(row[2])) for row in rows}
