@@ -1,27 +1,40 @@
 """Ingestion benchmark: simulated volunteers publish signed reports to a real Mosquitto; a real coordinator process
-(`--broker`; SQLite ledger, or PostgreSQL with --postgres) verifies and persists them.
+(`--broker`; SQLite ledger, or PostgreSQL with --postgres) verifies and persists them. One run has two phases:
 
-- reports_per_s: reports persisted / wall time from the first publish to the last receipt.
-- p99_latency_s: per report, from just before its publish to the first retained receipt that covers its seq.
-- lost / doubled: read from the ledger afterwards: (node, seq) pairs missing / granted twice.
+1. Flood: --reports reports (default 20,000) offered at once (or at --rate), to measure capacity.
+   reports_per_s: flood reports persisted / wall time from its first publish to the receipt covering its last one.
+2. Steady: an open-loop load of --latency-rate reports/s (default 5,000; 0 skips the phase) for --latency-seconds
+   (default 10: 50,000 reports at the default rate), spread evenly over all volunteers (each one's seqs in order,
+   continuing after the flood's), started once the flood has drained. A latency figure only means something at
+   a stated load: under the flood, p99 is just the time to drain the backlog (reports ÷ throughput).
+   p99_latency_s: per report of this phase, from just before its publish to the first retained receipt that
+   covers its seq. offered_rate: the load the publishers actually offered in this phase (reports sent / seconds
+   from its first publish to its last); the run warns if that fell short of --latency-rate.
+   Ten seconds (or more) is many times every timer in the pipeline (batching, receipt coalescing, the
+   sequencer's 2 s hold) and gives 500 reports in the top 1 %, so p99 is measured, not guessed from a handful.
+- lost / doubled, over both phases: read from the ledger afterwards: (node, seq) pairs missing / granted twice.
 
-Publishers are separate processes that sign everything before the timed phase, then write pre-encoded MQTT
+Publishers are separate processes that sign everything before the timed phases, then write pre-encoded MQTT
 PUBLISH packets (QoS 1) straight to a socket, --in-flight unacknowledged per connection, so that the load
 generator costs little of the 2 cores; each volunteer's reports go out in seq order.
-CPU seconds of each part (publishers, Mosquitto, coordinator) over the window show where the time goes.
+CPU seconds of each part (publishers, Mosquitto, coordinator) over each phase show where the time goes.
 
 It measures ingestion, not work verification: the coordinator runs with --no-verify-work (reports are granted as
 they are persisted), since the simulated volunteers have no DHT presence to check their work against.
 
-The last stdout line is JSON. Usage: python scripts/bench_ingest.py [--volunteers 200] [--reports 20000]
-    [--publishers 2] [--in-flight 100] [--rate R] [--ingest-workers N] [--db URL | --postgres] [--keep DIR]
+The last stdout line is JSON: {"reports_per_s", "p99_latency_s", "offered_rate", "lost", "doubled"}.
+Usage: python scripts/bench_ingest.py [--volunteers 200] [--reports 20000] [--latency-rate 5000]
+    [--latency-seconds 10] [--publishers 2] [--in-flight 100] [--rate R] [--ingest-workers N]
+    [--db URL | --postgres] [--keep DIR]
 """
 
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import multiprocessing
+import os
 import socket
 import struct
 import sys
@@ -29,6 +42,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import psutil
@@ -44,10 +58,11 @@ SWARM = "spirals"  # the coordinator's default swarm
 RECEIPTS = f"hearth/v1/swarms/{SWARM}/nodes/+/receipts"
 
 
-def publisher(index: int, url: str, port: int, volunteers: int, per_volunteer: int, in_flight: int,
-              rate: float, ready, start, results) -> None:  # fmt: skip
-    """One publisher process: registers its volunteers, signs all their reports, waits for the start signal,
-    publishes them at QoS 1, and sends back {(node_id, seq): publish time}."""
+def publisher(index: int, url: str, port: int, volunteers: int, phases: list[tuple[int, int, float]], in_flight: int,
+              ready, starts, results) -> None:  # fmt: skip
+    """One publisher process: registers its volunteers, signs all their reports for every phase ((first seq,
+    last seq, rate) each), then per phase waits for its start signal, publishes that phase's reports at QoS 1
+    and sends back ({(node_id, seq): publish time}, CPU seconds)."""
     from protocol.envelope import seal
     from protocol.messages import ContributionReport, VolunteerRegistration
     from protocol.signing import SigningKey
@@ -60,20 +75,24 @@ def publisher(index: int, url: str, port: int, volunteers: int, per_volunteer: i
             response = api.post("/api/v1/volunteers", content=seal(registration, key),
                                 headers={"content-type": "application/json"})  # fmt: skip
             response.raise_for_status()
-    # Round-robin over volunteers so every volunteer's seqs go out in order, interleaved with the others'.
-    messages = [
-        (key.node_id, seq, report_topic(SWARM, key.node_id),
-         seal(ContributionReport(node_id=key.node_id, swarm_id=SWARM, seq=seq, epoch=seq, samples=256,
-                                 compute_seconds=1.0, device="cpu", loss=0.5, time=time.time()), key))
-        for seq in range(1, per_volunteer + 1) for key in keys
-    ]  # fmt: skip
-    packets = [(node_id, seq, publish_packet(topic, payload, packet_id=i % 65535 + 1))
-               for i, (node_id, seq, topic, payload) in enumerate(messages)]  # fmt: skip
+    packet_ids = itertools.count()
+    signed = []
+    for first, last, rate in phases:
+        # Round-robin over volunteers so every volunteer's seqs go out in order, interleaved with the others'.
+        messages = [
+            (key.node_id, seq, report_topic(SWARM, key.node_id),
+             seal(ContributionReport(node_id=key.node_id, swarm_id=SWARM, seq=seq, epoch=seq, samples=256,
+                                     compute_seconds=1.0, device="cpu", loss=0.5, time=time.time()), key))
+            for seq in range(first, last + 1) for key in keys
+        ]  # fmt: skip
+        signed.append(([(node_id, seq, publish_packet(topic, payload, packet_id=next(packet_ids) % 65535 + 1))
+                        for node_id, seq, topic, payload in messages], rate))  # fmt: skip
     ready.put(index)
-    start.wait()
-    cpu = time.process_time()
-    sent = publish_all(port, packets, in_flight, client_id=f"bench-publisher-{index}", rate=rate)
-    results.put((sent, time.process_time() - cpu))
+    for number, (packets, rate) in enumerate(signed):
+        starts[number].wait()
+        cpu = time.process_time()
+        sent = publish_all(port, packets, in_flight, client_id=f"bench-publisher-{index}-{number}", rate=rate)
+        results.put((sent, time.process_time() - cpu))
 
 
 # A publisher that writes pre-encoded MQTT 3.1.1 packets straight to the socket: a Python MQTT client costs more
@@ -142,13 +161,15 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-async def collect_receipts(port: int, expected: dict[str, int], subscribed: asyncio.Event, done: asyncio.Event,
-                           timeout: float) -> dict[str, list[tuple[int, float]]]:  # fmt: skip
-    """Every receipt (last_seq, arrival time) per node until each node's receipt covers its last report."""
+async def collect_receipts(port: int, targets: list[int], nodes: list[str], subscribed: asyncio.Event,
+                           reached: list[asyncio.Event], timeout: float) -> dict[str, list[tuple[int, float]]]:  # fmt: skip
+    """Every receipt (last_seq, arrival time) per node; reached[i] is set once every node's receipt covers seq
+    targets[i] (the last one of phase i), and collecting ends at the last target (or the timeout)."""
     import aiomqtt
 
     receipts: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    complete = set()
+    latest = dict.fromkeys(nodes, 0)
+    behind = [set(nodes) for _ in targets]  # per phase: the nodes whose receipts do not cover it yet
     async with aiomqtt.Client("127.0.0.1", port) as client:
         await client.subscribe(RECEIPTS, qos=0)
         subscribed.set()
@@ -161,13 +182,18 @@ async def collect_receipts(port: int, expected: dict[str, int], subscribed: asyn
                         receipt = open_envelope(message.payload).fields
                     node_id, last_seq = receipt["node_id"], receipt["last_seq"]
                     receipts[node_id].append((last_seq, arrived))
-                    if node_id in expected and last_seq >= expected[node_id]:
-                        complete.add(node_id)
-                        if len(complete) == len(expected):
-                            break
+                    if node_id not in latest or last_seq <= latest[node_id]:
+                        continue
+                    latest[node_id] = last_seq
+                    for phase, target in enumerate(targets):
+                        if last_seq >= target and node_id in behind[phase]:
+                            behind[phase].discard(node_id)
+                            if not behind[phase]:
+                                reached[phase].set()
+                    if reached[-1].is_set():
+                        break
         except TimeoutError:
             pass
-    done.set()
     return receipts
 
 
@@ -218,8 +244,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(work: Path, volunteers: int, reports: int, publishers: int, in_flight: int, timeout: float,
-        ingest_workers: int = 0, rate: float = 0.0, db_url: str | None = None) -> dict:  # fmt: skip
+        ingest_workers: int = 0, rate: float = 0.0, latency_rate: float = 0.0, latency_seconds: float = 10.0,
+        db_url: str | None = None) -> dict:  # fmt: skip
     per_volunteer = max(1, reports // volunteers)
+    # the steady phase: seqs after the flood's, the same number for every volunteer
+    steady_per_volunteer = max(1, round(latency_rate * latency_seconds / volunteers)) if latency_rate else 0
     db_url = db_url or f"sqlite+aiosqlite:///{work / 'c' / 'ledger.sqlite3'}"
     with Mosquitto(work_dir=work / "mosquitto") as broker:
         ready_file, log = work / "ready.json", (work / "coordinator.log").open("w")
@@ -234,17 +263,22 @@ def run(work: Path, volunteers: int, reports: int, publishers: int, in_flight: i
             info = wait_until(lambda: ready_file.exists() and json.loads(ready_file.read_text()), 180,
                               what="the coordinator")  # fmt: skip
             ctx = multiprocessing.get_context("spawn")
-            ready, start, results = ctx.Queue(), ctx.Event(), ctx.Queue()
             shares = [volunteers // publishers + (i < volunteers % publishers) for i in range(publishers)]
-            workers = [ctx.Process(target=publisher, args=(i, info["url"], broker.port, share, per_volunteer,
-                                                           in_flight, rate / publishers, ready, start, results))
+            phases = [Phase("flood", 1, per_volunteer, rate)]
+            if steady_per_volunteer:
+                phases.append(Phase("steady", per_volunteer + 1, per_volunteer + steady_per_volunteer, latency_rate))
+            ready, results = ctx.Queue(), ctx.Queue()
+            starts = [ctx.Event() for _ in phases]
+            workers = [ctx.Process(target=publisher, args=(i, info["url"], broker.port, share,
+                                                           [(p.first, p.last, p.rate * share / volunteers) for p in phases],
+                                                           in_flight, ready, starts, results))
                        for i, share in enumerate(shares)]  # fmt: skip
             for worker in workers:
                 worker.start()
             for _ in workers:
-                ready.get(timeout=300)
-            return asyncio.run(_measure(broker, coordinator, workers, start, results, per_volunteer, timeout,
-                                        db_url, info["url"]))  # fmt: skip
+                ready.get(timeout=600)
+            return asyncio.run(_measure(broker, coordinator, workers, phases, starts, results, timeout, db_url,
+                                        info["url"]))  # fmt: skip
         finally:
             for worker in workers:
                 worker.join(5)
@@ -253,37 +287,63 @@ def run(work: Path, volunteers: int, reports: int, publishers: int, in_flight: i
             stop_group(coordinator, grace=30)
 
 
-async def _measure(broker, coordinator, workers, start, results, per_volunteer, timeout, db_url, url) -> dict:
-    subscribed, done = asyncio.Event(), asyncio.Event()
+class Phase(NamedTuple):
+    name: str
+    first: int  # seqs first..last of every volunteer
+    last: int
+    rate: float  # offered reports/s, all publishers together (0: as fast as the broker takes them)
+
+
+async def _measure(broker, coordinator, workers, phases, starts, results, timeout, db_url, url) -> dict:
+    subscribed = asyncio.Event()
+    reached = [asyncio.Event() for _ in phases]
     node_ids = [row[0] for row in await _query(db_url, "SELECT node_id FROM nodes")]
-    expected = {node_id: per_volunteer for node_id in node_ids}
-    collector = asyncio.create_task(collect_receipts(broker.port, expected, subscribed, done, timeout))
+    collector = asyncio.create_task(collect_receipts(broker.port, [p.last for p in phases], node_ids, subscribed,
+                                                     reached, timeout * len(phases)))  # fmt: skip
     await subscribed.wait()
     parts = {"mosquitto": [broker.process.pid], "coordinator": [coordinator.pid]}
-    cpu_before = {name: sum(tree_cpu_seconds(pid) for pid in pids) for name, pids in parts.items()}
-    wall = time.monotonic()
-    start.set()
-    sent: dict = {}
-    cpu_publishers = 0.0
-    for _ in workers:
-        part, cpu_seconds = await asyncio.to_thread(results.get, True, timeout)
-        sent.update(part)
-        cpu_publishers += cpu_seconds
-    publish_end = time.time()
+    measured = []
+    for number, phase in enumerate(phases):
+        cpu_before = {name: sum(tree_cpu_seconds(pid) for pid in pids) for name, pids in parts.items()}
+        wall = time.monotonic()
+        starts[number].set()
+        sent: dict = {}
+        cpu_publishers = 0.0
+        for _ in workers:
+            part, cpu_seconds = await asyncio.to_thread(results.get, True, timeout)
+            sent.update(part)
+            cpu_publishers += cpu_seconds
+        try:
+            await asyncio.wait_for(reached[number].wait(), timeout)
+        except TimeoutError:
+            print(f"{phase.name}: not every report had a receipt after {timeout:.0f} s", file=sys.stderr)
+        window = time.monotonic() - wall
+        cpu = {name: sum(tree_cpu_seconds(pid) for pid in pids) - cpu_before[name] for name, pids in parts.items()}
+        cpu["publishers (publishing only)"] = cpu_publishers
+        measured.append({"phase": phase, "sent": sent, "window": window, "cpu": cpu})
+        if not reached[number].is_set():
+            break
     receipts = await collector
-    window = time.monotonic() - wall
-    cpu = {name: sum(tree_cpu_seconds(pid) for pid in pids) - cpu_before[name] for name, pids in parts.items()}
-    cpu["publishers (publishing only)"] = cpu_publishers
-    persisted, lost, doubled = await ledger_counts(db_url, sent)
-    delays = latencies(sent, receipts)
-    first_publish = min(sent.values())
-    last_receipt = max(t for acks in receipts.values() for _, t in acks)
+    everything = {key: t for m in measured for key, t in m["sent"].items()}
+    persisted, lost, doubled = await ledger_counts(db_url, everything)
+    for m in measured:
+        sent = m["sent"]
+        m["latencies"] = latencies(sent, receipts)
+        first_publish, last_publish = min(sent.values()), max(sent.values())
+        covered = [arrived for node_id, acks in receipts.items() for last_seq, arrived in acks
+                   if last_seq >= m["phase"].last]  # fmt: skip
+        # per node, the first receipt covering the phase's last seq; the phase ends with the latest of those
+        first_covering = {}
+        for node_id, acks in receipts.items():
+            times = [arrived for last_seq, arrived in acks if last_seq >= m["phase"].last]
+            if times:
+                first_covering[node_id] = min(times)
+        m["elapsed"] = (max(first_covering.values()) if first_covering else max(covered, default=last_publish)) - first_publish
+        m["publish_s"] = last_publish - first_publish
     stats = httpx.get(f"{url}/api/v1/stats", timeout=10).json()
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
-    return {"sent": len(sent), "persisted": persisted, "lost": lost, "doubled": doubled,
-            "elapsed": last_receipt - first_publish, "publish_s": publish_end - first_publish, "window": window,
-            "latencies": delays, "cpu": cpu, "ingest": stats.get("ingest", {}),
-            "commit_latency": _histogram_summary(metrics)}  # fmt: skip
+    return {"phases": measured, "sent": len(everything), "persisted": persisted, "lost": lost, "doubled": doubled,
+            "ingest": stats.get("ingest", {}), "commit_latency": _histogram_summary(metrics)}  # fmt: skip
 
 
 def _histogram_summary(metrics: str) -> str:
@@ -305,19 +365,27 @@ def _histogram_summary(metrics: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volunteers", type=int, default=200)
-    parser.add_argument("--reports", type=int, default=20_000, help="reports in all (split evenly over volunteers)")
+    parser.add_argument("--reports", type=int, default=20_000, help="flood phase: reports in all (split evenly over volunteers)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="flood phase: offered load in reports/s, all publishers together (0: as fast as the broker takes them)")
+    parser.add_argument("--latency-rate", type=float, default=5000.0,
+                        help="steady phase: offered load in reports/s, whose p99 latency is reported (0: no steady phase)")
+    parser.add_argument("--latency-seconds", type=float, default=10.0, help="steady phase: how long it offers that load")
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
     parser.add_argument("--in-flight", type=int, default=100, help="unacknowledged publishes per publisher")
-    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the last receipt")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="offered load in reports/s, all publishers together (0: as fast as the broker takes them)")
-    parser.add_argument("--ingest-workers", type=int, default=0, help="the coordinator's --ingest-workers")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the last receipt of a phase")
+    parser.add_argument("--ingest-workers", default="0", help="the coordinator's --ingest-workers")
     parser.add_argument("--db", metavar="URL", help="the coordinator's --db (default: SQLite in the work dir)")
     parser.add_argument("--postgres", action="store_true", help="run the ledger on a throwaway PostgreSQL cluster")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the ledger and logs here")
     args = parser.parse_args()
+    if args.volunteers < 1 or args.publishers < 1 or args.publishers > args.volunteers:
+        parser.error("need at least one volunteer and one publisher, and no more publishers than volunteers")
+    if args.latency_rate < 0 or args.latency_seconds <= 0:
+        parser.error("--latency-rate must be 0 or more and --latency-seconds above 0")
     exit_on_sigterm()
-    options = (args.volunteers, args.reports, args.publishers, args.in_flight, args.timeout, args.ingest_workers, args.rate)
+    options = (args.volunteers, args.reports, args.publishers, args.in_flight, args.timeout, args.ingest_workers,
+               args.rate, args.latency_rate, args.latency_seconds)  # fmt: skip
     try:
         with contextlib.ExitStack() as stack:
             if args.keep:
@@ -333,20 +401,32 @@ def main() -> None:
             r = run(work, *options, db_url=db_url)
     except MosquittoMissing as e:
         sys.exit(str(e))
-    rate = r["persisted"] / r["elapsed"] if r["elapsed"] > 0 else 0.0
-    p50, p99 = percentile(r["latencies"], 0.50), percentile(r["latencies"], 0.99)
-    cpu = r["cpu"]
     print(f"reports:     {r['sent']:,} published by {args.publishers} process(es), {r['persisted']:,} persisted, "
-          f"{r['lost']} lost, {r['doubled']} doubled")
-    print(f"throughput:  {rate:,.0f} reports/s persisted (first publish → last receipt {r['elapsed']:.1f} s); "
-          f"publishing alone took {r['publish_s']:.1f} s ({r['sent'] / max(r['publish_s'], 1e-9):,.0f}/s)")
-    print(f"latency:     publish → receipt p50 {p50:.2f} s, p99 {p99:.2f} s; coordinator received → committed: "
-          f"{r['commit_latency']}")
-    print(f"CPU seconds over {r['window']:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
-          + f" (of {psutil.cpu_count()} cores)")
-    print(f"ingest counters: {dict(Counter(r['ingest']))}")
-    print(json.dumps({"reports_per_s": round(rate, 1), "p99_latency_s": round(p99, 3), "lost": r["lost"],
-                      "doubled": r["doubled"]}))  # fmt: skip
+          f"{r['lost']} lost, {r['doubled']} doubled; load average {os.getloadavg()[0]:.1f} at the end")
+    summary = {"reports_per_s": 0.0, "p99_latency_s": float("nan"), "offered_rate": 0.0}
+    for m in r["phases"]:
+        phase, sent = m["phase"], m["sent"]
+        rate = len(sent) / m["elapsed"] if m["elapsed"] > 0 else 0.0
+        offered = len(sent) / m["publish_s"] if m["publish_s"] > 0 else 0.0
+        p50, p99 = percentile(m["latencies"], 0.50), percentile(m["latencies"], 0.99)
+        print(f"{phase.name}:{' ' * (11 - len(phase.name))}{len(sent):,} reports offered at {offered:,.0f}/s"
+              + (f" (target {phase.rate:,.0f}/s)" if phase.rate else "")
+              + f", {rate:,.0f}/s persisted (first publish → last receipt {m['elapsed']:.1f} s); publish → receipt"
+              f" p50 {p50:.3f} s, p99 {p99:.3f} s, max {max(m['latencies'], default=float('nan')):.3f} s")  # fmt: skip
+        print(f"             CPU seconds over {m['window']:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in m["cpu"].items())
+              + f" (of {psutil.cpu_count()} cores); coordinator {m['cpu']['coordinator'] / max(len(sent), 1) * 1e6:.0f} us/report")
+        if phase.name == "flood":
+            summary["reports_per_s"] = round(rate, 1)
+            if len(r["phases"]) == 1:  # no steady phase: the flood's latency, as before
+                summary["p99_latency_s"] = round(p99, 3)
+                summary["offered_rate"] = round(offered, 1)
+        else:
+            summary["p99_latency_s"], summary["offered_rate"] = round(p99, 3), round(offered, 1)
+            if offered < 0.95 * phase.rate:
+                print(f"WARNING: the publishers offered only {offered:,.0f} of the {phase.rate:,.0f} reports/s asked"
+                      " (the machine is too busy?): p99 is at that load", file=sys.stderr)  # fmt: skip
+    print(f"coordinator received → committed: {r['commit_latency']}; ingest counters: {dict(Counter(r['ingest']))}")
+    print(json.dumps({**summary, "lost": r["lost"], "doubled": r["doubled"]}))
 
 
 if __name__ == "__main__":
