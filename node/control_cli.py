@@ -96,8 +96,8 @@ def status_table(answer: dict):
 
     from node.accounting import traffic_summary
 
-    if "training" not in answer:  # between swarms (node/host.py)
-        return _host_table(answer["host"])
+    if "host" in answer:  # between swarms, or joining one (node/host.py)
+        return _host_table(answer["host"], answer.get("swarm"))
     training, reporting, credit = answer["training"], answer["reporting"], answer.get("credit") or {}
     resources = answer.get("resources") or {}
     rules = ", ".join(f"{key}={value}" for key, value in answer["policy"].items() if value not in (None, False))
@@ -129,13 +129,14 @@ def status_table(answer: dict):
     return table
 
 
-def _host_table(host: dict):
+def _host_table(host: dict, swarm: str | None):
     from rich.table import Table
 
     table = Table(title="Hearth node", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    for label, value in (("state", host["state"]), ("process", host["pid"]), ("last run ended with", host.get("last_error"))):
+    rows = (("state", host["state"]), ("swarm", swarm), ("process", host["pid"]), ("last run ended with", host.get("last_error")))
+    for label, value in rows:
         if value is not None:
             table.add_row(label, str(value))
     return table

@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Optional
 
 from node import warmup
@@ -20,6 +20,7 @@ from node.control import ControlError, ControlServer, socket_path
 from node.daemon import NodeError, run_node
 from node.settings import NO_URL
 from node.tls import trust_process_wide
+from node.trainer import TrainingStats
 
 logger = logging.getLogger(__name__)
 WAITING = "waiting for `hearth join`"
@@ -108,7 +109,11 @@ class NodeHost:
                 **dict.fromkeys(("pause", "resume", "snooze"), self._not_training)}  # fmt: skip
 
     def _status(self, request: dict) -> dict:
-        return {"host": {"state": self.state, "pid": os.getpid(), "last_error": self.last_error}, "time": time.time()}
+        """Between runs, or while joining: the run's status keys (nothing trained yet) and the host's state."""
+        training = asdict(TrainingStats(state=self.state))
+        training.pop("group_sizes")
+        return {"host": {"state": self.state, "pid": os.getpid(), "last_error": self.last_error},
+                "swarm": self._swarm, "training": training, "time": time.time()}  # fmt: skip
 
     def _join(self, request: dict) -> dict:
         try:

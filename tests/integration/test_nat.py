@@ -28,7 +28,8 @@ def test_an_unreachable_node_runs_in_client_mode_and_still_averages(coordinator,
     nodes.start(coordinator.url, "pia", *common)
     nodes.start(coordinator.url, "nat", *common, "--port", str(free_port()), "--announce-host", "127.0.0.2")
 
-    nat_status = wait_until(lambda: _status(nodes, "nat"), 120, what="nat's control socket")
+    nat_status = wait_until(lambda: (answer := _status(nodes, "nat")) and "reachability" in answer and answer, 120,
+                            what="nat to train")  # fmt: skip
     assert nat_status["reachability"].startswith("client mode (not reachable: could not dial"), nat_status
 
     for name, process in nodes.processes.items():

@@ -39,7 +39,7 @@ def test_join_hands_swarms_to_the_running_node(coordinator, swarm, nodes):
     wait_until(lambda: _status(data_dir).get("host", {}).get("state", "").startswith("waiting"), 120,
                what="the node to wait for a join")  # fmt: skip
     worker = psutil.Process(daemon.pid).children()[0]
-    assert "training" not in _status(data_dir)  # nothing runs before the join
+    assert _status(data_dir)["swarm"] is None  # nothing runs before the join
 
     said = _join(coordinator, swarm["swarm_id"], data_dir)
     assert f"(pid {worker.pid}) joins {swarm['swarm_id']}" in said
