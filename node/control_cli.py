@@ -1,7 +1,6 @@
 """`hearth node start|status|pause|resume|snooze|stop`: control of the node running on this PC through its
 local control socket. Imports neither torch nor hivemind."""
 
-import os
 import re
 import subprocess
 import sys
@@ -43,8 +42,9 @@ def register(group: click.Group) -> None:
 
 @click.command()
 @click.option("--detach", is_flag=True, help="Run in the background; its log goes to node.log in the data dir.")
+@click.option("--view", type=click.Choice(["live", "log", "quiet"]), help="Live table, a log line per epoch, or nothing.")
 @click.pass_context
-def start(ctx: click.Context, detach: bool) -> None:
+def start(ctx: click.Context, detach: bool, view: str | None) -> None:
     """Start the node with your saved settings (`hearth node config`) and keep it running: it trains in the saved
     coordinator's swarm if there is one, and takes the swarms you give it with `hearth join` within seconds."""
     import json
@@ -54,16 +54,15 @@ def start(ctx: click.Context, detach: bool) -> None:
     from node.settings import NO_URL
 
     try:
-        config = _load_settings().config(require_url=False)
+        config = _load_settings(view=view).config(require_url=False)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if detach:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = config.data_dir / "node.log"
         with open(log_path, "ab") as log:
-            child = subprocess.Popen([sys.executable, "-m", "hearth", "node", "start"], stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=log, start_new_session=True,
-                                     env={**os.environ, "HEARTH_VIEW": "log"})  # fmt: skip
+            child = subprocess.Popen([sys.executable, "-m", "hearth", "node", "start", "--view", "log"],
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)  # fmt: skip
         click.echo(f"Hearth node started in the background (pid {child.pid}); log: {log_path}")
         click.echo("See it with `hearth node status`; stop it with `hearth node stop`.")
         return

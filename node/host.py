@@ -23,7 +23,7 @@ from node.tls import trust_process_wide
 from node.trainer import TrainingStats
 
 logger = logging.getLogger(__name__)
-WAITING = "waiting for `hearth join`"
+WAITING = "waiting for `hearth join URL`"
 
 
 class NodeHost:
@@ -69,7 +69,7 @@ class NodeHost:
                 self.state = WAITING
                 self._wake.clear()
             if waiting and self.view != "quiet":
-                print(f"Hearth node ready (pid {os.getpid()}): {WAITING} URL.", file=sys.stderr, flush=True)
+                print(f"Hearth node ready (pid {os.getpid()}): {WAITING}.", file=sys.stderr, flush=True)
             self._wake.wait()
 
     def _run(self, config: NodeConfig) -> int:

@@ -5,8 +5,9 @@ volunteer runs next (node/service_cli.py prints them). The platform, the home di
 are parameters, so both platforms' files can be built and checked on any machine. Imports neither torch nor
 hivemind.
 
-The service runs `python -m hearth join --view log` with the interpreter that installed it and no URL, so it
-reads the saved settings like `hearth node start`, and logs a line per epoch (to the journal on Linux).
+The service runs `python -m hearth node start --view log` with the interpreter that installed it: a node that keeps
+running with the saved settings, trains in the saved coordinator's swarm, takes other swarms from `hearth join`
+within seconds, and logs a line per epoch (to the journal on Linux).
 """
 
 import os
@@ -104,7 +105,7 @@ def overridden_settings(environ: Mapping[str, str] = os.environ) -> list[str]:
 def service_argv(python: str = sys.executable) -> list[str]:
     if not python or not os.path.isabs(python):
         raise ServiceError(f"cannot tell which Python runs Hearth (sys.executable is {python!r})")
-    return [python, "-m", "hearth", "join", "--view", "log"]
+    return [python, "-m", "hearth", "node", "start", "--view", "log"]
 
 
 def systemd_unit(argv: list[str], environment: Mapping[str, str]) -> str:
@@ -119,7 +120,7 @@ def systemd_unit(argv: list[str], environment: Mapping[str, str]) -> str:
         *(f"Environment={_systemd_word(f'{name}={value}')}" for name, value in sorted(environment.items())),
         "Restart=on-failure",
         f"RestartSec={RESTART_SECONDS}",
-        "# mixed, not control-group: `hearth join` is a supervisor that forwards ONE SIGINT to the worker, which",
+        "# mixed, not control-group: `hearth node start` is a supervisor that forwards ONE SIGINT to the worker, which",
         "# then stops gracefully, ends hivemind's helpers itself and exits. control-group would signal every",
         "# process of the unit at once: the worker would get a second SIGINT (its 'Ctrl+C twice: force stop')",
         "# and hivemind's helpers and p2pd would die under it. mixed sends KillSignal to the supervisor only and",

@@ -46,7 +46,7 @@ def install_service(coordinator_url: str | None, force: bool, print_only: bool, 
         raise click.ClickException(str(e)) from None
     done = {"new": "Installed", "replace": "Replaced", "same": "Already installed, unchanged:"}[outcome]
     click.echo(f"{done} {built.path}")
-    click.echo(f"It runs: hearth join --view log, with the settings in {config_file}.")
+    click.echo(f"It runs: hearth node start --view log, with the settings in {config_file}.")
     for line in service.next_steps(built, outcome):
         click.echo(line)
     ignored = service.overridden_settings()

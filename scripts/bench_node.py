@@ -5,7 +5,10 @@ Everything is measured on one volunteer node, as on a volunteer's PC: the measur
 the coordinator) runs on the remaining cores, as it would run elsewhere.
 
 - join_to_first_step_s: from starting `hearth join` next to the peer that already trains, to the volunteer's
-  first optimizer step: start-up, DHT, reachability check, registration and the download of the swarm's state.
+  first optimizer step: DHT, reachability check, registration and the download of the swarm's state. The volunteer's
+  node is already running (`hearth node start`, as its service would keep it), so `hearth join` hands it the swarm.
+- cold_join_to_first_step_s: the same with no node running, so that `hearth join` starts one: Python's imports of
+  torch, hivemind and torch._dynamo (imports_s, measured alone) come first.
 - node_vs_plain: the volunteer's samples/s in the 2-peer swarm (reporting on) divided by samples/s of the task's
   plain torch loop (same model, batch and threads) on the same core, while a second plain loop keeps the other
   cores as busy. Like the node, whose optimizer steps once per epoch, the plain loop accumulates gradients and
@@ -137,20 +140,36 @@ def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: s
         env = {**os.environ, "HEARTH_CONFIG": str(work / "none.toml")}
         launched = {}
 
-        def join(name: str, cores: set[int]) -> None:
+        def join_argv(name: str) -> list[str]:
+            return hearth("-v", "join", url, "--swarm", "bench", "--name", name, "--data-dir", str(work / name),
+                          "--threads", "1", "--view", "log")  # fmt: skip
+
+        def join(name: str, cores: set[int], process: str = "node") -> None:
             launched[name] = time.time()
-            node_log = open(work / f"{name}.log", "w")
-            nodes[name] = spawn_group(hearth("-v", "join", url, "--swarm", "bench", "--name", name, "--data-dir",
-                                             str(work / name), "--threads", "1", "--view", "log"),
-                                      env=env, stdout=node_log, stderr=node_log, preexec_fn=pinned_to(cores))  # fmt: skip
+            node_log = open(work / f"{name}-{process}.log", "w")
+            nodes[name] = spawn_group(join_argv(name), env=env, stdout=node_log, stderr=node_log,
+                                      preexec_fn=pinned_to(cores))  # fmt: skip
+
+        def seconds_to_first_step(name: str) -> float:
+            return wait_until(lambda: _first_step(work / name), 180, what=f"the {name}'s first step") - launched[name]
 
         # "peer" is the rest of the swarm, on the other cores; "volunteer" joins it on its own core and is measured.
         join("peer", others)
         wait_until(lambda: _first_step(work / "peer"), 180, what="the peer's first step")
         imports_seconds = import_seconds(volunteer)
-        join("volunteer", volunteer)
-        join_seconds = wait_until(lambda: _first_step(work / "volunteer"), 180,
-                                  what="the volunteer's first step") - launched["volunteer"]  # fmt: skip
+        join("volunteer", volunteer, "cold")  # no node running yet: `hearth join` starts one
+        cold_join_seconds = seconds_to_first_step("volunteer")
+        stop_group(nodes.pop("volunteer"), grace=30)
+        # The volunteer's node kept running (`hearth node start`, as a service would), handed the swarm by `hearth join`
+        node_log = open(work / "volunteer-node.log", "w")
+        nodes["volunteer"] = spawn_group(hearth("-v", "node", "start"), stdout=node_log, stderr=node_log,
+                                         env={**env, "HEARTH_DATA_DIR": str(work / "volunteer"), "HEARTH_THREADS": "1",
+                                              "HEARTH_VIEW": "log"},
+                                         preexec_fn=pinned_to(volunteer))  # fmt: skip
+        wait_until(lambda: _waiting(work / "volunteer"), 180, what="the volunteer's node to wait for a join")
+        launched["volunteer"] = time.time()
+        subprocess.run(join_argv("volunteer"), env=env, check=True, capture_output=True, preexec_fn=pinned_to(volunteer))
+        join_seconds = seconds_to_first_step("volunteer")
         # Contributed samples grow when an epoch closes: measure from one epoch boundary to another, so the
         # window holds whole epochs, their averaging rounds included.
         def epoch_closed_after(epoch: int) -> dict:
@@ -173,13 +192,21 @@ def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: s
         time.sleep(10)  # measurement window
         paused_fraction = (tree_cpu_seconds(worker.pid) - cpu) / (time.monotonic() - wall)
         plain_after = plain_throughput(PLAIN_SECONDS, volunteer, others)  # the volunteer is paused: its core is free
-        return {"node_rate": node_rate, "join_to_first_step_s": join_seconds, "imports_s": imports_seconds,
+        return {"node_rate": node_rate, "join_to_first_step_s": join_seconds, "cold_join_seconds": cold_join_seconds,
+                "imports_s": imports_seconds,
                 "paused_cpu_core_fraction": paused_fraction, "epoch_reached": training["epoch"],
                 "plain_after": plain_after, "cpu_shares": cpu_shares}  # fmt: skip
     finally:
         for process in nodes.values():
             stop_group(process, grace=30)
         stop_group(coordinator, grace=30)
+
+
+def _waiting(data_dir: Path) -> bool:
+    try:
+        return status(data_dir)["host"]["state"].startswith("waiting")
+    except Exception:
+        return False
 
 
 def _first_step(data_dir: Path):
@@ -219,10 +246,12 @@ def main() -> None:
           f"target batch {target_batch_size:,} ≈ {args.epoch_seconds:.0f} s epochs, reached epoch {node['epoch_reached']})")
     shares = ", ".join(f"{role} {share:.3f}" for role, share in node["cpu_shares"].items())
     print(f"volunteer's CPU in the window, in cores: {shares}")
-    print(f"join:             {node['join_to_first_step_s']:.1f} s to the first step, of which Python needs "
-          f"{node['imports_s']:.1f} s just to import torch, hivemind and torch._dynamo on this core")
+    print(f"join:             {node['join_to_first_step_s']:.1f} s to the first step when `hearth join` hands the swarm to "
+          f"the running node (`hearth node start`); {node['cold_join_seconds']:.1f} s when it starts the node, of which "
+          f"Python needs {node['imports_s']:.1f} s just to import torch, hivemind and torch._dynamo on this core")
     result = {"node_vs_plain": round(node["node_rate"] / plain, 3),
               "join_to_first_step_s": round(node["join_to_first_step_s"], 2),
+              "cold_join_to_first_step_s": round(node["cold_join_seconds"], 2),
               "paused_cpu_core_fraction": round(node["paused_cpu_core_fraction"], 4),
               "imports_s": round(node["imports_s"], 2)}  # fmt: skip
     print(json.dumps(result))

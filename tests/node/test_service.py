@@ -17,7 +17,7 @@ from node.cli import node
 from tests.conftest import run_hearth
 
 URL = "http://127.0.0.1:8000"
-EXEC_START = f"ExecStart={sys.executable} -m hearth join --view log"
+EXEC_START = f"ExecStart={sys.executable} -m hearth node start --view log"
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def test_macos_launch_agent(home):
     with plist_path(home).open("rb") as file:
         agent = plistlib.load(file)
     assert agent["Label"] == "org.hearth.node"
-    assert agent["ProgramArguments"] == [sys.executable, "-m", "hearth", "join", "--view", "log"]
+    assert agent["ProgramArguments"] == [sys.executable, "-m", "hearth", "node", "start", "--view", "log"]
     assert agent["RunAtLoad"] is True and agent["KeepAlive"] == {"SuccessfulExit": False}
     assert agent["ProcessType"] == "Background" and agent["LowPriorityIO"] is True and agent["Nice"] == 10
     assert agent["EnvironmentVariables"]["HEARTH_CONFIG"] == os.environ["HEARTH_CONFIG"]
@@ -169,7 +169,7 @@ def test_the_hearth_command_installs_the_unit(home):
 
 def test_odd_interpreter_paths_are_quoted_or_refused():
     unit = service.systemd_unit(service.service_argv("/opt/my py%/bin/python"), {"HEARTH_CONFIG": "/c d/%h.toml"})
-    assert 'ExecStart="/opt/my py%%/bin/python" -m hearth join --view log' in unit
+    assert 'ExecStart="/opt/my py%%/bin/python" -m hearth node start --view log' in unit
     assert 'Environment="HEARTH_CONFIG=/c d/%%h.toml"' in unit
     with pytest.raises(service.ServiceError, match="quote or a backslash"):
         service.systemd_unit(service.service_argv('/opt/a"b/python'), {})
