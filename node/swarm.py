@@ -249,14 +249,15 @@ class SwarmMember:
         warmup.finish()  # the DHT process is forked
         settings = self.settings
         if settings.client_mode:
-            # No identity check: it would dial this identity's last (unreachable) address and wait for a timeout;
-            # node/instance.py already keeps a second node off the same identity.
-            network = dict(host_maddrs=[f"/ip4/{settings.host}/tcp/0"], use_relay=True, use_auto_relay=True,
-                           check_if_identity_free=False)  # fmt: skip
+            network = dict(host_maddrs=[f"/ip4/{settings.host}/tcp/0"], use_relay=True, use_auto_relay=True)
         else:
             announce = [f"/ip4/{settings.announce_host}/tcp/{settings.port}"] if settings.announce_host else None
             network = dict(host_maddrs=[f"/ip4/{settings.host}/tcp/{settings.port}"], announce_maddrs=announce)
         return DHT(
+            # No identity check: it starts a second p2pd to dial this identity (~1-2 s of every join; in client mode
+            # it waits for a timeout on the last, unreachable address) and did not catch a second live peer when
+            # measured (FACTS.md). node/instance.py keeps a second node off the same identity on this PC.
+            check_if_identity_free=False,
             initial_peers=list(self.manifest.initial_peers),
             client_mode=settings.client_mode,
             identity_path=str(settings.identity_path) if settings.identity_path else None,
