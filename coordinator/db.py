@@ -251,15 +251,32 @@ def create_engine(url: str, **options) -> AsyncEngine:
                          f"(e.g. sqlite+aiosqlite:///ledger.sqlite3 or postgresql+asyncpg://user@host/db)") from None  # fmt: skip
     if engine.dialect.name == "sqlite":
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
 
     return engine
+
+
+def sync_engine(engine: AsyncEngine):
+    """A synchronous engine (the standard library's sqlite3) on the same SQLite file as `engine`, with the same
+    pragmas: for work that runs whole in one worker thread (Ledger.write). One connection, kept: its prepared
+    statements are reused batch after batch; NullPool would reopen the file and re-run the pragmas each time."""
+    from sqlalchemy import create_engine as create_sync_engine
+    from sqlalchemy.pool import SingletonThreadPool, StaticPool
+
+    url = engine.url.set(drivername="sqlite+pysqlite")
+    memory = url.database in (None, "", ":memory:")
+    sync = create_sync_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                              poolclass=SingletonThreadPool if memory else StaticPool)  # fmt: skip
+    event.listen(sync, "connect", _sqlite_pragmas)
+    return sync
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
 
 
 async def create_schema(engine: AsyncEngine) -> None:
@@ -332,10 +349,11 @@ class DriverStatement:
                     row[i] = done
         return [tuple(row) for row in out]
 
-    async def run(self, conn, rows) -> None:
-        """executemany of `rows` on `conn` (an AsyncConnection, inside the caller's transaction)."""
+    def run(self, conn, rows) -> None:
+        """executemany of `rows` on `conn` (a synchronous Connection, e.g. in AsyncConnection.run_sync), in the
+        caller's transaction."""
         if rows:
-            await conn.exec_driver_sql(self.sql, self.rows(rows))
+            conn.exec_driver_sql(self.sql, self.rows(rows))
 
 
 _driver_statements: dict[tuple[str, str, str], DriverStatement] = {}

@@ -12,8 +12,10 @@ a report written with status 'pending' (e.g. waiting for its epoch to be confirm
 volunteer's pending credit, until `grant_pending` grants it.
 """
 
+import asyncio
 import logging
 import time
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -76,6 +78,7 @@ class Ledger:
         self.engine = engine
         self.nodes: dict[str, NodeInfo] = {}
         self.swarms: dict[str, SwarmInfo] = {}
+        self._sync_engine = None  # SQLite: the one `write` uses (db.sync_engine), made at the first write
 
     async def load(self) -> None:
         """Fill the caches the ingest loop reads synchronously (node keys, sequence numbers, swarms)."""
@@ -151,26 +154,27 @@ class Ledger:
 
     async def write(self, batch: Batch, now: Optional[datetime] = None) -> None:
         """Write reports (pending, then granted with their grant rows and totals), rejections and presence
-        updates in one transaction: all of it or none of it."""
+        updates in one transaction: all of it or none of it.
+
+        On SQLite the whole transaction runs in one worker thread on a plain sqlite3 connection of its own
+        (db.sync_engine): through aiosqlite every statement is a round trip between threads (~0.5 ms of CPU
+        each, a dozen per batch), which at moderate load cost more than the SQL. PostgreSQL runs it on the
+        async engine (asyncpg is a network round trip per statement either way)."""
         if not batch:
             return
         now = now or utcnow()
-        dialect = self.engine.dialect.name
-        async with self.engine.begin() as conn:
-            if batch.grants:
-                # each report is inserted with its final status: granted, pending, or refused (verified and
-                # sequenced, but e.g. a second report of one epoch)
-                await _receive(conn, batch.grants)
-                await _bump_sequences(conn, batch.grants)
-                granted = [r for r in batch.grants if r.get("status", "granted") == "granted"]
-                if granted:
-                    await _grant_received(conn, granted, now)
-                    await _add_totals(conn, dialect, granted, now)
-                await _add_pending(conn, [r for r in batch.grants if r.get("status", "granted") == "pending"], +1)
-            if batch.rejections:
-                await conn.execute(insert(db.rejected_messages), batch.rejections)
-            for node_id, values in batch.statuses.items():
-                await conn.execute(update(db.nodes).where(db.nodes.c.node_id == node_id).values(**values))
+        if self.engine.dialect.name == "sqlite":
+            if self._sync_engine is None:
+                self._sync_engine = db.sync_engine(self.engine)
+                weakref.finalize(self, self._sync_engine.dispose)  # its one connection closes with the ledger
+            await asyncio.to_thread(self._write_sync, batch, now)
+        else:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(_write_batch, batch, now)
+
+    def _write_sync(self, batch: Batch, now: datetime) -> None:
+        with self._sync_engine.begin() as conn:
+            _write_batch(conn, batch, now)
 
     async def grant_pending(self, report_ids: list[int], now: Optional[datetime] = None) -> int:
         """Grant stored pending reports (those of `report_ids` still pending), in one transaction; how many."""
@@ -180,8 +184,8 @@ class Ledger:
                 .with_for_update()
             )).mappings()]  # fmt: skip
             if rows:
-                await _grant(conn, self.engine.dialect.name, [(r["id"], r) for r in rows], now or utcnow())
-                await _add_pending(conn, rows, -1)
+                await conn.run_sync(_grant, [(r["id"], r) for r in rows], now or utcnow())
+                await conn.run_sync(_add_pending, rows, -1)
         return len(rows)
 
     async def last_epoch(self, node_id: str, swarm_id: str) -> int:
@@ -207,7 +211,7 @@ class Ledger:
             granted = [(r["id"], {**r, "samples": grants[r["id"]][0], "credit": grants[r["id"]][1]})
                        for r in rows if r["id"] in grants]  # fmt: skip
             if granted:
-                await _grant(conn, self.engine.dialect.name, granted, now or utcnow())
+                await conn.run_sync(_grant, granted, now or utcnow())
                 await conn.execute(
                     update(db.reports).where(db.reports.c.id == bindparam("rid"))
                     .values(credit=bindparam("c"), reason=bindparam("why")),
@@ -220,7 +224,7 @@ class Ledger:
                     .values(status="rejected", reason=bindparam("why")),
                     [{"rid": r["id"], "why": rejections[r["id"]][:64]} for r in refused],
                 )  # fmt: skip
-            await _add_pending(conn, rows, -1)
+            await conn.run_sync(_add_pending, rows, -1)
         return len(rows)
 
 
@@ -253,18 +257,36 @@ def _statement(conn, key: str, build) -> db.DriverStatement:
     return db.driver_statement(key, conn.dialect, build)
 
 
-async def _receive(conn, reports: list[dict]) -> None:
+def _write_batch(conn, batch: Batch, now: datetime) -> None:
+    """Ledger.write's transaction, on a synchronous Connection."""
+    if batch.grants:
+        # each report is inserted with its final status: granted, pending, or refused (verified and
+        # sequenced, but e.g. a second report of one epoch)
+        _receive(conn, batch.grants)
+        _bump_sequences(conn, batch.grants)
+        granted = [r for r in batch.grants if r.get("status", "granted") == "granted"]
+        if granted:
+            _grant_received(conn, granted, now)
+            _add_totals(conn, granted, now)
+        _add_pending(conn, [r for r in batch.grants if r.get("status", "granted") == "pending"], +1)
+    if batch.rejections:
+        conn.execute(insert(db.rejected_messages), batch.rejections)
+    for node_id, values in batch.statuses.items():
+        conn.execute(update(db.nodes).where(db.nodes.c.node_id == node_id).values(**values))
+
+
+def _receive(conn, reports: list[dict]) -> None:
     """Append the reports with their status (default 'granted') and reason, in one executemany."""
     statement = _statement(conn, "receive", lambda: (
         insert(db.reports).values({c: bindparam(c) for c in _REPORT_COLUMNS}).inline(), _REPORT_COLUMNS))  # fmt: skip
-    await statement.run(conn, [
+    statement.run(conn, [
         (r["node_id"], r["volunteer_id"], r["swarm_id"], r["seq"], r["epoch"], r["samples"], r["compute_seconds"],
          r["device"], r["loss"], r["group_size"], r.get("status", "granted"), r.get("reason"), r["credit"],
          r.get("bytes_sent"), r.get("bytes_received"), r["received_at"]) for r in reports
     ])  # fmt: skip
 
 
-async def _grant_received(conn, reports: list[dict], now: datetime) -> None:
+def _grant_received(conn, reports: list[dict], now: datetime) -> None:
     """A grant row for each report just inserted granted, found by its (node, seq), which is unique: no ids
     need to come back from the insert (RETURNING made SQLAlchemy build and process a dict per row)."""
     def build():
@@ -274,22 +296,22 @@ async def _grant_received(conn, reports: list[dict], now: datetime) -> None:
             r.c.node_id == bindparam("node", type_=r.c.node_id.type), r.c.seq == bindparam("seq", type_=r.c.seq.type))  # fmt: skip
         return insert(g).from_select(["report_id", "rule", "credit", "granted_at"], found).inline(), ("rule", "now", "node", "seq")
 
-    await _statement(conn, "grant_received", build).run(conn, [(CREDIT_RULE, now, r["node_id"], r["seq"]) for r in reports])
+    _statement(conn, "grant_received", build).run(conn, [(CREDIT_RULE, now, r["node_id"], r["seq"]) for r in reports])
 
 
-async def _grant(conn, dialect: str, granted: list[tuple[int, dict]], now: datetime) -> None:
+def _grant(conn, granted: list[tuple[int, dict]], now: datetime) -> None:
     """One grant row per stored report (rule and credit), the reports marked granted, and the totals upserted."""
-    await conn.execute(
+    conn.execute(
         insert(db.grants),
         [{"report_id": i, "rule": CREDIT_RULE, "credit": r["credit"], "granted_at": now} for i, r in granted],
     )
-    await conn.execute(
+    conn.execute(
         update(db.reports).where(db.reports.c.id.in_([i for i, _ in granted])).values(status="granted", reason=None)
     )
-    await _add_totals(conn, dialect, [r for _, r in granted], now)
+    _add_totals(conn, [r for _, r in granted], now)
 
 
-async def _bump_sequences(conn, grants: list[dict]) -> None:
+def _bump_sequences(conn, grants: list[dict]) -> None:
     latest: dict[str, int] = {}
     for grant in grants:
         latest[grant["node_id"]] = max(latest.get(grant["node_id"], 0), grant["seq"])
@@ -297,10 +319,10 @@ async def _bump_sequences(conn, grants: list[dict]) -> None:
     statement = _statement(conn, "bump_sequences", lambda: (
         update(nodes).where(nodes.c.node_id == bindparam("node"), nodes.c.last_seq < bindparam("seq"))
         .values(last_seq=bindparam("seq")), ("node", "seq")))  # fmt: skip
-    await statement.run(conn, sorted(latest.items()))  # one executemany, not a statement per node
+    statement.run(conn, sorted(latest.items()))  # one executemany, not a statement per node
 
 
-async def _add_pending(conn, reports: list[dict], sign: int) -> None:
+def _add_pending(conn, reports: list[dict], sign: int) -> None:
     """Count reports into (+1) or out of (−1) their volunteers' pending credit."""
     sums: dict[int, list] = defaultdict(lambda: [0.0, 0])
     for r in reports:
@@ -309,7 +331,7 @@ async def _add_pending(conn, reports: list[dict], sign: int) -> None:
     if not sums:
         return
     t = db.volunteer_totals
-    await conn.execute(
+    conn.execute(
         update(t).where(t.c.volunteer_id == bindparam("v"))
         .values(pending_credit=t.c.pending_credit + bindparam("c"), pending_reports=t.c.pending_reports + bindparam("n")),
         [{"v": v, "c": c, "n": n} for v, (c, n) in sorted(sums.items())],
@@ -322,10 +344,10 @@ def _seconds(value: Optional[datetime]) -> Optional[float]:
     return (value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value).timestamp()
 
 
-async def _add_totals(conn, dialect: str, grants: list[dict], now: datetime) -> None:
+def _add_totals(conn, grants: list[dict], now: datetime) -> None:
     """Upsert node, volunteer, team and swarm totals for `grants` (in the caller's transaction)."""
     volunteer_ids = {g["volunteer_id"] for g in grants}
-    teams = dict((await conn.execute(
+    teams = dict((conn.execute(
         select(db.volunteers.c.id, db.volunteers.c.team).where(db.volunteers.c.id.in_(volunteer_ids))
     )).all())  # fmt: skip
     tables = (db.node_totals, db.volunteer_totals, db.team_totals, db.swarm_totals)
@@ -347,20 +369,20 @@ async def _add_totals(conn, dialect: str, grants: list[dict], now: datetime) -> 
                     total[3] = at
     for table, table_sums in zip(tables, sums):
         if table_sums:
-            await _upsert_totals(conn, dialect, table, table_sums, now)
+            _upsert_totals(conn, table, table_sums, now)
 
 
-async def _upsert_totals(conn, dialect: str, table, sums: dict[Any, list], now: datetime) -> None:
+def _upsert_totals(conn, table, sums: dict[Any, list], now: datetime) -> None:
     """Lock and read the rows' RAC (creating the missing ones first), then add the sums and the new RAC in one
     executemany. Rows are taken in key order, so concurrent writers (replicas on one PostgreSQL) cannot deadlock."""
     key = table.primary_key.columns.values()[0]
     sums = dict(sorted(sums.items()))
-    current = await _lock_totals(conn, table, key, list(sums))
+    current = _lock_totals(conn, table, key, list(sums))
     missing = [k for k in sums if k not in current]
     if missing:  # a first grant: the row is created, then locked and read like the others
-        await conn.execute(db.upsert(dialect, table).on_conflict_do_nothing(index_elements=[key]),
+        conn.execute(db.upsert(conn.dialect.name, table).on_conflict_do_nothing(index_elements=[key]),
                            [{key.name: k} for k in missing])  # fmt: skip
-        current.update(await _lock_totals(conn, table, key, missing))
+        current.update(_lock_totals(conn, table, key, missing))
     at = now.timestamp()
     statement = _statement(conn, f"add_totals:{table.name}", lambda: (
         update(table).where(key == bindparam("k")).values(
@@ -368,15 +390,15 @@ async def _upsert_totals(conn, dialect: str, table, sums: dict[Any, list], now: 
             reports=table.c.reports + bindparam("n"), last_report_at=bindparam("last"), rac=bindparam("rac"),
             rac_updated_at=bindparam("rac_at"),
         ), ("k", "c", "s", "n", "last", "rac", "rac_at")))  # fmt: skip
-    await statement.run(conn, [
+    statement.run(conn, [
         (k, float(credit), samples, reports, last, recent_average(*current[k], credit, at), now)
         for k, (credit, samples, reports, last) in sums.items()
     ])  # fmt: skip
 
 
-async def _lock_totals(conn, table, key, keys: list) -> dict[Any, tuple[float, Optional[float]]]:
+def _lock_totals(conn, table, key, keys: list) -> dict[Any, tuple[float, Optional[float]]]:
     """{key: (rac, rac_updated_at in POSIX seconds)} of the rows that exist, locked for this transaction."""
-    rows = await conn.execute(
+    rows = conn.execute(
         select(key, table.c.rac, table.c.rac_updated_at).where(key.in_(keys)).order_by(key).with_for_update()
     )
     return {row[0]: (row[1], _seconds(row[2])) for row in rows}

@@ -287,6 +287,15 @@ def run(work: Path, volunteers: int, reports: int, publishers: int, in_flight: i
             stop_group(coordinator, grace=30)
 
 
+def _cpu_seconds(broker, coordinator) -> dict[str, float]:
+    """CPU seconds so far of Mosquitto, the coordinator's own process and its children (ingest workers and
+    whatever else it started)."""
+    main = psutil.Process(coordinator.pid).cpu_times()
+    children = tree_cpu_seconds(coordinator.pid) - main.user - main.system
+    return {"mosquitto": tree_cpu_seconds(broker.process.pid), "coordinator": main.user + main.system,
+            "coordinator's children": children}
+
+
 class Phase(NamedTuple):
     name: str
     first: int  # seqs first..last of every volunteer
@@ -301,10 +310,9 @@ async def _measure(broker, coordinator, workers, phases, starts, results, timeou
     collector = asyncio.create_task(collect_receipts(broker.port, [p.last for p in phases], node_ids, subscribed,
                                                      reached, timeout * len(phases)))  # fmt: skip
     await subscribed.wait()
-    parts = {"mosquitto": [broker.process.pid], "coordinator": [coordinator.pid]}
     measured = []
     for number, phase in enumerate(phases):
-        cpu_before = {name: sum(tree_cpu_seconds(pid) for pid in pids) for name, pids in parts.items()}
+        cpu_before = _cpu_seconds(broker, coordinator)
         wall = time.monotonic()
         starts[number].set()
         sent: dict = {}
@@ -318,7 +326,7 @@ async def _measure(broker, coordinator, workers, phases, starts, results, timeou
         except TimeoutError:
             print(f"{phase.name}: not every report had a receipt after {timeout:.0f} s", file=sys.stderr)
         window = time.monotonic() - wall
-        cpu = {name: sum(tree_cpu_seconds(pid) for pid in pids) - cpu_before[name] for name, pids in parts.items()}
+        cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in _cpu_seconds(broker, coordinator).items()}
         cpu["publishers (publishing only)"] = cpu_publishers
         measured.append({"phase": phase, "sent": sent, "window": window, "cpu": cpu})
         if not reached[number].is_set():
@@ -409,12 +417,13 @@ def main() -> None:
         rate = len(sent) / m["elapsed"] if m["elapsed"] > 0 else 0.0
         offered = len(sent) / m["publish_s"] if m["publish_s"] > 0 else 0.0
         p50, p99 = percentile(m["latencies"], 0.50), percentile(m["latencies"], 0.99)
+        coordinator_us = (m["cpu"]["coordinator"] + m["cpu"]["coordinator's children"]) / max(len(sent), 1) * 1e6
         print(f"{phase.name}:{' ' * (11 - len(phase.name))}{len(sent):,} reports offered at {offered:,.0f}/s"
               + (f" (target {phase.rate:,.0f}/s)" if phase.rate else "")
               + f", {rate:,.0f}/s persisted (first publish → last receipt {m['elapsed']:.1f} s); publish → receipt"
               f" p50 {p50:.3f} s, p99 {p99:.3f} s, max {max(m['latencies'], default=float('nan')):.3f} s")  # fmt: skip
         print(f"             CPU seconds over {m['window']:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in m["cpu"].items())
-              + f" (of {psutil.cpu_count()} cores); coordinator {m['cpu']['coordinator'] / max(len(sent), 1) * 1e6:.0f} us/report")
+              + f" (of {psutil.cpu_count()} cores); coordinator {coordinator_us:.0f} us/report")
         if phase.name == "flood":
             summary["reports_per_s"] = round(rate, 1)
             if len(r["phases"]) == 1:  # no steady phase: the flood's latency, as before

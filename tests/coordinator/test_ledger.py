@@ -130,10 +130,10 @@ def test_a_failure_mid_transaction_changes_nothing(tmp_path, ledger_url, monkeyp
         before = await totals(ledger), await count(ledger, db.reports), await count(ledger, db.grants)
         real = ledger_module._upsert_totals
 
-        async def fail_at_the_swarm(conn, dialect, table, sums, now):
+        def fail_at_the_swarm(conn, table, sums, now):
             if table is db.swarm_totals:  # reports, grants, node/volunteer/team totals are already written
                 raise RuntimeError("disk full")
-            await real(conn, dialect, table, sums, now)
+            real(conn, table, sums, now)
 
         monkeypatch.setattr(ledger_module, "_upsert_totals", fail_at_the_swarm)
         with pytest.raises(RuntimeError):
