@@ -51,6 +51,10 @@ CLAIM_WAIT = 5.0  # seconds an epoch's decision waits, once it closed, for the r
 EVIDENCE_TIMEOUT = 60.0  # seconds a report may wait for its epoch to close before it is decided on what is known
 STALE_PEER = 10.0  # seconds without progress after which a peer no longer holds its epoch open
 EXCESS_MEMORY = 20  # epochs of a node's claims remembered to judge how it usually claims
+DECISIONS_KEPT = 200  # epochs behind the newest whose closing time and decision are remembered (a running total
+# of an older epoch's reports restarts at 0: the throughput budget still bounds them)
+PEER_MEMORY = 7 * 24 * 3600.0  # seconds without progress after which a peer and its budget are forgotten
+FORGET_EVERY = 60.0  # seconds between those clean-ups
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,8 @@ class SwarmPlausibility:
         self.accounts: dict[str, _NodeAccount] = defaultdict(_NodeAccount)
         self.decided_epochs: dict[int, tuple[float, float]] = {}  # epoch → (scale, believed samples so far)
         self.closed_at: dict[int, float] = {}
+        self.first_decided: Optional[int] = None  # the first epoch a claim was decided in (young epochs follow it)
+        self._forget_after = 0.0
 
     # --- evidence ---------------------------------------------------------------------------------------------
     def observe(self, records: list[PeerProgress], now: float) -> None:
@@ -146,6 +152,20 @@ class SwarmPlausibility:
                 del history.records[old]
         for epoch in {e for h in self.peers.values() for e in h.records if e not in self.closed_at}:
             self._closed_at(epoch, now)
+        if now >= self._forget_after:
+            self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        """Keep memory bounded in a swarm that runs for months: old epochs' decisions, long-gone peers."""
+        self._forget_after = now + FORGET_EVERY
+        for peer in [peer for peer, history in self.peers.items() if now - history.progress_seen > PEER_MEMORY]:
+            del self.peers[peer]
+        newest = max((history.latest.epoch for history in self.peers.values()), default=None)
+        if newest is None:
+            return
+        for table in (self.closed_at, self.decided_epochs):
+            for epoch in [epoch for epoch in table if epoch < newest - DECISIONS_KEPT]:
+                del table[epoch]
 
     def _closed_at(self, epoch: int, now: float) -> Optional[float]:
         """When `epoch` was first found closed (now, if it is now): some peer reached it, and every peer whose
@@ -223,7 +243,7 @@ class SwarmPlausibility:
             history.believed += allowed
             believed[claim.report_id] = (claim, allowed, reason)
         peers = len(self._expected(epoch) | {c.peer_id for c in group})
-        young = epoch < min(self.decided_epochs, default=epoch) + YOUNG_EPOCHS
+        young = epoch < (epoch if self.first_decided is None else self.first_decided) + YOUNG_EPOCHS
         slack = max(EPOCH_SLACK, peers if young else 1 + peers / 2)
         cap = self.target_batch_size * slack - believed_so_far
         total = sum(allowed for _, allowed, _ in believed.values())
@@ -235,6 +255,7 @@ class SwarmPlausibility:
                 reason = f"epoch over target: {allowed} of {claim.samples} believed"
             verdicts.append(Verdict(report_id, allowed, reason))
         self.decided_epochs[epoch] = (scale, believed_so_far + sum(v.samples for v in verdicts))
+        self.first_decided = epoch if self.first_decided is None else min(self.first_decided, epoch)
         return verdicts
 
     def _observed_share(self, claim: Claim, share: float) -> tuple[int, Optional[str]]:

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from coordinator.plausibility import (CLAIM_WAIT, EPOCH_SLACK, EVIDENCE_TIMEOUT, STALE_PEER, STARTUP_SECONDS,
-                                      THROUGHPUT_SLACK, TOLERANCE, Claim, SwarmPlausibility)
+from coordinator.plausibility import (CLAIM_WAIT, DECISIONS_KEPT, EPOCH_SLACK, EVIDENCE_TIMEOUT, PEER_MEMORY,
+                                      STALE_PEER, STARTUP_SECONDS, THROUGHPUT_SLACK, TOLERANCE, Claim,
+                                      SwarmPlausibility)  # fmt: skip
 from hearth.progress import PeerProgress
 
 TARGET = 12_000
@@ -213,3 +214,22 @@ def test_in_a_young_swarm_each_peer_may_reach_the_target_alone():
     assert [verdicts[e] for e in range(3)] == [3000] * 3  # in full
     cap = 1000 * max(EPOCH_SLACK, 1 + len(peers) / 2)
     assert all(cap - 3 <= verdicts[e] <= cap for e in (3, 4))  # scaled down alike
+
+
+def test_memory_stays_bounded_over_a_long_run():
+    """Closing times and decisions of old epochs, and peers gone for a week, are forgotten; the rules go on."""
+    rules, now = SwarmPlausibility(target_batch_size=1000), 0.0
+    epochs = DECISIONS_KEPT * 3
+    for epoch in range(epochs):
+        now += 10
+        rules.observe([PeerProgress(peer, epoch, 500, 100.0, now, False) for peer in "ab"], now)
+        now += 10
+        rules.observe([PeerProgress(peer, epoch + 1, 0, 100.0, now, False) for peer in "ab"], now)
+        claims = [Claim(epoch * 2 + i, f"node-{peer}", peer, epoch, 500, now) for i, peer in enumerate("ab")]
+        verdicts = rules.decide(claims, now + CLAIM_WAIT)
+        assert [v.samples for v in verdicts] == [500, 500], (epoch, verdicts)
+    assert len(rules.closed_at) <= DECISIONS_KEPT + 5 and len(rules.decided_epochs) <= DECISIONS_KEPT + 5  # of 600
+    assert rules.first_decided == 0  # young epochs are still counted from the swarm's first
+    now += PEER_MEMORY + 120
+    rules.observe([PeerProgress("c", epochs + 1, 10, 100.0, now, False)], now)
+    assert set(rules.peers) == {"c"}
