@@ -26,8 +26,8 @@ from coordinator.mqtt_sink import SinkClient, login
 from coordinator.sequencer import Sequencer
 from coordinator.verify import CHECK_BATCH, Rejected, Verified, Verifier
 from protocol.encoding import canonical_bytes
-from protocol.envelope import seal_many
-from protocol.messages import NodeStatus, Receipt
+from protocol.messages import NodeStatus
+from protocol.version import PROTOCOL_VERSION
 from protocol.topics import REPORTS_FILTER, STATUS_FILTER, parse_node_topic, receipt_topic, status_topic
 
 __all__ = ["Ingestor", "Rejected"]
@@ -40,9 +40,8 @@ WORKER_RESTART_SECONDS = 1.0
 MIN_WAIT = 0.1  # seconds the writer waits for input while a held report is due
 TASK_RESTART_SECONDS = 1.0
 LINGER = 0.05  # seconds a batch may wait for more input: fewer, larger transactions and receipts under load
-# Receipts are retained state (the latest last_seq), so QoS 0 is enough: one lost on a dropped connection costs
+# Receipts are retained state (the latest last_seq), so they go at QoS 0: one lost on a dropped connection costs
 # a re-send, refused as a replay, which brings a new receipt; the retained one is there at the next subscribe.
-RECEIPT_QOS = 0
 # A receipt says "all up to last_seq", so one per node this often covers all its reports committed meanwhile:
 # under load that is a fraction of the receipts (each costs a signature) for at most this much more latency.
 RECEIPT_INTERVAL = 0.1
@@ -422,16 +421,38 @@ class Ingestor:
             return
         now = time.time()
         nodes = [(node_id, swarm_id) for node_id, swarm_id in nodes if node_id in self.ledger.nodes]  # not detached
-        receipts = [Receipt(node_id=node_id, swarm_id=swarm_id, last_seq=self.ledger.nodes[node_id].last_seq, time=now)
-                    for node_id, swarm_id in nodes]  # fmt: skip
+        bodies = [receipt_body(node_id, swarm_id, self.ledger.nodes[node_id].last_seq, now) for node_id, swarm_id in nodes]
         # sealed with the coordinator's key when it has one: nodes drop reports only on a genuine receipt
-        if self.receipt_key is None:
-            payloads = [canonical_bytes(receipt.model_dump(mode="json")) for receipt in receipts]
-        else:
-            payloads = seal_many(receipts, self.receipt_key)
-        paho = client._client  # aiomqtt's publish() costs a task, an event and a warning per receipt once many
-        for (node_id, swarm_id), payload in zip(nodes, payloads):  # are queued; QoS 0 needs none of that
-            # paho sends publishes in call order, so a node's retained receipt always ends at its latest last_seq
-            info = paho.publish(receipt_topic(swarm_id, node_id), payload, qos=RECEIPT_QOS, retain=True)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:  # e.g. the connection just dropped: its node will re-send
-                self.counters["receipts_unsent"] += 1
+        if self.receipt_key is not None:
+            bodies = [canonical_bytes({"body": body.decode("utf-8"), "sig": sig})
+                      for body, sig in zip(bodies, self.receipt_key.sign_many(bodies))]  # fmt: skip
+        # aiomqtt's publish() costs a task, an event and a warning per receipt once many are queued, and paho's
+        # a send() each; QoS 0 needs none of that: the PUBLISH packets go in one write, in call order, so a node's
+        # retained receipt always ends at its latest last_seq
+        paho = client._client
+        if paho._sock is None:  # the connection just dropped: these nodes will re-send
+            self.counters["receipts_unsent"] += len(nodes)
+            return
+        packets = b"".join(retained_publish(receipt_topic(swarm_id, node_id), body, paho._protocol == mqtt.MQTTv5)
+                           for (node_id, swarm_id), body in zip(nodes, bodies))  # fmt: skip
+        if packets and paho._packet_queue(mqtt.PUBACK, packets, 0, 0) != mqtt.MQTT_ERR_SUCCESS:
+            self.counters["receipts_unsent"] += len(nodes)
+
+
+def receipt_body(node_id: str, swarm_id: str, last_seq: int, now: float) -> bytes:
+    """The canonical bytes of Receipt(node_id=…, swarm_id=…, last_seq=…, time=now) without building the model
+    (its fields come from the ledger, valid already); tests/coordinator hold it equal to the model's."""
+    return canonical_bytes({"kind": "receipt", "protocol_version": PROTOCOL_VERSION, "node_id": node_id,
+                            "swarm_id": swarm_id, "last_seq": last_seq, "time": now})  # fmt: skip
+
+
+def retained_publish(topic: str, payload: bytes, v5: bool = False) -> bytes:
+    """An MQTT PUBLISH packet, QoS 0, retained (under MQTT 5 with no properties)."""
+    body = len(topic_bytes := topic.encode("utf-8")).to_bytes(2, "big") + topic_bytes + (b"\x00" if v5 else b"") + payload
+    length, encoded = len(body), bytearray()
+    while True:
+        length, digit = divmod(length, 128)
+        encoded.append(digit | (0x80 if length else 0))
+        if not length:
+            break
+    return b"\x31" + bytes(encoded) + body

@@ -155,3 +155,13 @@ def test_a_failing_ingest_loop_is_logged_and_started_again_and_nothing_is_lost(t
             await ledger.engine.dispose()
 
     asyncio.run(scenario())
+
+
+def test_a_receipt_built_without_its_model_is_the_models_canonical_bytes():
+    """Ingest writes receipts' bytes directly (no model per receipt); nodes verify and parse them as Receipt."""
+    from coordinator.ingest import receipt_body
+    from protocol.encoding import canonical_bytes
+    from protocol.messages import Receipt
+
+    model = Receipt(node_id="9c923893f8ae810ae1ac27a506758832", swarm_id="spirals", last_seq=7, time=1795990000.25)
+    assert receipt_body(model.node_id, model.swarm_id, 7, 1795990000.25) == canonical_bytes(model.model_dump(mode="json"))
