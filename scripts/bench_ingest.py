@@ -382,7 +382,7 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
     parser.add_argument("--in-flight", type=int, default=100, help="unacknowledged publishes per publisher")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the last receipt of a phase")
-    parser.add_argument("--ingest-workers", default="0", help="the coordinator's --ingest-workers")
+    parser.add_argument("--ingest-workers", type=int, default=0, help="the coordinator's --ingest-workers")
     parser.add_argument("--db", metavar="URL", help="the coordinator's --db (default: SQLite in the work dir)")
     parser.add_argument("--postgres", action="store_true", help="run the ledger on a throwaway PostgreSQL cluster")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the ledger and logs here")

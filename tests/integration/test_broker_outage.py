@@ -68,7 +68,7 @@ def test_no_report_is_lost_or_doubled_across_a_broker_outage(tmp_path, nodes):
 
 def _reporting(data_dir: Path) -> dict:
     try:
-        return request(socket_path(data_dir), "status")["reporting"]
+        return request(socket_path(data_dir), "status").get("reporting", {})  # none while the node starts
     except ControlError:  # not listening yet
         return {}
 
