@@ -338,8 +338,8 @@ class SwarmMember:
             # gradient rounds all succeeded are equal already, so it changes nothing; one that had to proceed with
             # local gradients is brought back a few batches into the next epoch (its digest, compared right after
             # the step, still shows that epoch apart). Blocking on it cost ~2 s of every 30 s epoch in bench_node,
-            # mostly waiting for matchmaking. (The 1.5 % drift once seen with it most likely came from the stale
-            # moments RecordingStateAverager now relinks.) With local updates the state round is the epoch's
+            # mostly waiting for matchmaking. (The 1.5 % drift once seen with it most likely came from the stale moments
+            # RecordingStateAverager now relinks.) With local updates the state round is the epoch's
             # averaging, whose outcome the epoch reports: it stays synchronous.
             delay_state_averaging=not hp.local_updates,
             average_state_every=hp.average_state_every,
