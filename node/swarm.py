@@ -333,15 +333,10 @@ class SwarmMember:
             averaging_timeout=hp.averaging_timeout,
             averager_opts={"request_timeout": request_timeout},
             traffic=self.traffic,
-            # With gradient averaging, the state round (every average_state_every epochs) runs in the background
-            # while the next epoch trains; its result is applied at the first step after it ends. Peers whose
-            # gradient rounds all succeeded are equal already, so it changes nothing; one that had to proceed with
-            # local gradients is brought back a few batches into the next epoch (its digest, compared right after
-            # the step, still shows that epoch apart). Blocking on it cost ~2 s of every 30 s epoch in bench_node,
-            # mostly waiting for matchmaking. (The 1.5 % drift once seen with it most likely came from the stale moments
-            # RecordingStateAverager now relinks.) With local updates the state round is the epoch's
-            # averaging, whose outcome the epoch reports: it stays synchronous.
-            delay_state_averaging=not hp.local_updates,
+            # Average parameters synchronously (every average_state_every epochs) so that peers end those
+            # epochs identical, even after one of them had to proceed with local gradients. (hivemind's delayed
+            # state averaging, tried in the 2-peer benchmark, left peers 1.5 % apart at every epoch.)
+            delay_state_averaging=False,
             average_state_every=hp.average_state_every,
             average_opt_statistics=ADAM_MOMENTS,
             # compression, local updates (or gradient accumulation in the .grad buffers) and our gradient averager
