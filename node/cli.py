@@ -86,8 +86,6 @@ def join(ctx: click.Context, coordinator_url: str | None, attach_key: str | None
 
     COORDINATOR_URL may be left out once saved with `hearth node config set coordinator_url URL`.
     Every option can also be set in the config file (`hearth node config`) or as HEARTH_<OPTION>."""
-    from hearth.processes import CrashRestarts, python_argv, run_supervised
-
     config = _build_config(coordinator_url=coordinator_url, **options)
     if config.ca_cert:  # for the attach step here (node/tls.py)
         os.environ["HEARTH_CA_CERT"] = str(config.ca_cert)
@@ -99,10 +97,17 @@ def join(ctx: click.Context, coordinator_url: str | None, attach_key: str | None
         return
     verbosity = ctx.find_root().params.get("verbose", 0)
     click.echo(f"Joining {config.coordinator_url} (data in {config.data_dir}); Ctrl+C to stop.", err=True)
+    sys.exit(run_node_process(config, verbosity, stay=False))
+
+
+def run_node_process(config: NodeConfig, verbosity: int, stay: bool) -> int:
+    """Run the node process (node/worker.py) supervised until it ends: its exit code. `stay`: it waits for the next
+    join when a run ends (`hearth node start`)."""
+    from hearth.processes import CrashRestarts, python_argv, run_supervised
+
+    argv = python_argv("node.worker", json.dumps(config.to_json_dict()), str(verbosity), *(["stay"] if stay else []))
     # a crash in native code (torch, hivemind) is retried: identity, outbox and swarm state survive it
-    code = run_supervised(python_argv("node.worker", json.dumps(config.to_json_dict()), str(verbosity)),
-                          restarts=CrashRestarts(), what="the node process")  # fmt: skip
-    sys.exit(code)
+    return run_supervised(argv, restarts=CrashRestarts(), what="the node process")
 
 
 def _hand_to_running_node(config: NodeConfig) -> bool:

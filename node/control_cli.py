@@ -47,10 +47,7 @@ def register(group: click.Group) -> None:
 def start(ctx: click.Context, detach: bool, view: str | None) -> None:
     """Start the node with your saved settings (`hearth node config`) and keep it running: it trains in the saved
     coordinator's swarm if there is one, and takes the swarms you give it with `hearth join` within seconds."""
-    import json
-
-    from hearth.processes import CrashRestarts, python_argv, run_supervised
-    from node.cli import _load_settings
+    from node.cli import _load_settings, run_node_process
     from node.settings import NO_URL
 
     try:
@@ -68,10 +65,7 @@ def start(ctx: click.Context, detach: bool, view: str | None) -> None:
         return
     if config.coordinator_url == NO_URL:
         click.echo("No coordinator saved: the node waits for `hearth join URL`.", err=True)
-    verbosity = str(ctx.find_root().params.get("verbose", 0))
-    code = run_supervised(python_argv("node.worker", json.dumps(config.to_json_dict()), verbosity, "stay"),
-                          restarts=CrashRestarts(), what="the node process")  # fmt: skip
-    sys.exit(code)
+    sys.exit(run_node_process(config, ctx.find_root().params.get("verbose", 0), stay=True))
 
 
 @click.command()
