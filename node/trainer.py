@@ -36,6 +36,7 @@ class TrainingStats:
     samples_total: int = 0
     group_sizes: dict[int, int] = field(default_factory=dict)  # epoch → peers that averaged it
     first_step_at: Optional[float] = None  # wall-clock time of the first optimizer step
+    epoch_closed_at: Optional[float] = None  # wall-clock time the last epoch this node contributed to closed
     step_seconds: float = 0.0  # time in hivemind's optimizer step this epoch: bookkeeping, averaging, catching up
     bytes_sent: int = 0  # averaging traffic in the epochs contributed (node/bandwidth.py)
     bytes_received: int = 0
@@ -195,6 +196,7 @@ class Trainer:
             self.stats.bytes_sent += outcome.bytes_sent
             self.stats.bytes_received += outcome.bytes_received
             self.stats.epochs_contributed += 1
+            self.stats.epoch_closed_at = time.time()
             self.stats.last_group_size = outcome.group_size
             self.stats.group_sizes[epoch] = outcome.group_size
             self.stats.last_loss = contribution.loss
@@ -206,8 +208,8 @@ class Trainer:
             self.on_contribution(contribution)
             if self.digests is not None:
                 self.digests.epoch_done(optimizer.local_epoch, list(self.model.parameters()))
+        self.stats.samples_total = self.accountant.total_samples  # first: a reader that sees the new epoch sees its samples
         self.stats.epoch = optimizer.local_epoch
-        self.stats.samples_total = self.accountant.total_samples
 
     def _update_throughput(self, samples: int) -> None:
         since, counted = self._throughput
