@@ -1,6 +1,7 @@
 """Swarm membership: the node's only hivemind import. Starts the DHT, builds hivemind.Optimizer, and records
 which peers took part in each gradient-averaging round."""
 
+import asyncio
 import logging
 import signal
 import threading
@@ -173,6 +174,22 @@ class ThrottledProgressTracker(ProgressTracker):
         self.should_report_progress = ThrottledEvent(report_interval)  # before the reporter thread starts
         if start:
             self.start()
+
+    def run(self) -> None:
+        """hivemind's run(), plus a clean end: its loop stopped with the fetcher's shutdown watcher (and at times the
+        last store) still pending, and when the loop was collected asyncio logged "ERROR Task was destroyed but it is
+        pending!" into the volunteer's terminal at every stop."""
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(asyncio.gather(self._progress_reporter(), self._progress_fetcher()))
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+        finally:
+            loop.close()
+            self.shutdown_complete.set()
 
     def report_local_progress(self, local_epoch: int, samples_accumulated: int, update_global_samples: bool = True):
         event = self.should_report_progress
