@@ -5,15 +5,14 @@ and set the peers' parameters apart in the epochs after.) Two real peers on 127.
 
 import json
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from node.swarm import ADAM_MOMENTS, SwarmMember, SwarmSettings
+from tests.node.peer_process import start_peer, stop_peers
 from protocol.messages import Hyperparameters, SwarmManifest
 
 ROUNDS_TRIED = 5  # a round both peers start together may still form without one of them: try again
@@ -65,17 +64,12 @@ def peer_main(initial_peers: list[str]) -> None:
         os._exit(0)
 
 
-def start_peer(*initial_peers: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, *initial_peers], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
-
-
 @pytest.mark.timeout(300)
 def test_a_state_round_after_a_download_keeps_the_donors_statistics_on_both_peers():
-    donor = start_peer()
+    donor = start_peer(__name__)
     joiner = None
     try:
-        joiner = start_peer(*json.loads(donor.stdout.readline()))
+        joiner = start_peer(__name__, *json.loads(donor.stdout.readline()))
         downloaded = json.loads(joiner.stdout.readline())
         assert all(value > 0 for value in downloaded), downloaded
         for _ in range(ROUNDS_TRIED):
@@ -89,14 +83,7 @@ def test_a_state_round_after_a_download_keeps_the_donors_statistics_on_both_peer
         for outcome in outcomes:  # the average of two equal states is that state
             assert outcome["statistics"] == pytest.approx(downloaded, rel=1e-6), (outcome, downloaded)
     finally:
-        for process in (joiner, donor):
-            if process is not None:
-                process.stdin.close()
-                try:
-                    process.wait(60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        stop_peers(joiner, donor)
 
 
 if __name__ == "__main__":

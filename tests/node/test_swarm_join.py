@@ -3,15 +3,14 @@ the donor's gradient buffers, which hivemind.Optimizer would download and throw 
 
 import json
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from node.swarm import SwarmMember, SwarmSettings
+from tests.node.peer_process import start_peer, stop_peers
 from protocol.messages import Hyperparameters, SwarmManifest
 
 VALUES = 100_000  # parameters of the model below, so a state of 3 × 400 kB (parameters, two Adam moments)
@@ -53,27 +52,15 @@ def peer_main(initial_peers: list[str]) -> None:
         os._exit(0)
 
 
-def start_peer(*initial_peers: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, *initial_peers], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
-
-
 @pytest.mark.timeout(300)
 def test_a_joiner_downloads_the_state_once_and_no_gradient_buffers():
-    donor = start_peer()
+    donor = start_peer(__name__)
     joiner = None
     try:
-        joiner = start_peer(*json.loads(donor.stdout.readline()))
+        joiner = start_peer(__name__, *json.loads(donor.stdout.readline()))
         received = json.loads(joiner.stdout.readline())
     finally:
-        for process in (joiner, donor):
-            if process is not None:
-                process.stdin.close()
-                try:
-                    process.wait(60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        stop_peers(joiner, donor)
     state = 3 * VALUES * 4
     # the state and its framing; the donor's gradient buffers would add another VALUES * 4 bytes
     assert state <= received < state + VALUES, received
