@@ -75,16 +75,26 @@ def kill_tree(pid: int) -> int:
 def stop_group(process: subprocess.Popen, grace: float = 30.0) -> tuple[int, int]:
     """Ask the leader to stop (SIGINT), wait up to `grace` seconds, then kill the group.
     Returns (the leader's exit code, how many processes had to be killed)."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+    return stop_groups([process], grace)[0]
+
+
+def stop_groups(processes: list[subprocess.Popen], grace: float = 30.0) -> list[tuple[int, int]]:
+    """stop_group for several leaders at once: all are asked first, so they stop together (peers of one swarm
+    otherwise wait for each other in turn), within one `grace`."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    deadline, outcomes = time.monotonic() + grace, []
+    for process in processes:
         try:
-            process.wait(grace)
+            process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             logger.warning("pid %s did not stop within %.0f s; killing it", process.pid, grace)
-    leftovers = kill_tree(process.pid)
-    if process.poll() is None:
-        process.wait(5)
-    return process.returncode, leftovers
+        leftovers = kill_tree(process.pid)
+        if process.poll() is None:
+            process.wait(5)
+        outcomes.append((process.returncode, leftovers))
+    return outcomes
 
 
 PR_SET_CHILD_SUBREAPER = 36

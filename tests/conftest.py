@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hearth.processes import python_argv, spawn_group, stop_group, wait_until
+from hearth.processes import python_argv, spawn_group, stop_group, stop_groups, wait_until
 
 COORDINATOR_START_TIMEOUT = 120
 
@@ -93,8 +93,7 @@ class NodeProcesses:
         return (self.base / f"{name}.log").read_text()
 
     def stop_all(self) -> None:
-        for process in self.processes.values():
-            stop_group(process, grace=20)
+        stop_groups(list(self.processes.values()), grace=20)
 
 
 @pytest.fixture

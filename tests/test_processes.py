@@ -1,4 +1,5 @@
-"""Supervision: a child that crashes in native code is started again, within limits, and Ctrl+C still stops it."""
+"""Supervision: a child that crashes in native code is started again, within limits, and Ctrl+C still stops it;
+several process groups are stopped together."""
 
 import signal
 import subprocess
@@ -7,7 +8,7 @@ import textwrap
 
 import pytest
 
-from hearth.processes import CrashRestarts, crash_signal, wait_until
+from hearth.processes import CrashRestarts, crash_signal, spawn_group, stop_groups, wait_until
 
 
 def _crashing_child(marker, crashes: int) -> list[str]:
@@ -93,3 +94,32 @@ def test_a_stop_while_waiting_to_restart_ends_the_supervisor(tmp_path, stop_sign
         if supervisor.poll() is None:
             supervisor.kill()
             supervisor.wait()
+
+
+def _peer_that_waits_for_the_other_to_stop(mine, other) -> list[str]:
+    """On SIGINT it waits (up to 10 s) until the other one got its SIGINT too, as swarm peers ending an averaging
+    round together do, then exits 0 (3 if the other never got one)."""
+    code = textwrap.dedent(f"""
+        import pathlib, signal, sys, time
+        mine, other = pathlib.Path({str(mine)!r}), pathlib.Path({str(other)!r})
+        def stop(*_):
+            mine.touch()
+            deadline = time.monotonic() + 10
+            while not other.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            sys.exit(0 if other.exists() else 3)
+        signal.signal(signal.SIGINT, stop)
+        print("ready", flush=True)
+        while True:
+            time.sleep(1)
+    """)
+    return [sys.executable, "-c", code]
+
+
+def test_groups_are_asked_to_stop_together(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    peers = [spawn_group(_peer_that_waits_for_the_other_to_stop(*pair), stdout=subprocess.PIPE, text=True)
+             for pair in ((a, b), (b, a))]  # fmt: skip
+    for peer in peers:
+        assert peer.stdout.readline().strip() == "ready"
+    assert stop_groups(peers, grace=30) == [(0, 0), (0, 0)]  # one at a time, the first would wait for the second
