@@ -5,6 +5,7 @@ its DHT peer starts listening, and restarts the peer in client mode when the ans
 
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass
 from typing import Iterable, Literal, Optional
 
@@ -14,6 +15,10 @@ logger = logging.getLogger(__name__)
 
 CHECK_TIMEOUT = 20.0  # the coordinator may queue the check, start a probe (~0.2 s) and dial for up to 5 s
 MAX_ADDRS = 4  # the coordinator dials at most this many
+# When the coordinator cannot answer (it refuses a second check of the same peer within 10 s, as when a running
+# node is handed another swarm), this process's latest answer for the peer stands if it is at most this old.
+REUSE_SECONDS = 600.0
+_latest: dict[tuple[str, str], tuple["Answer", float]] = {}  # (coordinator URL, peer id) → answer, monotonic time
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,14 @@ class ReachabilityCheck:
             return Reachability("public", listening or "(no TCP address)")
         if not addrs:
             return Reachability("client", "not reachable: no TCP address to announce")
-        answer = check_reachability(self.coordinator_url, peer_id, addrs)
-        if answer is None:
+        answer, key = check_reachability(self.coordinator_url, peer_id, addrs), (self.coordinator_url, peer_id)
+        if answer is not None:
+            _latest[key] = (answer, time.monotonic())
+        elif key in _latest and time.monotonic() - _latest[key][1] <= REUSE_SECONDS:
+            answer, when = _latest[key]
+            logger.info("Reachability: taking the coordinator's answer of %.0f s ago", time.monotonic() - when)
+            answer = Answer(answer.reachable, None, answer.detail)  # its address may have been another port's
+        else:
             return Reachability("public", f"{listening} (not checked)")
         if answer.reachable:
             return Reachability("public", host_port(answer.addr or addrs[0]))

@@ -38,3 +38,18 @@ def test_a_coordinator_that_does_not_answer_keeps_the_node_listening(caplog):
     assert "Reachability not checked: the coordinator did not answer (ConnectError)" in caplog.text
     assert check(PEER, ["/ip4/1.2.3.4/udp/1/quic"]) is False  # nothing to announce: nobody can dial us
     assert str(check) == "client mode (not reachable: no TCP address to announce)"
+
+
+def test_a_second_check_refused_within_the_coordinators_limit_keeps_the_first_answer(coordinator, caplog):
+    # A running node handed another swarm checks again at once; the coordinator refuses a second check of the same
+    # peer within 10 s (429), and the first answer stands instead of "public (not checked)".
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        nobody_listens = f"/ip4/127.0.0.1/tcp/{sock.getsockname()[1]}"
+    first = ReachabilityCheck("auto", coordinator.url)
+    assert first(PEER, [nobody_listens]) is False
+    with caplog.at_level(logging.INFO, logger="node.reachability"):
+        second = ReachabilityCheck("auto", coordinator.url)
+        assert second(PEER, [nobody_listens]) is False
+    assert "the coordinator answered 429" in caplog.text and "taking the coordinator's answer of" in caplog.text
+    assert str(second) == str(first)
