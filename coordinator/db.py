@@ -18,6 +18,9 @@ Never edit a revision that has been released: add another one on top.
 """
 
 import logging
+import math
+from datetime import datetime, timezone
+from typing import Optional
 
 from sqlalchemy import (
     JSON,
@@ -34,11 +37,17 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
+    cast,
     event,
+    func,
+    literal_column,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from protocol.credit import RAC_HALF_LIFE_SECONDS, SECONDS_PER_DAY, recent_average
 
 logger = logging.getLogger(__name__)
 metadata = MetaData()
@@ -277,6 +286,32 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    dbapi_connection.create_function("hearth_recent_average", 4, _sqlite_recent_average, deterministic=True)
+
+
+def _sqlite_recent_average(average: float, updated_at: Optional[str], credit: float, now: float) -> float:
+    """protocol.credit.recent_average on a row as SQLite stores it (DateTime as UTC text)."""
+    updated = None if updated_at is None else datetime.fromisoformat(updated_at).replace(tzinfo=timezone.utc).timestamp()
+    return recent_average(average or 0.0, updated, credit, now)
+
+
+def recent_average_sql(dialect_name: str, average, updated_at, credit, now):
+    """SQL for protocol.credit.recent_average(average, updated_at, credit, now) over a totals row's columns,
+    `now` in POSIX seconds: the rule itself as a function on SQLite (registered on every connection), the same
+    formula in SQL on PostgreSQL."""
+    if dialect_name == "sqlite":
+        return func.hearth_recent_average(average, updated_at, credit, now)
+    def number(value: float):  # inline, not a bound parameter: DriverStatement binds only the named ones
+        return literal_column(repr(float(value)), Float)
+
+    elapsed = func.greatest(now - cast(func.extract("epoch", updated_at), Float), number(0))
+    weight = func.exp(-elapsed * number(math.log(2) / RAC_HALF_LIFE_SECONDS))
+    first = credit * number(math.log(2) * SECONDS_PER_DAY / RAC_HALF_LIFE_SECONDS)
+    return case(
+        (updated_at.is_(None), first),
+        (number(1) - weight > number(1e-6), average * weight + (number(1) - weight) * credit / (elapsed / number(SECONDS_PER_DAY))),
+        else_=average * weight + first,
+    )
 
 
 async def create_schema(engine: AsyncEngine) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Float, bindparam, func, insert, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -373,32 +373,31 @@ def _add_totals(conn, grants: list[dict], now: datetime) -> None:
 
 
 def _upsert_totals(conn, table, sums: dict[Any, list], now: datetime) -> None:
-    """Lock and read the rows' RAC (creating the missing ones first), then add the sums and the new RAC in one
-    executemany. Rows are taken in key order, so concurrent writers (replicas on one PostgreSQL) cannot deadlock."""
+    """Add the sums to each key's row, created by its first grant, and move its RAC on, in one executemany of
+    INSERT … ON CONFLICT DO UPDATE: the database computes the RAC from the row it holds (db.recent_average_sql),
+    so no row is read back first. Rows go in key order, so concurrent writers (replicas on one PostgreSQL)
+    cannot deadlock."""
     key = table.primary_key.columns.values()[0]
-    sums = dict(sorted(sums.items()))
-    current = _lock_totals(conn, table, key, list(sums))
-    missing = [k for k in sums if k not in current]
-    if missing:  # a first grant: the row is created, then locked and read like the others
-        conn.execute(db.upsert(conn.dialect.name, table).on_conflict_do_nothing(index_elements=[key]),
-                           [{key.name: k} for k in missing])  # fmt: skip
-        current.update(_lock_totals(conn, table, key, missing))
-    at = now.timestamp()
-    statement = _statement(conn, f"add_totals:{table.name}", lambda: (
-        update(table).where(key == bindparam("k")).values(
-            credit=table.c.credit + bindparam("c"), samples=table.c.samples + bindparam("s"),
-            reports=table.c.reports + bindparam("n"), last_report_at=bindparam("last"), rac=bindparam("rac"),
-            rac_updated_at=bindparam("rac_at"),
-        ), ("k", "c", "s", "n", "last", "rac", "rac_at")))  # fmt: skip
+    statement = _statement(conn, f"upsert_totals:{table.name}", lambda: _totals_upsert(conn.dialect.name, table, key))
+    at, first = now.timestamp(), recent_average(0.0, None, 1.0, 0.0)  # a first grant's RAC per credit
     statement.run(conn, [
-        (k, float(credit), samples, reports, last, recent_average(*current[k], credit, at), now)
-        for k, (credit, samples, reports, last) in sums.items()
+        (k, float(credit), samples, reports, last, credit * first, now, at)
+        for k, (credit, samples, reports, last) in sorted(sums.items())
     ])  # fmt: skip
 
 
-def _lock_totals(conn, table, key, keys: list) -> dict[Any, tuple[float, Optional[float]]]:
-    """{key: (rac, rac_updated_at in POSIX seconds)} of the rows that exist, locked for this transaction."""
-    rows = conn.execute(
-        select(key, table.c.rac, table.c.rac_updated_at).where(key.in_(keys)).order_by(key).with_for_update()
-    )
-    return {row[0]: (row[1], _seconds(row[2])) for row in rows}
+def _totals_upsert(dialect_name: str, table, key):
+    extra = {c.name: c.default.arg for c in table.columns if c.name.startswith("pending_")}  # volunteer_totals
+    insert_ = db.upsert(dialect_name, table).values(
+        {key.name: bindparam("k"), "credit": bindparam("c"), "samples": bindparam("s"), "reports": bindparam("n"),
+         "last_report_at": bindparam("last"), "rac": bindparam("rac_first"), "rac_updated_at": bindparam("now"),
+         **{name: literal_column(repr(value)) for name, value in extra.items()}})  # fmt: skip
+    new = insert_.excluded
+    statement = insert_.on_conflict_do_update(index_elements=[key], set_={
+        "credit": table.c.credit + new.credit, "samples": table.c.samples + new.samples,
+        "reports": table.c.reports + new.reports, "last_report_at": new.last_report_at,
+        "rac": db.recent_average_sql(dialect_name, table.c.rac, table.c.rac_updated_at, new.credit,
+                                     bindparam("at", type_=Float)),
+        "rac_updated_at": new.rac_updated_at,
+    })  # fmt: skip
+    return statement, ("k", "c", "s", "n", "last", "rac_first", "now", "at")
