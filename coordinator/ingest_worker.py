@@ -14,6 +14,7 @@ import time
 import aiomqtt
 
 from coordinator import db
+from coordinator.ingest import freeze_startup_heap
 from coordinator.ledger import Ledger
 from coordinator.mqtt_sink import SinkClient, login
 from coordinator.verify import CHECK_BATCH, Verifier
@@ -39,6 +40,7 @@ async def _work(index: int, database_url: str, host: str, port: int, connection,
     engine = db.create_engine(database_url)
     ledger = Ledger(engine)
     await ledger.load()
+    freeze_startup_heap()
     verifier = Verifier(ledger)
     parent = os.getppid()
     incoming: asyncio.Queue = asyncio.Queue()

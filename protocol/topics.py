@@ -1,6 +1,7 @@
 """Every MQTT topic Hearth uses. Nodes publish only below their own `nodes/<node_id>/` subtree (reports,
 status); the coordinator publishes each node's receipts there too."""
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -43,6 +44,7 @@ class NodeTopic:
     node_id: str
 
 
+@functools.lru_cache(maxsize=65_536)  # the coordinator parses each node's few topics over and over
 def parse_node_topic(topic: str) -> NodeTopic | None:
     match = _PATTERN.match(topic)
     if match is None:

@@ -165,3 +165,17 @@ def test_a_receipt_built_without_its_model_is_the_models_canonical_bytes():
 
     model = Receipt(node_id="9c923893f8ae810ae1ac27a506758832", swarm_id="spirals", last_seq=7, time=1795990000.25)
     assert receipt_body(model.node_id, model.swarm_id, 7, 1795990000.25) == canonical_bytes(model.model_dump(mode="json"))
+
+
+def test_ingest_freezes_the_startup_heap_once():
+    """The garbage collector's full passes skip what existed when ingest started (imports, caches)."""
+    import gc
+
+    from coordinator.ingest import freeze_startup_heap
+
+    freeze_startup_heap()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    garbage = [object() for _ in range(1000)]
+    freeze_startup_heap()  # a second ingestor in the same process: nothing more is frozen
+    assert gc.get_freeze_count() == frozen and garbage
