@@ -25,7 +25,6 @@ from hivemind.optim import Optimizer  # noqa: E402
 from hivemind.optim.grad_averager import GradientAverager  # noqa: E402
 from hivemind.optim.progress_tracker import ProgressTracker  # noqa: E402
 from hivemind.optim.state_averager import TrainingStateAverager  # noqa: E402
-from hivemind.utils import get_dht_time  # noqa: E402
 
 from node.bandwidth import TrafficCounter, TrafficCounting, optimizer_options  # noqa: E402
 from protocol.messages import SwarmManifest
@@ -137,12 +136,7 @@ class RecordingStateAverager(TrafficCounting, TrainingStateAverager, StateRoundS
                     state[key] = shared
 
 
-# Seconds between this peer's progress records in the DHT (besides epoch changes, which publish at once): every
-# second in an epoch's last PROGRESS_NEAR_END seconds, where peers time the epoch's end and the coordinator takes its
-# evidence of who did what share, and less often before (peers extrapolate each other's records at their samples/s).
-PROGRESS_REPORT_INTERVAL = 1.0
-PROGRESS_REPORT_INTERVAL_FAR = 5.0
-PROGRESS_NEAR_END = 5.0
+PROGRESS_REPORT_INTERVAL = 1.0  # seconds between this peer's progress records in the DHT (besides epoch changes)
 STATE_MATCHMAKING_SECONDS = 1.0  # how long the state-averaging round waits for peers (see _make_state_averager)
 
 
@@ -164,13 +158,10 @@ class ThrottledEvent(threading.Event):
 class ThrottledProgressTracker(ProgressTracker):
     """hivemind's ProgressTracker stores a signed DHT record after *every* local step (tens per second), which
     costs the DHT process, p2pd and every peer storing it CPU time that training needs. Peers extrapolate each
-    other's progress from samples/s anyway, so publish at most once per interval (the shorter one near the epoch's
-    end), and at once on a new epoch."""
+    other's progress from samples/s anyway, so publish at most once per interval, and at once on a new epoch."""
 
-    def __init__(self, *args, report_interval: float = PROGRESS_REPORT_INTERVAL,
-                 far_interval: float = PROGRESS_REPORT_INTERVAL_FAR, start: bool, **kwargs):  # fmt: skip
+    def __init__(self, *args, report_interval: float = PROGRESS_REPORT_INTERVAL, start: bool, **kwargs):
         super().__init__(*args, start=False, **kwargs)
-        self.report_interval, self.far_interval = report_interval, far_interval
         self.should_report_progress = ThrottledEvent(report_interval)  # before the reporter thread starts
         if start:
             self.start()
@@ -194,8 +185,6 @@ class ThrottledProgressTracker(ProgressTracker):
     def report_local_progress(self, local_epoch: int, samples_accumulated: int, update_global_samples: bool = True):
         event = self.should_report_progress
         event.throttle = local_epoch == self.local_progress.epoch and samples_accumulated > 0
-        near_end = self.global_progress.eta_next_epoch - get_dht_time() <= PROGRESS_NEAR_END
-        event.min_interval = self.report_interval if near_end else self.far_interval
         try:
             super().report_local_progress(local_epoch, samples_accumulated, update_global_samples)
         finally:
