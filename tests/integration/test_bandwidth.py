@@ -1,7 +1,6 @@
 """Bandwidth modes end to end: two 2-peer swarms train at once (int8, and local updates), their nodes report each
 epoch's averaging bytes, and the coordinator's ledger shows what each mode costs next to fp32."""
 
-import signal
 
 import pytest
 
@@ -32,8 +31,7 @@ def test_int8_and_local_updates_cut_the_bytes_per_sample(coordinator, nodes):
     try:
         windows = {mode: _wait_for_window(coordinator, mode) for mode in MODES}
     finally:
-        for process in nodes.processes.values():  # all at once; the fixture then waits for each
-            process.send_signal(signal.SIGINT)
+        nodes.stop_all()
 
     # fp32, exactly as node/bandwidth.py counts it (tests/node/test_bandwidth.py: payload + < 1 %): every epoch
     # each of the 2 peers sends 4 bytes per value of gradients and of the state (parameters, two Adam moments).

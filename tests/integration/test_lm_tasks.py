@@ -3,16 +3,13 @@ the coordinator serves them, each node downloads only what it needs (its own tex
 every epoch, and the coordinator's checkpoints of the swarm are evaluated on the held-out text. In the
 fine-tuned swarm the frozen layers stay exactly the pretrained ones."""
 
-import contextlib
 import io
 import json
-import signal
-import subprocess
 
 import pytest
 import torch
 
-from hearth.processes import stop_group, wait_until
+from hearth.processes import stop_groups, wait_until
 from hearth.tasks import TaskContext, load_task
 from hearth.tasks.finetune import pretrain
 from hearth.tasks.text import generate_text
@@ -62,12 +59,10 @@ def train_until_checkpoint(coordinator, nodes, monkeypatch, tmp_path, swarm_id: 
     except TimeoutError as e:
         logs = "\n".join(f"--- {name}:\n{nodes.log(name)[-3000:]}" for name in names)
         raise AssertionError(f"{e}\n{logs}\n--- coordinator:\n{coordinator.log_path.read_text()[-3000:]}") from None
-    for process in nodes.processes.values():  # both at once, like Ctrl+C: neither waits alone for the other's round
-        process.send_signal(signal.SIGINT)
-    for name, process in nodes.processes.items():
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(STOP_TIMEOUT)
-        assert stop_group(process, grace=1) == (0, 0), nodes.log(name)
+    # both at once, like Ctrl+C: neither waits alone for the other's round
+    stopped = stop_groups(list(nodes.processes.values()), grace=STOP_TIMEOUT)
+    for name, outcome in zip(nodes.processes, stopped):
+        assert outcome == (0, 0), nodes.log(name)
         summary = json.loads((nodes.data_dir(name) / "last-run.json").read_text())
         averaged = {int(epoch): size for epoch, size in summary["group_sizes"].items()}
         together = range(1, newest["epoch"])  # epochs closed while both trained (the last may close alone as they stop)
