@@ -207,6 +207,13 @@ class TrackingOptimizer(Optimizer):
             self.zero_grad(set_to_none=False)  # keep the buffers: no allocation per batch
         return loss
 
+    def _begin_averaging_gradients(self, grad_scaler) -> bool:
+        # hivemind 1.1.12 steps alone for the whole epoch when the round it pre-scheduled has already ended (its
+        # matchmaking gave up, e.g. while the other peer was still in a state round): start a fresh round instead.
+        if self.scheduled_grads is not None and self.scheduled_grads.done():
+            self.scheduled_grads = None
+        return super()._begin_averaging_gradients(grad_scaler)
+
     def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
         # The state round starts right after the gradient round that every peer of the epoch just finished
         # together, so a short matchmaking window finds them all; hivemind would wait the full matchmaking_time.
