@@ -12,7 +12,7 @@ Iterating `client.messages` still raises MqttError when the connection drops (no
 
 import asyncio
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -93,17 +93,13 @@ def _buffer_reads(paho: mqtt.Client, on_publish: Callable[[str, bytes], None]) -
     paho.loop_read = loop_read
 
 
-def _take_publish(buffer: bytearray, v5: bool, on_publish: Callable[[str, bytes], None], acks: bytearray) -> bool:
-    """Consume the QoS 0/1 PUBLISH packet at the start of `buffer` if it is there whole (and, under MQTT 5, has no
-    properties): hand it to `on_publish` and add its PUBACK to `acks`. False, consuming nothing, otherwise."""
-    header = buffer[0]
-    qos = (header >> 1) & 3
-    if header >> 4 != 3 or qos == 2:
-        return False
+def packet_bounds(buffer: bytes | bytearray) -> Optional[tuple[int, int]]:
+    """(start of the variable header, end) of the MQTT packet at the start of `buffer`, or None while it is not
+    all there, or when its remaining length runs past the 4 bytes MQTT allows (malformed)."""
     length, multiplier, pos = 0, 1, 1
-    while True:  # remaining length: a varint of at most 4 bytes
+    while True:  # remaining length: a varint, 7 bits a byte, least significant first
         if pos >= len(buffer) or pos > 4:
-            return False  # incomplete (or malformed: paho refuses it)
+            return None
         byte = buffer[pos]
         length += (byte & 127) * multiplier
         multiplier *= 128
@@ -111,7 +107,21 @@ def _take_publish(buffer: bytearray, v5: bool, on_publish: Callable[[str, bytes]
         if byte < 128:
             break
     end = pos + length
-    if len(buffer) < end or length < 2:
+    return (pos, end) if len(buffer) >= end else None
+
+
+def _take_publish(buffer: bytearray, v5: bool, on_publish: Callable[[str, bytes], None], acks: bytearray) -> bool:
+    """Consume the QoS 0/1 PUBLISH packet at the start of `buffer` if it is there whole (and, under MQTT 5, has no
+    properties): hand it to `on_publish` and add its PUBACK to `acks`. False, consuming nothing, otherwise."""
+    header = buffer[0]
+    qos = (header >> 1) & 3
+    if header >> 4 != 3 or qos == 2:
+        return False
+    bounds = packet_bounds(buffer)
+    if bounds is None:
+        return False  # incomplete (or malformed: paho refuses it)
+    pos, end = bounds
+    if end - pos < 2:
         return False
     topic_end = pos + 2 + int.from_bytes(buffer[pos : pos + 2], "big")
     start = topic_end + (2 if qos else 0)

@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hearth.processes import (exit_on_sigterm, python_argv, spawn_group, stop_group,  # noqa: E402
                               tree_cpu_seconds, wait_until)
+from coordinator.mqtt_sink import packet_bounds  # noqa: E402
 from scripts.mosquitto import Mosquitto, MosquittoMissing  # noqa: E402
 from protocol.envelope import open_envelope  # noqa: E402
 
@@ -178,18 +179,9 @@ async def receipt_payloads(port: int, subscribed: asyncio.Event):
                 raise RuntimeError("the broker closed the receipt collector's connection")
             arrived = time.time()
             buffer += data
-            while len(buffer) >= 2:
-                length, shift, pos = 0, 0, 1
-                while pos < len(buffer) and buffer[pos] & 0x80:
-                    length |= (buffer[pos] & 0x7F) << shift
-                    shift, pos = shift + 7, pos + 1
-                if pos >= len(buffer):
-                    break  # the remaining length is not all here yet
-                length |= buffer[pos] << shift
-                end = pos + 1 + length
-                if len(buffer) < end:
-                    break
-                kind, body = buffer[0] >> 4, bytes(buffer[pos + 1 : end])
+            while (bounds := packet_bounds(buffer)) is not None:  # None: the next packet is not all here yet
+                start, end = bounds
+                kind, body = buffer[0] >> 4, bytes(buffer[start:end])
                 del buffer[:end]
                 if kind == 2 and body[1] != 0:
                     raise RuntimeError("the broker refused the receipt collector's connection")

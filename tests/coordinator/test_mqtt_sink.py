@@ -4,7 +4,7 @@ with their PUBACKs; partial ones, QoS 2 and MQTT 5 packets with properties are l
 
 import struct
 
-from coordinator.mqtt_sink import _take_publish
+from coordinator.mqtt_sink import _take_publish, packet_bounds
 from scripts.bench_ingest import publish_packet
 
 TOPIC = "hearth/v1/swarms/spirals/nodes/0123456789abcdef0123456789abcdef/reports"
@@ -44,3 +44,19 @@ def test_qos0_needs_no_ack_and_qos2_other_packets_and_v5_properties_go_to_paho()
     assert take_all(b"\x32" + bytes([len(plain)]) + plain, v5=True) == ([(TOPIC, b"p")], b"\x40\x02\x00\x09", b"")
     packet = b"\x32" + bytes([len(alias)]) + alias
     assert take_all(packet, v5=True) == ([], b"", packet)
+
+
+def test_packet_bounds_reads_one_to_four_byte_remaining_lengths_and_waits_for_the_rest():
+    for size in (0, 127, 128, 16_384, 2_097_152):  # remaining lengths of one, two, three and four bytes
+        packet = publish_packet(TOPIC, b"x" * size, packet_id=1)
+        start = 1 + next(i for i, byte in enumerate(packet[1:], 1) if byte < 128)
+        assert packet_bounds(packet) == (start, len(packet))
+        assert packet_bounds(packet + b"\xe0\x00") == (start, len(packet))  # the next packet is not part of it
+        assert packet_bounds(packet[:-1]) is None and packet_bounds(packet[:start - 1]) is None
+    assert packet_bounds(b"\xe0\x00") == (2, 2)  # DISCONNECT: no body
+
+
+def test_a_remaining_length_over_four_bytes_is_no_packet_so_paho_refuses_it():
+    malformed = b"\x32\xff\xff\xff\xff\x01" + b"x" * 100
+    assert packet_bounds(malformed) is None
+    assert take_all(malformed) == ([], b"", malformed)
