@@ -315,12 +315,19 @@ def run(work: Path, volunteers: int, reports: int, publishers: int, in_flight: i
 
 def _cpu_seconds(broker, coordinator) -> dict[str, float]:
     """CPU seconds so far of Mosquitto, the coordinator's own process and its children (ingest workers and
-    whatever else it started), and of this process (the receipt collector)."""
+    whatever else it started), of this process (the receipt collector), and of the whole machine (busy, and
+    stolen by the hypervisor)."""
     main = psutil.Process(coordinator.pid).cpu_times()
     children = tree_cpu_seconds(coordinator.pid) - main.user - main.system
     own = psutil.Process().cpu_times()  # this process: the receipt collector (it shares the cores too)
+    machine = psutil.cpu_times()
     return {"mosquitto": tree_cpu_seconds(broker.process.pid), "coordinator": main.user + main.system,
-            "coordinator's children": children, "receipt collector": own.user + own.system}
+            "coordinator's children": children, "receipt collector": own.user + own.system,
+            MACHINE: machine.user + machine.nice + machine.system + machine.irq + machine.softirq,
+            "stolen": machine.steal}  # fmt: skip
+
+
+MACHINE = "machine"  # busy CPU seconds of the whole machine (Linux counts guest time in user)
 
 
 class Phase(NamedTuple):
@@ -355,6 +362,10 @@ async def _measure(broker, coordinator, workers, phases, starts, results, timeou
         window = time.monotonic() - wall
         cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in _cpu_seconds(broker, coordinator).items()}
         cpu["publishers (publishing only)"] = cpu_publishers
+        # whatever else kept the cores busy (PostgreSQL's server with --postgres; any other load spoils the run)
+        stolen = cpu.pop("stolen")
+        cpu["rest of the machine"] = cpu.pop(MACHINE) - sum(cpu.values())
+        cpu["stolen by the hypervisor"] = stolen
         measured.append({"phase": phase, "sent": sent, "window": window, "cpu": cpu})
         if not reached[number].is_set():
             break
