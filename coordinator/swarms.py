@@ -8,7 +8,6 @@ from typing import Any, Optional
 from coordinator.ledger import Ledger
 from coordinator.assets import configured_task
 from hearth.tasks import measure_flops_per_sample
-from hearth.tasks.base import default_average_state_every
 from protocol.messages import Hyperparameters, SwarmManifest, is_valid_swarm_id
 
 logger = logging.getLogger(__name__)
@@ -42,11 +41,9 @@ async def define_swarm(swarm_id: str, task_name: str, title: Optional[str] = Non
     unknown = set(chosen) - set(HYPERPARAMETERS)
     if unknown:
         raise ValueError(f"unknown hyperparameter(s): {', '.join(sorted(unknown))}")
-    chosen["local_updates"] = bool(chosen["local_updates"])
-    if chosen["average_state_every"] is None:
-        chosen["average_state_every"] = default_average_state_every(chosen["local_updates"])
     for name in ("target_batch_size", "batch_size", "average_state_every", "warmup_epochs"):
         chosen[name] = int(chosen[name])
+    chosen["local_updates"] = bool(chosen["local_updates"])
     for name in ("learning_rate", "matchmaking_time", "averaging_timeout"):
         chosen[name] = float(chosen[name])
     try:

@@ -18,7 +18,7 @@ the coordinator) runs on the remaining cores, as it would run elsewhere.
   of minutes).
 - paused_cpu_core_fraction: CPU used by the paused volunteer's whole process tree, in cores.
 
-The last stdout line is JSON. Usage: python scripts/bench_node.py [--epochs 5] [--epoch-seconds 30] [--keep DIR]
+The last stdout line is JSON. Usage: python scripts/bench_node.py [--epochs 3] [--epoch-seconds 30] [--keep DIR]
 """
 
 import argparse
@@ -220,8 +220,7 @@ def _first_step(data_dir: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5, help="epochs in the node's measurement window (default: "
-                        "one cycle of the default state round, every 5 epochs)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs in the node's measurement window")
     parser.add_argument("--epoch-seconds", type=float, default=30.0,
                         help="size the swarm's target batch so that an epoch lasts about this long")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the coordinator's and nodes' logs here")

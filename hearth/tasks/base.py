@@ -10,16 +10,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
-# Gradients averaged every epoch keep peers' parameters identical (digests compare them every epoch, node/digest.py),
-# so the synchronous state round (1.5-2 s of every peer's time in bench_node's 30 s epochs: its matchmaking alone
-# waits 1 s) is only a periodic re-sync. With local updates the state round is the only averaging there is.
-STATE_EVERY_WITH_GRADIENT_AVERAGING = 5
-STATE_EVERY_WITH_LOCAL_UPDATES = 1
-
-
-def default_average_state_every(local_updates: bool) -> int:
-    return STATE_EVERY_WITH_LOCAL_UPDATES if local_updates else STATE_EVERY_WITH_GRADIENT_AVERAGING
-
 
 @dataclass(frozen=True)
 class TaskDefaults:
@@ -30,7 +20,7 @@ class TaskDefaults:
     learning_rate: float
     matchmaking_time: float = 3.0
     averaging_timeout: float = 30.0
-    average_state_every: Optional[int] = None  # None: default_average_state_every(the swarm's local_updates)
+    average_state_every: int = 1
     compression: str = "none"  # "none" | "fp16" | "int8": what travels between peers
     local_updates: bool = False
     warmup_epochs: int = 0

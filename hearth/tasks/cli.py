@@ -22,19 +22,9 @@ def list_tasks(as_json: bool) -> None:
     for name in available_tasks():
         task = load_task(name)
         if as_json:
-            click.echo(json.dumps({"name": name, "description": task.description, "defaults": resolved_defaults(task.defaults)}))
+            click.echo(json.dumps({"name": name, "description": task.description, "defaults": asdict(task.defaults)}))
         else:
             click.echo(f"{name:16} {task.description}")
-
-
-def resolved_defaults(defaults) -> dict:
-    """The task's defaults as a swarm created from them gets them."""
-    from hearth.tasks.base import default_average_state_every
-
-    values = asdict(defaults)
-    if values["average_state_every"] is None:
-        values["average_state_every"] = default_average_state_every(defaults.local_updates)
-    return values
 
 
 def describe_task(task) -> dict:
@@ -47,7 +37,7 @@ def describe_task(task) -> dict:
         "name": task.name, "description": task.description,
         "parameters": sum(parameter.numel() for parameter in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "flops_per_sample": measure_flops_per_sample(task), "defaults": resolved_defaults(defaults),
+        "flops_per_sample": measure_flops_per_sample(task), "defaults": asdict(defaults),
         "schedule": {
             "description": task.schedule_doc,
             "multipliers": [task.lr_schedule(epoch, defaults.warmup_epochs) for epoch in range(SCHEDULE_EPOCHS_SHOWN)],

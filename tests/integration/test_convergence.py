@@ -54,10 +54,6 @@ def single_process_losses(task, global_batches: list[int], learning_rate: float,
 def test_a_two_peer_swarm_reaches_the_loss_of_one_process_with_the_same_global_batch(coordinator, nodes):
     created = run_hearth("swarm", "create", SWARM_ID, "--task", "housing", "--target-batch-size", str(TARGET_BATCH_SIZE),
                          "--batch-size", str(BATCH_SIZE), "--matchmaking-time", "1", "--coordinator", coordinator.url,
-                         # a state round every epoch: under CI's load a gradient round sometimes fails for one peer,
-                         # which then steps alone; only the epoch's state round brings it back before the digests
-                         # are compared (the default, every 5 epochs, lets two peers differ until the next one)
-                         "--average-state-every", "1",
                          "--token-file", str(coordinator.data_dir / "operator-token"), timeout=120)  # fmt: skip
     assert created.returncode == 0, created.stderr
     for name in ("conv-a", "conv-b"):
