@@ -1,7 +1,6 @@
 """Bandwidth modes end to end: two 2-peer swarms train at once (int8, and local updates), their nodes report each
 epoch's averaging bytes, and the coordinator's ledger shows what each mode costs next to fp32."""
 
-
 import pytest
 
 from hearth.processes import wait_until

@@ -1,4 +1,5 @@
-"""The node's progress tracker (node/swarm.py, ThrottledProgressTracker) stops cleanly, on a real hivemind DHT."""
+"""The node's progress tracker (node/swarm.py, ThrottledProgressTracker) on a real hivemind DHT: it stops cleanly,
+and publishes the end of an epoch's training at once."""
 
 import gc
 

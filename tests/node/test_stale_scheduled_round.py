@@ -13,7 +13,7 @@ import torch
 
 from node.swarm import SwarmMember, SwarmSettings
 from protocol.messages import Hyperparameters, SwarmManifest
-from tests.node.peer_process import start_peer, stop_peers
+from tests.node.peer_process import ask, two_peers
 
 ROUNDS_TRIED = 5  # a round both peers start together may still form without one of them: try again
 BATCH = 32
@@ -57,23 +57,14 @@ def peer_main(initial_peers: list[str]) -> None:
 
 @pytest.mark.timeout(300)
 def test_a_node_whose_pre_scheduled_round_is_over_still_averages_with_its_peer():
-    first = start_peer(__name__)
-    second = None
-    try:
-        second = start_peer(__name__, *json.loads(first.stdout.readline()))
-        second.stdout.readline()
+    with two_peers(__name__) as peers:
+        peers[1].stdout.readline()  # its addresses
         for _ in range(ROUNDS_TRIED):
-            for peer in (first, second):
-                peer.stdin.write("epoch end\n")
-                peer.stdin.flush()
-            outcomes = [json.loads(peer.stdout.readline()) for peer in (first, second)]
+            outcomes = ask(peers, "epoch end")
             assert all(outcome["saw_peer"] and outcome["began"] for outcome in outcomes), outcomes
             if all(outcome["group_size"] == 2 for outcome in outcomes):
                 break
         assert [outcome["group_size"] for outcome in outcomes] == [2, 2], outcomes
-    finally:
-        stop_peers(second, first)
-
 
 if __name__ == "__main__":
     peer_main(sys.argv[1:])

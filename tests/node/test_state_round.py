@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from node.swarm import ADAM_MOMENTS, SwarmMember, SwarmSettings
-from tests.node.peer_process import start_peer, stop_peers
+from tests.node.peer_process import ask, two_peers
 from protocol.messages import Hyperparameters, SwarmManifest
 
 ROUNDS_TRIED = 5  # a round both peers start together may still form without one of them: try again
@@ -66,25 +66,16 @@ def peer_main(initial_peers: list[str]) -> None:
 
 @pytest.mark.timeout(300)
 def test_a_state_round_after_a_download_keeps_the_donors_statistics_on_both_peers():
-    donor = start_peer(__name__)
-    joiner = None
-    try:
-        joiner = start_peer(__name__, *json.loads(donor.stdout.readline()))
-        downloaded = json.loads(joiner.stdout.readline())
+    with two_peers(__name__) as peers:
+        downloaded = json.loads(peers[1].stdout.readline())
         assert all(value > 0 for value in downloaded), downloaded
         for _ in range(ROUNDS_TRIED):
-            for peer in (donor, joiner):
-                peer.stdin.write("round\n")
-                peer.stdin.flush()
-            outcomes = [json.loads(peer.stdout.readline()) for peer in (donor, joiner)]
+            outcomes = ask(peers, "round")
             if all(outcome["group_size"] == 2 for outcome in outcomes):
                 break
         assert [outcome["group_size"] for outcome in outcomes] == [2, 2], outcomes
         for outcome in outcomes:  # the average of two equal states is that state
             assert outcome["statistics"] == pytest.approx(downloaded, rel=1e-6), (outcome, downloaded)
-    finally:
-        stop_peers(joiner, donor)
-
 
 if __name__ == "__main__":
     peer_main(sys.argv[1:])

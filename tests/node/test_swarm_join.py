@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from node.swarm import SwarmMember, SwarmSettings
-from tests.node.peer_process import start_peer, stop_peers
+from tests.node.peer_process import two_peers
 from protocol.messages import Hyperparameters, SwarmManifest
 
 VALUES = 100_000  # parameters of the model below, so a state of 3 × 400 kB (parameters, two Adam moments)
@@ -54,13 +54,8 @@ def peer_main(initial_peers: list[str]) -> None:
 
 @pytest.mark.timeout(300)
 def test_a_joiner_downloads_the_state_once_and_no_gradient_buffers():
-    donor = start_peer(__name__)
-    joiner = None
-    try:
-        joiner = start_peer(__name__, *json.loads(donor.stdout.readline()))
+    with two_peers(__name__) as (_donor, joiner):
         received = json.loads(joiner.stdout.readline())
-    finally:
-        stop_peers(joiner, donor)
     state = 3 * VALUES * 4
     # the state and its framing; the donor's gradient buffers would add another VALUES * 4 bytes
     assert state <= received < state + VALUES, received
