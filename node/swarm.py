@@ -81,13 +81,21 @@ class RoundRecording:
         return control
 
     def outcome_since(self, rounds_before: int) -> RoundOutcome:
-        control = self.last_control
-        if self.rounds_started == rounds_before or control is None or not control.done():
+        if self.rounds_started == rounds_before:
             return RoundOutcome(group_size=1, averaged=False)
-        try:
-            return RoundOutcome(group_size=len(control.result(timeout=0)), averaged=True)
-        except BaseException:  # the round failed: hivemind fell back to local gradients
-            return RoundOutcome(group_size=1, averaged=False)
+        group_size = finished_group_size(self.last_control)
+        return RoundOutcome(group_size=group_size, averaged=group_size > 1)
+
+
+def finished_group_size(control) -> int:
+    """How many peers the finished averaging round behind `control` (a StepControl) averaged: 1 if it has not
+    finished, or failed (hivemind then falls back to local gradients)."""
+    if control is None or not control.done():
+        return 1
+    try:
+        return len(control.result(timeout=0))
+    except BaseException:
+        return 1
 
 
 class RecordingGradientAverager(RoundRecording, TrafficCounting, GradientAverager):
@@ -101,7 +109,24 @@ class RecordingGradientAverager(RoundRecording, TrafficCounting, GradientAverage
 
 class StateRoundStep(RoundRecording, DecentralizedAverager):
     """Sits below TrainingStateAverager, whose high-level step() starts each state round with
-    DecentralizedAverager.step(wait=False): that is the call recorded."""
+    DecentralizedAverager.step(wait=False): that is the call recorded.
+
+    Each round also tells the averager's process how many peers to expect: its leader starts the all-reduce as
+    soon as that many have joined, instead of waiting out the whole matchmaking window (hivemind fixes the group
+    size when the process starts). The state round follows a gradient round the same peers just finished together,
+    so they all join within milliseconds; waiting the window out cost every peer ~1 s of every epoch."""
+
+    expected_group_size: Optional[int] = None
+    """For the next round only, set by TrackingOptimizer; None: wait out the window, as hivemind does."""
+
+    def step(self, *args, **kwargs):
+        expected, self.expected_group_size = self.expected_group_size, None
+        self._outer_pipe.send(("_expect_group_size", [expected], {}))  # handled before the step
+        return super().step(*args, **kwargs)
+
+    async def _expect_group_size(self, size: Optional[int]) -> None:
+        """Runs in the averager's process (hivemind's pipe protocol: the method name and its arguments)."""
+        self._matchmaking.target_group_size = size
 
 
 class RecordingStateAverager(TrafficCounting, TrainingStateAverager, StateRoundStep):
@@ -243,6 +268,13 @@ class TrackingOptimizer(Optimizer):
     def _update_global_epoch(self, grad_scaler) -> None:
         self.tracker.report_training_stopped()
         super()._update_global_epoch(grad_scaler)
+
+    def _average_gradients_and_load_into_optimizer(self, maybe_step_control) -> None:
+        super()._average_gradients_and_load_into_optimizer(maybe_step_control)
+        # The state round comes next: expect this round's group, or every peer the swarm counts if that is more
+        # (a peer whose gradient round failed still joins the state round, which is what brings it back in line).
+        expected = max(finished_group_size(maybe_step_control), self.tracker.global_progress.num_peers)
+        self.state_averager.expected_group_size = expected if expected > 1 else None
 
     def load_state_from_peers(self, **kwargs):
         self.state_loads += 1
