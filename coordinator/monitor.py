@@ -119,6 +119,9 @@ class DHTMonitor:
 
     async def poll(self) -> None:
         for swarm_id, run_id in list(self._swarms()):
+            snapshot = self.progress.get(swarm_id)
+            if snapshot is not None and time.time() - snapshot.updated_at < self.interval:
+                continue  # read for the work check meanwhile: every read costs each peer storing the key
             await self.register(run_id)
             future = self.dht_for(run_id).get(progress_key(run_id), latest=True, return_future=True)
             try:
@@ -126,7 +129,11 @@ class DHTMonitor:
             except asyncio.TimeoutError:
                 logger.warning("Reading progress of %s timed out", run_id)
                 continue
-            self.progress[swarm_id] = ProgressSnapshot(parse_progress(record), time.time())
+            self.note_progress(swarm_id, parse_progress(record))
+
+    def note_progress(self, swarm_id: str, progress: SwarmProgress) -> None:
+        """The latest progress read of a swarm, by this monitor's poll or another reader of the same key."""
+        self.progress[swarm_id] = ProgressSnapshot(progress, time.time())
 
     async def stop(self) -> None:
         if self._task is not None:

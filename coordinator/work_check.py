@@ -73,7 +73,9 @@ class WorkChecker:
                                                 GET_TIMEOUT)  # fmt: skip
             except asyncio.TimeoutError:
                 continue
-            plausibility.observe(parse_progress(record).peers, time.time())
+            progress = parse_progress(record)
+            plausibility.observe(progress.peers, time.time())
+            self.monitor.note_progress(swarm_id, progress)  # the dashboards' read too: one read serves both
 
     async def _plausibility(self, swarm_id: str) -> Optional[SwarmPlausibility]:
         if swarm_id not in self.swarms:

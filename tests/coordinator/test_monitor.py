@@ -2,6 +2,7 @@
 reads them back as SwarmProgress, picks up swarms created later, and leaves no process behind."""
 
 import asyncio
+import dataclasses
 
 import psutil
 from hivemind.dht.crypto import RSASignatureValidator
@@ -9,7 +10,7 @@ from hivemind.optim.progress_tracker import LocalTrainingProgress
 from hivemind.utils.timed_storage import get_dht_time
 
 from coordinator.monitor import DHTMonitor
-from hearth.progress import progress_key
+from hearth.progress import SwarmProgress, progress_key
 from tests.coordinator.helpers import wait_for
 
 
@@ -50,6 +51,29 @@ def test_monitor_reads_signed_progress(tmp_path):
             await monitor.stop()
         await wait_for(lambda: _async(not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)),
                        what="the DHT process and p2pd to exit")  # fmt: skip
+
+    asyncio.run(scenario())
+
+
+def test_monitor_skips_its_read_while_the_work_check_read_the_swarm_recently():
+    """Every read of a progress key costs each peer storing it (their DHT process and p2pd, on the volunteer's
+    CPU): the dashboards' poll reuses the work check's read (note_progress) when it is fresher than its interval."""
+
+    async def scenario():
+        monitor = DHTMonitor(interval=60.0)
+        await monitor.start(lambda: [("spirals", "hearth-spirals-test0003")])
+        try:
+            await wait_for(lambda: _async("spirals" in monitor.progress), what="a first poll")
+            noted = SwarmProgress(epoch=7, peers=[])
+            monitor.note_progress("spirals", noted)
+            await monitor.poll()
+            assert monitor.progress["spirals"].progress is noted  # fresh: not read again
+            snapshot = monitor.progress["spirals"]
+            monitor.progress["spirals"] = dataclasses.replace(snapshot, updated_at=snapshot.updated_at - 61)
+            await monitor.poll()
+            assert monitor.progress["spirals"].progress.epoch == 0  # stale: read from the DHT
+        finally:
+            await monitor.stop()
 
     asyncio.run(scenario())
 
