@@ -191,6 +191,18 @@ class SwarmPlausibility:
             for peer, record in last.items()
         }
 
+    def seconds_to_epoch_end(self, now: float) -> float:
+        """The swarm's newest epoch's estimated remaining time, from its peers' latest records extrapolated at their
+        rates to `now` (0 while none of them trains, e.g. all averaging): how long evidence may go unread."""
+        latest = [history.latest for history in self.peers.values()]
+        newest = max((record.epoch for record in latest), default=None)
+        current = [record for record in latest if record.epoch == newest]
+        rate = sum(record.samples_per_second for record in current)
+        if rate <= 0:
+            return 0.0
+        done = sum(r.samples_accumulated + r.samples_per_second * max(now - r.time, 0.0) for r in current)
+        return max(self.target_batch_size - done, 0.0) / rate
+
     def _expected(self, epoch: int) -> set[str]:
         """Peers that presumably trained in `epoch`: a record of it was seen, or records from before and after it."""
         return {peer for peer, h in self.peers.items() if epoch in h.records or min(h.records) < epoch < max(h.records)}

@@ -2,7 +2,7 @@
 is in, then are granted for what the plausibility rules believe, held for an audit, or rejected.
 
 Every POLL seconds this task reads each swarm's signed progress records from the DHT (the monitor's peer) into
-coordinator/plausibility.py, decides the pending reports it can, lets coordinator/audits.py pick some of them
+coordinator/plausibility.py (while a swarm's epoch is far from its end, less often: see READ_LEAD), decides the pending reports it can, lets coordinator/audits.py pick some of them
 for a spot check (their grant waits for its outcome) and writes the decisions through Ledger.settle.
 """
 
@@ -21,17 +21,23 @@ from hearth.progress import parse_progress, progress_key
 
 logger = logging.getLogger(__name__)
 
-POLL = 0.5  # seconds between reads of the progress records (peers publish theirs about once a second)
+POLL = 0.5  # seconds between passes, and between reads of a swarm's progress records near its epoch's end
+# Far from it, a swarm's records are read every 1/READ_LEAD of its estimated remaining time, at most every FAR_POLL s:
+# each read is a find RPC to every peer storing the key (their DHT process and p2pd, on the volunteers' CPU), and
+# what the rules need most is each peer's last record of an epoch (its share), published about a second apart.
+READ_LEAD = 4.0
+FAR_POLL = 1.5  # under the monitor's 2 s interval, so its dashboards' poll keeps reusing these reads
 GET_TIMEOUT = 5.0
 MAX_PENDING = 5000  # pending reports read per pass
 
 
 class WorkChecker:
-    def __init__(self, ledger: Ledger, monitor, auditor=None, poll: float = POLL):
-        self.ledger, self.monitor, self.auditor, self.poll = ledger, monitor, auditor, poll
+    def __init__(self, ledger: Ledger, monitor, auditor=None, poll: float = POLL, clock=time.time):
+        self.ledger, self.monitor, self.auditor, self.poll, self.clock = ledger, monitor, auditor, poll, clock
         self.swarms: dict[str, SwarmPlausibility] = {}
         self._decided: dict[int, Verdict] = {}  # report id → verdict, while its audit is open
         self._considered: set[int] = set()  # pending reports the auditor has seen
+        self._next_read: dict[str, float] = {}  # swarm_id → when its progress records are due to be read again
         self._task: Optional[asyncio.Task] = None
         self.counters: Counter[str] = Counter()
 
@@ -57,14 +63,14 @@ class WorkChecker:
     async def run_once(self) -> int:
         """One pass: read evidence, decide what can be; returns how many reports were settled."""
         await self._observe()
-        return await self._settle(time.time())
+        return await self._settle(self.clock())
 
     async def _observe(self) -> None:
         if self.monitor is None or self.monitor.dht is None:
             return
         for swarm_id, info in list(self.ledger.swarms.items()):
             plausibility = await self._plausibility(swarm_id)
-            if plausibility is None:
+            if plausibility is None or self.clock() < self._next_read.get(swarm_id, 0.0):
                 continue
             await self.monitor.register(info.run_id)
             dht = self.monitor.dht_for(info.run_id) if hasattr(self.monitor, "dht_for") else self.monitor.dht
@@ -73,9 +79,11 @@ class WorkChecker:
                                                 GET_TIMEOUT)  # fmt: skip
             except asyncio.TimeoutError:
                 continue
-            progress = parse_progress(record)
-            plausibility.observe(progress.peers, time.time())
+            progress, now = parse_progress(record), self.clock()
+            plausibility.observe(progress.peers, now)
             self.monitor.note_progress(swarm_id, progress)  # the dashboards' read too: one read serves both
+            wait = min(max(plausibility.seconds_to_epoch_end(now) / READ_LEAD, self.poll), FAR_POLL)
+            self._next_read[swarm_id] = now + wait
 
     async def _plausibility(self, swarm_id: str) -> Optional[SwarmPlausibility]:
         if swarm_id not in self.swarms:

@@ -233,3 +233,15 @@ def test_memory_stays_bounded_over_a_long_run():
     now += PEER_MEMORY + 120
     rules.observe([PeerProgress("c", epochs + 1, 10, 100.0, now, False)], now)
     assert set(rules.peers) == {"c"}
+
+
+def test_the_time_to_an_epochs_end_counts_the_newest_epochs_peers_at_their_rates():
+    plausibility = SwarmPlausibility(TARGET)
+    assert plausibility.seconds_to_epoch_end(1000.0) == 0.0  # nobody seen: read at once
+    plausibility.observe([PeerProgress("a", 3, 2_000, 100.0, 1000.0, False),
+                          PeerProgress("b", 3, 4_000, 300.0, 999.0, False),
+                          PeerProgress("old", 2, 11_000, 5_000.0, 1000.0, False)], 1000.0)  # fmt: skip
+    # (12,000 - 2,000 - 4,000 - 300 extrapolated over b's extra second) at 400 samples/s
+    assert plausibility.seconds_to_epoch_end(1000.0) == pytest.approx(5_700 / 400)
+    plausibility.observe([PeerProgress(p, 3, 6_000, 0.0, 1001.0, False) for p in "ab"], 1001.0)
+    assert plausibility.seconds_to_epoch_end(1001.0) == 0.0  # stopped for the epoch's averaging: read every pass

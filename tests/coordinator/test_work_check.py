@@ -1,23 +1,26 @@
 """Verified work through the real ingest path and ledger (SQLite and PostgreSQL): reports wait `pending`, a second
 report of an epoch is refused but keeps its sequence number, and the work check grants what the DHT evidence
 supports (fed here straight into the plausibility rules, with a fake clock, instead of from a DHT) with the reason
-of any cut, moving pending credit into the totals exactly once."""
+of any cut, moving pending credit into the totals exactly once. And on a real DHT: how often it reads a swarm's
+progress records."""
 
 import asyncio
+import time
 
 from sqlalchemy import select
 
 from coordinator import db
 from coordinator.ingest import Ingestor
 from coordinator.ledger import Batch, credit_for
+from coordinator.monitor import DHTMonitor
 from coordinator.plausibility import BORROW, CLAIM_WAIT, STALE_PEER, TOLERANCE
-from coordinator.work_check import WorkChecker
+from coordinator.work_check import FAR_POLL, POLL, WorkChecker
 from hearth.progress import PeerProgress
 from protocol.envelope import open_envelope, parse_body, seal
 from protocol.messages import VolunteerRegistration
 from protocol.signing import SigningKey
 from protocol.topics import report_topic
-from tests.coordinator.helpers import FLOPS, make_ledger, registration, report
+from tests.coordinator.helpers import FLOPS, SWARM, make_ledger, registration, report, wait_for
 
 
 async def _register(ledger, key: SigningKey, name: str, peer_id: str) -> None:
@@ -95,6 +98,54 @@ def test_a_report_without_evidence_is_rejected_after_the_timeout(tmp_path):
                 row = (await conn.execute(select(db.reports))).first()
             assert (row.status, row.reason) == ("rejected", "no progress record in the DHT for this epoch")
         finally:
+            await ledger.engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_progress_is_read_less_often_while_the_epochs_end_is_far_and_every_pass_near_it(tmp_path):
+    """Each read costs every peer storing the key (on the volunteers' CPU); near an epoch's end every pass reads."""
+    from hivemind.dht.crypto import RSASignatureValidator
+    from hivemind.optim.progress_tracker import LocalTrainingProgress
+    from hivemind.utils.timed_storage import get_dht_time
+
+    from hearth.progress import progress_key
+
+    async def scenario():
+        ledger = await make_ledger(tmp_path)
+        monitor = DHTMonitor(interval=3600)  # its own poll happens once, at start
+        await monitor.start(lambda: [("spirals", SWARM["run_id"])])
+        clock = [time.time()]
+        checker = WorkChecker(ledger, monitor, clock=lambda: clock[0])
+        owner = RSASignatureValidator().local_public_key
+
+        async def publish(samples: int) -> None:
+            progress = LocalTrainingProgress(peer_id=monitor.dht.peer_id.to_bytes(), epoch=0, samples_accumulated=samples,
+                                             samples_per_second=10.0, time=get_dht_time(), client_mode=False)  # fmt: skip
+            assert await monitor.dht.store(progress_key(SWARM["run_id"]), progress.dict(), get_dht_time() + 600,
+                                           subkey=owner, return_future=True)  # fmt: skip
+
+        async def read_at(seconds: float) -> bool:
+            """Run the work check's reads with its clock at `seconds` from the start; True if it read the DHT."""
+            clock[0] = start + seconds
+            before = monitor.progress.get("spirals")
+            await checker._observe()
+            return monitor.progress.get("spirals") is not before
+
+        try:
+            start = clock[0]
+            await wait_for(lambda: "spirals" in monitor.progress, what="the monitor's own first poll")
+            await publish(0)  # 4096 samples to go at 10/s: the end is far
+            assert await read_at(0)
+            assert not await read_at(FAR_POLL - 0.1)
+            assert await read_at(FAR_POLL)
+            await publish(4090)  # under a second to go
+            assert not await read_at(2 * FAR_POLL - 0.1)
+            assert await read_at(2 * FAR_POLL)  # sees it: from now on every pass reads
+            assert not await read_at(2 * FAR_POLL + POLL - 0.1)
+            assert await read_at(2 * FAR_POLL + POLL)
+        finally:
+            await monitor.stop()
             await ledger.engine.dispose()
 
     asyncio.run(scenario())
