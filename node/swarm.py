@@ -3,6 +3,7 @@ which peers took part in each gradient-averaging round."""
 
 import asyncio
 import logging
+import math
 import signal
 import threading
 import time
@@ -162,7 +163,14 @@ class RecordingStateAverager(TrafficCounting, TrainingStateAverager, StateRoundS
                     state[key] = shared
 
 
-PROGRESS_REPORT_INTERVAL = 1.0  # seconds between this peer's progress records in the DHT (besides epoch changes)
+# Seconds between this peer's progress records in the DHT (besides epoch changes and the end of an epoch's training,
+# which publish at once): every second near an epoch's end, where peers time it and the coordinator takes its
+# evidence of who did what share, and in short epochs; less often before (peers extrapolate each other's records at
+# their samples/s). Every record is a signed store on each peer holding the key, on their DHT process and p2pd.
+PROGRESS_REPORT_INTERVAL = 1.0
+PROGRESS_REPORT_INTERVAL_FAR = 5.0
+PROGRESS_NEAR_END = 8.0  # seconds before the swarm's estimated end of the epoch from which records are every second
+SPARSE_EPOCH_SECONDS = 20.0  # records are sparse only once the last whole epoch lasted this long
 STATE_MATCHMAKING_SECONDS = 1.0  # how long the state-averaging round waits for peers (see _make_state_averager)
 
 
@@ -184,13 +192,24 @@ class ThrottledEvent(threading.Event):
 class ThrottledProgressTracker(ProgressTracker):
     """hivemind's ProgressTracker stores a signed DHT record after *every* local step (tens per second), which
     costs the DHT process, p2pd and every peer storing it CPU time that training needs. Peers extrapolate each
-    other's progress from samples/s anyway, so publish at most once per interval, and at once on a new epoch."""
+    other's progress from samples/s anyway, so publish at most once per interval (a longer one far from the end of
+    long epochs), and at once on a new epoch."""
 
-    def __init__(self, *args, report_interval: float = PROGRESS_REPORT_INTERVAL, start: bool, **kwargs):
+    def __init__(self, *args, report_interval: float = PROGRESS_REPORT_INTERVAL,
+                 far_interval: float = PROGRESS_REPORT_INTERVAL_FAR, start: bool, **kwargs):  # fmt: skip
         super().__init__(*args, start=False, **kwargs)
+        self.report_interval, self.far_interval = report_interval, far_interval
         self.should_report_progress = ThrottledEvent(report_interval)  # before the reporter thread starts
+        self.epoch_started_at: Optional[float] = None  # monotonic time this peer's current epoch began, once seen
+        self.last_epoch_seconds = 0.0  # how long its last whole epoch lasted (0: none seen yet)
         if start:
             self.start()
+
+    def record_interval(self) -> float:
+        """The shorter interval unless the epochs are long and the swarm's end of this one is far."""
+        eta = self.global_progress.eta_next_epoch - get_dht_time()
+        far = math.isfinite(eta) and eta > PROGRESS_NEAR_END
+        return self.far_interval if far and self.last_epoch_seconds >= SPARSE_EPOCH_SECONDS else self.report_interval
 
     def run(self) -> None:
         """hivemind's run(), plus a clean end: its loop stopped with the fetcher's shutdown watcher (and at times the
@@ -220,7 +239,14 @@ class ThrottledProgressTracker(ProgressTracker):
 
     def report_local_progress(self, local_epoch: int, samples_accumulated: int, update_global_samples: bool = True):
         event = self.should_report_progress
-        event.throttle = local_epoch == self.local_progress.epoch and samples_accumulated > 0
+        same_epoch = local_epoch == self.local_progress.epoch
+        if not same_epoch:
+            now = time.monotonic()
+            if self.epoch_started_at is not None:
+                self.last_epoch_seconds = now - self.epoch_started_at
+            self.epoch_started_at = now
+        event.throttle = same_epoch and samples_accumulated > 0
+        event.min_interval = self.record_interval()
         try:
             super().report_local_progress(local_epoch, samples_accumulated, update_global_samples)
         finally:

@@ -1,12 +1,15 @@
 """The node's progress tracker (node/swarm.py, ThrottledProgressTracker) on a real hivemind DHT: it stops cleanly,
-and publishes the end of an epoch's training at once."""
+publishes the end of an epoch's training and a new epoch at once, and its records are sparse only far from the end
+of long epochs."""
 
 import gc
 
 import pytest
 from hivemind.dht import DHT
+from hivemind.utils import get_dht_time
 
-from node.swarm import ThrottledProgressTracker
+from node.swarm import (PROGRESS_NEAR_END, PROGRESS_REPORT_INTERVAL, PROGRESS_REPORT_INTERVAL_FAR,
+                        SPARSE_EPOCH_SECONDS, ThrottledProgressTracker)
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +46,39 @@ def test_the_end_of_a_peers_training_is_published_at_once_at_zero_samples_per_se
     tracker.report_training_stopped()
     assert event.is_set()
     assert (tracker.local_progress.samples_accumulated, tracker.local_progress.samples_per_second) == (500, 0.0)
+
+
+def published(tracker, epoch: int, samples: int, epoch_ends_in: float) -> bool:
+    """Report progress with the swarm's epoch ending in `epoch_ends_in` s; True if a record was triggered."""
+    tracker.global_progress.eta_next_epoch = get_dht_time() + epoch_ends_in
+    tracker.should_report_progress.clear()
+    tracker.report_local_progress(epoch, samples, update_global_samples=False)
+    return tracker.should_report_progress.is_set()
+
+
+@pytest.fixture
+def tracker(dht, request):
+    return ThrottledProgressTracker(dht=dht, prefix=request.node.name, target_batch_size=10**6, start=False)
+
+
+def test_records_are_sparse_far_from_the_end_of_long_epochs_and_every_second_near_it(tracker):
+    assert PROGRESS_REPORT_INTERVAL < PROGRESS_REPORT_INTERVAL_FAR
+    tracker.last_epoch_seconds = SPARSE_EPOCH_SECONDS + 10
+    far = PROGRESS_NEAR_END + 30
+    assert published(tracker, 1, 100, far)  # a new epoch: at once
+    assert not published(tracker, 1, 200, far)
+    assert tracker.should_report_progress.min_interval == PROGRESS_REPORT_INTERVAL_FAR
+    assert not published(tracker, 1, 300, PROGRESS_NEAR_END - 1)  # still within a second of the last record
+    assert tracker.should_report_progress.min_interval == PROGRESS_REPORT_INTERVAL
+    assert not published(tracker, 1, 400, float("inf"))  # no estimate of the end (no rate yet): every second
+    assert tracker.should_report_progress.min_interval == PROGRESS_REPORT_INTERVAL
+
+
+def test_records_stay_every_second_in_short_epochs_and_before_one_was_timed(tracker):
+    far = PROGRESS_NEAR_END + 30
+    published(tracker, 1, 100, far)  # the first epoch change seen: its start, no whole epoch timed yet
+    assert tracker.should_report_progress.min_interval == PROGRESS_REPORT_INTERVAL
+    published(tracker, 2, 100, far)  # an epoch of a moment
+    assert 0 < tracker.last_epoch_seconds < SPARSE_EPOCH_SECONDS
+    assert not published(tracker, 2, 200, far)
+    assert tracker.should_report_progress.min_interval == PROGRESS_REPORT_INTERVAL
