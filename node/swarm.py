@@ -29,6 +29,7 @@ from hivemind.optim.state_averager import TrainingStateAverager  # noqa: E402
 from hivemind.utils import get_dht_time  # noqa: E402
 
 from node.bandwidth import TrafficCounter, TrafficCounting, optimizer_options  # noqa: E402
+from node.matchmaking import PacedMatchmaking  # noqa: E402
 from protocol.messages import SwarmManifest
 
 logger = logging.getLogger(__name__)
@@ -99,8 +100,9 @@ def finished_group_size(control) -> int:
         return 1
 
 
-class RecordingGradientAverager(RoundRecording, TrafficCounting, GradientAverager):
-    """The gradient averager: records its rounds (GradientAverager.step) and counts its traffic."""
+class RecordingGradientAverager(RoundRecording, TrafficCounting, PacedMatchmaking, GradientAverager):
+    """The gradient averager: records its rounds (GradientAverager.step), counts its traffic and paces its
+    matchmaking."""
 
     def load_state_from_peers(self, wait: bool = True, timeout: Optional[float] = None):
         # hivemind.Optimizer calls this after downloading the state, then throws the result away and zeroes its
@@ -108,7 +110,7 @@ class RecordingGradientAverager(RoundRecording, TrafficCounting, GradientAverage
         return None
 
 
-class StateRoundStep(RoundRecording, DecentralizedAverager):
+class StateRoundStep(RoundRecording, PacedMatchmaking, DecentralizedAverager):
     """Sits below TrainingStateAverager, whose high-level step() starts each state round with
     DecentralizedAverager.step(wait=False): that is the call recorded.
 
