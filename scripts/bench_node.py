@@ -13,8 +13,9 @@ the coordinator) runs on the remaining cores, as it would run elsewhere.
   plain torch loop (same model, batch and threads) on the same core, while a second plain loop keeps the other
   cores as busy. Like the node, whose optimizer steps once per epoch, the plain loop accumulates gradients and
   steps once per window: the ratio is Hearth's overhead, not the saving of fewer optimizer steps. This machine's
-  single-core speed drifts by ~±10 % from minute to minute (measured), so the plain loop runs before and after
-  the node's window and the baseline is their mean. The swarm's target batch is sized so an epoch lasts --epoch-seconds (real swarms run epochs
+  single-core speed drifts by ~±10 % from minute to minute (measured), so the node is measured in --rounds windows
+  with the plain loop before and after each (the node paused meanwhile): each window's ratio is to the mean of its
+  two plain runs, and node_vs_plain is the mean of the windows' ratios. The swarm's target batch is sized so an epoch lasts --epoch-seconds (real swarms run epochs
   of minutes).
 - paused_cpu_core_fraction: CPU used by the paused volunteer's whole process tree, in cores.
 
@@ -123,7 +124,7 @@ def status(data_dir: Path) -> dict:
     return request(socket_path(data_dir), "status")
 
 
-def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: set[int], others: set[int],
+def node_benchmark(work: Path, epochs: int, rounds: int, target_batch_size: int, volunteer: set[int], others: set[int],
                    swarm_options: tuple[str, ...] = ()) -> dict:  # fmt: skip
     ready = work / "ready.json"
     log = open(work / "c.log", "w")
@@ -180,24 +181,29 @@ def node_benchmark(work: Path, epochs: int, target_batch_size: int, volunteer: s
 
         wait_until(lambda: status(work / "volunteer")["training"]["epochs_contributed"] >= 1, 600,
                    what="the volunteer to train an epoch")  # fmt: skip
-        first = epoch_closed_after(status(work / "volunteer")["training"]["epoch"])
-        since, cpu_before = time.monotonic(), cpu_by_role(nodes["volunteer"].pid)
-        training = epoch_closed_after(first["epoch"] + epochs - 1)
-        cpu_after = cpu_by_role(nodes["volunteer"].pid)
-        cpu_shares = {role: (cpu_after[role] - cpu_before[role]) / (time.monotonic() - since) for role in cpu_after}
-        elapsed = training["epoch_closed_at"] - first["epoch_closed_at"]
-        node_rate = (training["samples_total"] - first["samples_total"]) / elapsed
-        request(socket_path(work / "volunteer"), "pause")
-        worker = psutil.Process(nodes["volunteer"].pid).children()[0]
-        wait_until(lambda: len(worker.children()) <= 1, 30, what="the paused node to leave the swarm")
-        cpu, wall = tree_cpu_seconds(worker.pid), time.monotonic()
-        time.sleep(10)  # measurement window
-        paused_fraction = (tree_cpu_seconds(worker.pid) - cpu) / (time.monotonic() - wall)
-        plain_after = plain_throughput(PLAIN_SECONDS, volunteer, others)  # the volunteer is paused: its core is free
-        return {"node_rate": node_rate, "join_to_first_step_s": join_seconds, "cold_join_seconds": cold_join_seconds,
-                "imports_s": imports_seconds,
-                "paused_cpu_core_fraction": paused_fraction, "epoch_reached": training["epoch"],
-                "plain_after": plain_after, "cpu_shares": cpu_shares}  # fmt: skip
+        windows, plain_after, paused_fraction = [], [], None
+        for window in range(rounds):
+            first = epoch_closed_after(status(work / "volunteer")["training"]["epoch"])
+            since, cpu_before = time.monotonic(), cpu_by_role(nodes["volunteer"].pid)
+            training = epoch_closed_after(first["epoch"] + epochs - 1)
+            cpu_after = cpu_by_role(nodes["volunteer"].pid)
+            cpu_shares = {role: (cpu_after[role] - cpu_before[role]) / (time.monotonic() - since) for role in cpu_after}
+            elapsed = training["epoch_closed_at"] - first["epoch_closed_at"]
+            windows.append({"node_rate": (training["samples_total"] - first["samples_total"]) / elapsed,
+                            "epoch_reached": training["epoch"], "cpu_shares": cpu_shares})  # fmt: skip
+            request(socket_path(work / "volunteer"), "pause")
+            worker = psutil.Process(nodes["volunteer"].pid).children()[0]
+            wait_until(lambda: len(worker.children()) <= 1, 30, what="the paused node to leave the swarm")
+            if paused_fraction is None:
+                cpu, wall = tree_cpu_seconds(worker.pid), time.monotonic()
+                time.sleep(10)  # measurement window
+                paused_fraction = (tree_cpu_seconds(worker.pid) - cpu) / (time.monotonic() - wall)
+            plain_after.append(plain_throughput(PLAIN_SECONDS, volunteer, others))  # paused: its core is free
+            if window + 1 < rounds:
+                request(socket_path(work / "volunteer"), "resume")  # it rejoins and catches up with the swarm
+        return {"windows": windows, "plain_after": plain_after, "join_to_first_step_s": join_seconds,
+                "cold_join_seconds": cold_join_seconds, "imports_s": imports_seconds,
+                "paused_cpu_core_fraction": paused_fraction}  # fmt: skip
     finally:
         for process in nodes.values():
             stop_group(process, grace=30)
@@ -220,7 +226,9 @@ def _first_step(data_dir: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3, help="epochs in the node's measurement window")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs in each of the node's measurement windows")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="measurement windows, each followed by the plain loop while the node is paused")
     parser.add_argument("--epoch-seconds", type=float, default=30.0,
                         help="size the swarm's target batch so that an epoch lasts about this long")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the coordinator's and nodes' logs here")
@@ -235,27 +243,34 @@ def main() -> None:
     plain_before = plain_throughput(PLAIN_SECONDS, volunteer, others)
     target_batch_size = int(plain_before * 2 * args.epoch_seconds)
     swarm_options = ("--average-state-every", str(args.average_state_every)) if args.average_state_every else ()
+    setup = (args.epochs, args.rounds, target_batch_size, volunteer, others, swarm_options)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        node = node_benchmark(args.keep, args.epochs, target_batch_size, volunteer, others, swarm_options)
+        node = node_benchmark(args.keep, *setup)
     else:
         with tempfile.TemporaryDirectory(prefix="hearth-bench-node-") as work:
-            node = node_benchmark(Path(work), args.epochs, target_batch_size, volunteer, others, swarm_options)
-    plain = (plain_before + node["plain_after"]) / 2
-    drift = abs(plain_before - node["plain_after"]) / plain
-    if drift > DRIFT_WARNING:
-        print(f"warning: the plain loop's speed moved by {drift:.0%} between before and after the node's window "
-              "(something else used this core?): node_vs_plain is uncertain by about that much; run again", file=sys.stderr)
-    print(f"plain torch loop: {plain:,.0f} samples/s (1 thread, core {cores[0]}; {plain_before:,.0f} before the "
-          f"node's window, {node['plain_after']:,.0f} after)")
-    print(f"hearth node:      {node['node_rate']:,.0f} samples/s (1 thread, core {cores[0]}, 2-peer swarm, "
-          f"target batch {target_batch_size:,} ≈ {args.epoch_seconds:.0f} s epochs, reached epoch {node['epoch_reached']})")
-    shares = ", ".join(f"{role} {share:.3f}" for role, share in node["cpu_shares"].items())
-    print(f"volunteer's CPU in the window, in cores: {shares}")
+            node = node_benchmark(Path(work), *setup)
+    plains = [plain_before, *node["plain_after"]]
+    ratios = []
+    for index, window in enumerate(node["windows"]):
+        before, after = plains[index], plains[index + 1]
+        baseline = (before + after) / 2
+        ratios.append(window["node_rate"] / baseline)
+        drift = abs(before - after) / baseline
+        print(f"window {index + 1}: plain torch loop {before:,.0f} → {after:,.0f} samples/s (1 thread, core {cores[0]}, "
+              f"before and after); hearth node {window['node_rate']:,.0f} samples/s (1 thread, core {cores[0]}, "
+              f"2-peer swarm, {args.epochs} epochs to epoch {window['epoch_reached']}): {ratios[-1]:.3f}")
+        if drift > DRIFT_WARNING:
+            print(f"warning: in window {index + 1} the plain loop's speed moved by {drift:.0%} (something else used this "
+                  "core?): its ratio is uncertain by about that much", file=sys.stderr)
+    print(f"swarm: target batch {target_batch_size:,} ≈ {args.epoch_seconds:.0f} s epochs; node_vs_plain is the mean of "
+          f"the {len(ratios)} windows' ratios (spread {max(ratios) - min(ratios):.3f})")
+    shares = ", ".join(f"{role} {share:.3f}" for role, share in node["windows"][-1]["cpu_shares"].items())
+    print(f"volunteer's CPU in the last window, in cores: {shares}")
     print(f"join:             {node['join_to_first_step_s']:.1f} s to the first step when `hearth join` hands the swarm to "
           f"the running node (`hearth node start`); {node['cold_join_seconds']:.1f} s when it starts the node, of which "
           f"Python needs {node['imports_s']:.1f} s just to import torch, hivemind and torch._dynamo on this core")
-    result = {"node_vs_plain": round(node["node_rate"] / plain, 3),
+    result = {"node_vs_plain": round(sum(ratios) / len(ratios), 3),
               "join_to_first_step_s": round(node["join_to_first_step_s"], 2),
               "cold_join_to_first_step_s": round(node["cold_join_seconds"], 2),
               "paused_cpu_core_fraction": round(node["paused_cpu_core_fraction"], 4),
