@@ -4,21 +4,10 @@ manager returns, read at most once per interval however fast they are asked for.
 import asyncio
 import time
 
-import pytest
 from hivemind.averaging.key_manager import GroupKeyManager
-from hivemind.dht import DHT
 from hivemind.utils import get_dht_time
 
 from node.matchmaking import PacedGroupKeyManager
-
-
-@pytest.fixture(scope="module")
-def dht():
-    dht = DHT(host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
-    try:
-        yield dht
-    finally:
-        dht.shutdown()
 
 
 def test_matchmaking_reads_are_paced_and_find_the_same_averagers(dht):

@@ -5,20 +5,10 @@ of long epochs."""
 import gc
 
 import pytest
-from hivemind.dht import DHT
 from hivemind.utils import get_dht_time
 
 from node.swarm import (PROGRESS_NEAR_END, PROGRESS_REPORT_INTERVAL, PROGRESS_REPORT_INTERVAL_FAR,
                         SPARSE_EPOCH_SECONDS, ThrottledProgressTracker)
-
-
-@pytest.fixture(scope="module")
-def dht():
-    dht = DHT(host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
-    try:
-        yield dht
-    finally:
-        dht.shutdown()
 
 
 def test_a_stopped_tracker_leaves_no_pending_asyncio_task(dht, caplog):
