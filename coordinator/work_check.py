@@ -2,8 +2,9 @@
 is in, then are granted for what the plausibility rules believe, held for an audit, or rejected.
 
 Every POLL seconds this task reads each swarm's signed progress records from the DHT (the monitor's peer) into
-coordinator/plausibility.py (while a swarm's epoch is far from its end, less often: see READ_LEAD), decides the pending reports it can, lets coordinator/audits.py pick some of them
-for a spot check (their grant waits for its outcome) and writes the decisions through Ledger.settle.
+coordinator/plausibility.py (less often while a swarm's epoch is far from its end: see READ_LEAD), decides the
+pending reports it can, lets coordinator/audits.py pick some of them for a spot check (their grant waits for its
+outcome) and writes the decisions through Ledger.settle.
 """
 
 import asyncio
