@@ -224,6 +224,23 @@ def _first_step(data_dir: Path):
         return None
 
 
+def window_ratios(plains: list[float], windows: list[dict], epochs: int, core: int) -> list[float]:
+    """Each window's node_vs_plain against the mean of the plain runs just before and after it, printed with them
+    (and a warning where those two differ by more than DRIFT_WARNING)."""
+    ratios = []
+    for index, window in enumerate(windows):
+        before, after = plains[index], plains[index + 1]
+        baseline = (before + after) / 2
+        ratios.append(window["node_rate"] / baseline)
+        print(f"window {index + 1}: plain torch loop {before:,.0f} → {after:,.0f} samples/s (1 thread, core {core}, "
+              f"before and after); hearth node {window['node_rate']:,.0f} samples/s (1 thread, core {core}, "
+              f"2-peer swarm, {epochs} epochs to epoch {window['epoch_reached']}): {ratios[-1]:.3f}")
+        if abs(before - after) / baseline > DRIFT_WARNING:
+            print(f"warning: in window {index + 1} the plain loop's speed moved by {abs(before - after) / baseline:.0%} "
+                  "(something else used this core?): its ratio is uncertain by about that much", file=sys.stderr)
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs in each of the node's measurement windows")
@@ -250,19 +267,7 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="hearth-bench-node-") as work:
             node = node_benchmark(Path(work), *setup)
-    plains = [plain_before, *node["plain_after"]]
-    ratios = []
-    for index, window in enumerate(node["windows"]):
-        before, after = plains[index], plains[index + 1]
-        baseline = (before + after) / 2
-        ratios.append(window["node_rate"] / baseline)
-        drift = abs(before - after) / baseline
-        print(f"window {index + 1}: plain torch loop {before:,.0f} → {after:,.0f} samples/s (1 thread, core {cores[0]}, "
-              f"before and after); hearth node {window['node_rate']:,.0f} samples/s (1 thread, core {cores[0]}, "
-              f"2-peer swarm, {args.epochs} epochs to epoch {window['epoch_reached']}): {ratios[-1]:.3f}")
-        if drift > DRIFT_WARNING:
-            print(f"warning: in window {index + 1} the plain loop's speed moved by {drift:.0%} (something else used this "
-                  "core?): its ratio is uncertain by about that much", file=sys.stderr)
+    ratios = window_ratios([plain_before, *node["plain_after"]], node["windows"], args.epochs, cores[0])
     print(f"swarm: target batch {target_batch_size:,} ≈ {args.epoch_seconds:.0f} s epochs; node_vs_plain is the mean of "
           f"the {len(ratios)} windows' ratios (spread {max(ratios) - min(ratios):.3f})")
     shares = ", ".join(f"{role} {share:.3f}" for role, share in node["windows"][-1]["cpu_shares"].items())
