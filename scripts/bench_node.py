@@ -15,7 +15,8 @@ the coordinator) runs on the remaining cores, as it would run elsewhere.
   steps once per window: the ratio is Hearth's overhead, not the saving of fewer optimizer steps. This machine's
   single-core speed drifts by ~±10 % from minute to minute (measured), so the node is measured in --rounds windows
   with the plain loop before and after each (the node paused meanwhile): each window's ratio is to the mean of its
-  two plain runs, and node_vs_plain is the mean of the windows' ratios. The swarm's target batch is sized so an epoch lasts --epoch-seconds (real swarms run epochs
+  two plain runs, and node_vs_plain is the median of the windows' ratios (one window disturbed by something else on
+  the machine does not move it). The swarm's target batch is sized so an epoch lasts --epoch-seconds (real swarms run epochs
   of minutes).
 - paused_cpu_core_fraction: CPU used by the paused volunteer's whole process tree, in cores.
 
@@ -26,6 +27,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -244,7 +246,7 @@ def window_ratios(plains: list[float], windows: list[dict], epochs: int, core: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs in each of the node's measurement windows")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="measurement windows, each followed by the plain loop while the node is paused")
     parser.add_argument("--epoch-seconds", type=float, default=30.0,
                         help="size the swarm's target batch so that an epoch lasts about this long")
@@ -268,14 +270,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="hearth-bench-node-") as work:
             node = node_benchmark(Path(work), *setup)
     ratios = window_ratios([plain_before, *node["plain_after"]], node["windows"], args.epochs, cores[0])
-    print(f"swarm: target batch {target_batch_size:,} ≈ {args.epoch_seconds:.0f} s epochs; node_vs_plain is the mean of "
+    print(f"swarm: target batch {target_batch_size:,} ≈ {args.epoch_seconds:.0f} s epochs; node_vs_plain is the median of "
           f"the {len(ratios)} windows' ratios (spread {max(ratios) - min(ratios):.3f})")
     shares = ", ".join(f"{role} {share:.3f}" for role, share in node["windows"][-1]["cpu_shares"].items())
     print(f"volunteer's CPU in the last window, in cores: {shares}")
     print(f"join:             {node['join_to_first_step_s']:.1f} s to the first step when `hearth join` hands the swarm to "
           f"the running node (`hearth node start`); {node['cold_join_seconds']:.1f} s when it starts the node, of which "
           f"Python needs {node['imports_s']:.1f} s just to import torch, hivemind and torch._dynamo on this core")
-    result = {"node_vs_plain": round(sum(ratios) / len(ratios), 3),
+    result = {"node_vs_plain": round(statistics.median(ratios), 3),
               "join_to_first_step_s": round(node["join_to_first_step_s"], 2),
               "cold_join_to_first_step_s": round(node["cold_join_seconds"], 2),
               "paused_cpu_core_fraction": round(node["paused_cpu_core_fraction"], 4),
