@@ -1,4 +1,4 @@
-"""The node's progress tracker (node/swarm.py, ThrottledProgressTracker) on a real hivemind DHT: it stops cleanly,
+"""The node's progress tracker (node/progress_records.py, ThrottledProgressTracker) on a real hivemind DHT: it stops cleanly,
 publishes the end of an epoch's training and a new epoch at once, and its records are sparse only far from the end
 of long epochs."""
 
@@ -7,8 +7,8 @@ import gc
 import pytest
 from hivemind.utils import get_dht_time
 
-from node.swarm import (PROGRESS_NEAR_END, PROGRESS_REPORT_INTERVAL, PROGRESS_REPORT_INTERVAL_FAR,
-                        SPARSE_EPOCH_SECONDS, ThrottledProgressTracker)
+from node.progress_records import (PROGRESS_NEAR_END, PROGRESS_REPORT_INTERVAL, PROGRESS_REPORT_INTERVAL_FAR,
+                                   SPARSE_EPOCH_SECONDS, ThrottledProgressTracker)
 
 
 def test_a_stopped_tracker_leaves_no_pending_asyncio_task(dht, caplog):
