@@ -233,12 +233,13 @@ def window_ratios(plains: list[float], windows: list[dict], epochs: int, core: i
     for index, window in enumerate(windows):
         before, after = plains[index], plains[index + 1]
         baseline = (before + after) / 2
+        drift = abs(before - after) / baseline
         ratios.append(window["node_rate"] / baseline)
         print(f"window {index + 1}: plain torch loop {before:,.0f} → {after:,.0f} samples/s (1 thread, core {core}, "
               f"before and after); hearth node {window['node_rate']:,.0f} samples/s (1 thread, core {core}, "
               f"2-peer swarm, {epochs} epochs to epoch {window['epoch_reached']}): {ratios[-1]:.3f}")
-        if abs(before - after) / baseline > DRIFT_WARNING:
-            print(f"warning: in window {index + 1} the plain loop's speed moved by {abs(before - after) / baseline:.0%} "
+        if drift > DRIFT_WARNING:
+            print(f"warning: in window {index + 1} the plain loop's speed moved by {drift:.0%} "
                   "(something else used this core?): its ratio is uncertain by about that much", file=sys.stderr)
     return ratios
 
